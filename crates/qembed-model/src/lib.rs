@@ -1,0 +1,18 @@
+//! Qwen3-Embedding in candle: config, weights and a padding-free batched forward pass
+//! that returns each sequence's last-token hidden state.
+//!
+//! This crate knows nothing of HTTP, queues or tokenizers: it maps packed token ids to
+//! vectors, and everything else lives in `qembed-engine`.
+
+mod config;
+mod error;
+mod packed;
+mod qwen3;
+mod weights;
+
+pub use candle_core::{DType, Device};
+pub use config::Qwen3Config;
+pub use error::{ModelError, Result};
+pub use packed::PackedBatch;
+pub use qwen3::Qwen3Embedding;
+pub use weights::{weight_files, Weights};

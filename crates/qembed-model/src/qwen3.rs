@@ -1,0 +1,302 @@
+//! The Qwen3 decoder stack run as an encoder: causal attention, last-token pooling.
+//!
+//! candle-transformers' `qwen3` is a causal LM with a KV cache and padded batches; an
+//! embedding server wants the opposite trade-offs (no cache, many sequences of mixed
+//! length at once), so the forward pass is ours. Dense layers run on all tokens of
+//! the batch as one matrix; attention runs per sequence, so nothing leaks between
+//! sequences and no compute is spent on padding.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::ops::{rms_norm, softmax_last_dim};
+use candle_nn::rotary_emb::rope_thd;
+
+use crate::{ModelError, PackedBatch, Qwen3Config, Result, Weights};
+
+/// Query rows attended at once. Bounds the score matrix to `heads x rows x keys`, so a
+/// 32k-token input needs ~1 GiB of scores in f32 at 16 heads instead of 64 GiB.
+const DEFAULT_ATTENTION_BLOCK: usize = 512;
+
+pub struct Qwen3Embedding {
+    cfg: Qwen3Config,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: Tensor,
+    dtype: DType,
+    device: Device,
+    attention_block: usize,
+}
+
+struct DecoderLayer {
+    input_norm: Tensor,
+    post_attention_norm: Tensor,
+    /// q, k and v projections stacked into one `[(H + 2 KV) * D, hidden]` matrix: one
+    /// GEMM instead of three over the same input.
+    qkv: Linear,
+    q_norm: Tensor,
+    k_norm: Tensor,
+    o_proj: Linear,
+    /// gate and up projections stacked into one `[2 I, hidden]` matrix.
+    gate_up: Linear,
+    down: Linear,
+}
+
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+impl Qwen3Embedding {
+    /// Loads `config.json` and the safetensors weights from a checkpoint directory.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = Qwen3Config::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir, dtype, device)?;
+        Self::from_weights(cfg, &weights)
+    }
+
+    pub fn from_weights(cfg: Qwen3Config, w: &Weights) -> Result<Self> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let inter = cfg.intermediate_size;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("layers.{i}");
+            let attn = |n: &str, shape: &[usize]| w.get(&format!("{p}.self_attn.{n}"), shape);
+            let mlp = |n: &str, shape: &[usize]| w.get(&format!("{p}.mlp.{n}.weight"), shape);
+            let qkv_weight = Tensor::cat(
+                &[
+                    attn("q_proj.weight", &[nq * hd, h])?,
+                    attn("k_proj.weight", &[nkv * hd, h])?,
+                    attn("v_proj.weight", &[nkv * hd, h])?,
+                ],
+                0,
+            )?;
+            let qkv_bias = if cfg.attention_bias {
+                Some(Tensor::cat(
+                    &[
+                        attn("q_proj.bias", &[nq * hd])?,
+                        attn("k_proj.bias", &[nkv * hd])?,
+                        attn("v_proj.bias", &[nkv * hd])?,
+                    ],
+                    0,
+                )?)
+            } else {
+                None
+            };
+            let o_bias = if cfg.attention_bias {
+                Some(attn("o_proj.bias", &[h])?)
+            } else {
+                None
+            };
+            layers.push(DecoderLayer {
+                input_norm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                post_attention_norm: w
+                    .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                qkv: Linear {
+                    weight: qkv_weight,
+                    bias: qkv_bias,
+                },
+                q_norm: attn("q_norm.weight", &[hd])?,
+                k_norm: attn("k_norm.weight", &[hd])?,
+                o_proj: Linear {
+                    weight: attn("o_proj.weight", &[h, nq * hd])?,
+                    bias: o_bias,
+                },
+                gate_up: Linear {
+                    weight: Tensor::cat(
+                        &[mlp("gate_proj", &[inter, h])?, mlp("up_proj", &[inter, h])?],
+                        0,
+                    )?,
+                    bias: None,
+                },
+                down: Linear {
+                    weight: mlp("down_proj", &[h, inter])?,
+                    bias: None,
+                },
+            });
+        }
+        Ok(Self {
+            embed_tokens: w.get("embed_tokens.weight", &[cfg.vocab_size, h])?,
+            norm: w.get("norm.weight", &[h])?,
+            layers,
+            dtype: w.dtype(),
+            device: w.device().clone(),
+            attention_block: DEFAULT_ATTENTION_BLOCK,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &Qwen3Config {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Sets how many query rows attention processes at once (memory vs. overhead).
+    pub fn with_attention_block(mut self, rows: usize) -> Self {
+        self.attention_block = rows.max(1);
+        self
+    }
+
+    /// The final-norm hidden state of each sequence's last token, `[num_seqs, hidden]`
+    /// in f32 whatever the compute dtype: un-normalised, un-truncated embeddings.
+    pub fn forward(&self, batch: &PackedBatch) -> Result<Tensor> {
+        if batch.is_empty() {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        batch.validate(&self.cfg)?;
+        let n = batch.num_tokens();
+        let ids = Tensor::from_slice(batch.ids(), n, &self.device)?;
+        let mut x = self.embed_tokens.index_select(&ids, 0)?;
+        let (cos, sin) = self.rotary(&batch.positions())?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &cos, &sin, batch.cu_seqlens())?;
+        }
+        let last = Tensor::from_vec(batch.last_token_indices(), batch.num_seqs(), &self.device)?;
+        let pooled = x.index_select(&last, 0)?;
+        let eps = self.cfg.rms_norm_eps as f32;
+        Ok(rms_norm(&pooled, &self.norm, eps)?.to_dtype(DType::F32)?)
+    }
+
+    /// Convenience over [`forward`](Self::forward): one `Vec<f32>` per sequence.
+    pub fn embed(&self, batch: &PackedBatch) -> Result<Vec<Vec<f32>>> {
+        Ok(self.forward(batch)?.to_vec2::<f32>()?)
+    }
+
+    /// cos/sin of every token's own position, `[tokens, head_dim / 2]`: with positions
+    /// restarting at each sequence this is what makes one rope call serve a packed batch.
+    fn rotary(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {
+        let half = self.cfg.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| {
+                let exponent = (2 * i) as f32 / self.cfg.head_dim as f32;
+                1.0 / (self.cfg.rope_theta as f32).powf(exponent)
+            })
+            .collect();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for &f in &inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let shape = (positions.len(), half);
+        let cos = Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?;
+        let sin = Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?;
+        Ok((cos, sin))
+    }
+
+    fn layer_forward(
+        &self,
+        l: &DecoderLayer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cu_seqlens: &[usize],
+    ) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps as f32;
+        let (n, hd) = (x.dim(0)?, self.cfg.head_dim);
+        let (nq, nkv) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
+
+        let h = rms_norm(x, &l.input_norm, eps)?;
+        let qkv = l.qkv.forward(&h)?;
+        let q = qkv.narrow(1, 0, nq * hd)?.reshape((n, nq, hd))?;
+        let k = qkv.narrow(1, nq * hd, nkv * hd)?.reshape((n, nkv, hd))?;
+        let v = qkv
+            .narrow(1, (nq + nkv) * hd, nkv * hd)?
+            .reshape((n, nkv, hd))?;
+        let q = rope_thd(&rms_norm(&q, &l.q_norm, eps)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
+        let k = rope_thd(&rms_norm(&k, &l.k_norm, eps)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
+        let attn = self.attention(&q, &k, &v, cu_seqlens)?;
+        let x = (x + l.o_proj.forward(&attn)?)?;
+
+        let h = rms_norm(&x, &l.post_attention_norm, eps)?;
+        let gate_up = l.gate_up.forward(&h)?;
+        let inter = self.cfg.intermediate_size;
+        let gate = gate_up.narrow(1, 0, inter)?;
+        let up = gate_up.narrow(1, inter, inter)?;
+        let act = (candle_nn::Activation::Silu.forward(&gate)? * up)?;
+        Ok((x + l.down.forward(&act)?)?)
+    }
+
+    /// Causal grouped-query attention over each sequence of the packed batch.
+    /// q: `[tokens, H, D]`, k/v: `[tokens, KV, D]`; returns `[tokens, H * D]`.
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, cu: &[usize]) -> Result<Tensor> {
+        let (hd, nq, nkv) = (
+            self.cfg.head_dim,
+            self.cfg.num_attention_heads,
+            self.cfg.num_key_value_heads,
+        );
+        let groups = nq / nkv;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut per_seq = Vec::with_capacity(cu.len() - 1);
+        for w in cu.windows(2) {
+            let (start, len) = (w[0], w[1] - w[0]);
+            // [KV, G, len, D]: query heads grouped under the kv head they share, so that
+            // GQA needs no copy of k and v per query head.
+            let qs = q
+                .narrow(0, start, len)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((nkv, groups, len, hd))?;
+            let ks = k.narrow(0, start, len)?.transpose(0, 1)?.contiguous()?;
+            let vs = v.narrow(0, start, len)?.transpose(0, 1)?.contiguous()?;
+            let mut blocks = Vec::new();
+            let mut r0 = 0;
+            while r0 < len {
+                let rows = self.attention_block.min(len - r0);
+                // Causal: rows r0..r0+rows see keys 0..r0+rows and nothing later.
+                let keys = r0 + rows;
+                let qb = qs.narrow(2, r0, rows)?.reshape((nkv, groups * rows, hd))?;
+                let kb = ks.narrow(1, 0, keys)?;
+                let vb = vs.narrow(1, 0, keys)?;
+                let scores = (qb.matmul(&kb.t()?)? * scale)?
+                    .to_dtype(DType::F32)?
+                    .reshape((nkv, groups, rows, keys))?
+                    .broadcast_add(&causal_mask(r0, rows, keys, &self.device)?)?;
+                let probs = softmax_last_dim(&scores)?.to_dtype(self.dtype)?.reshape((
+                    nkv,
+                    groups * rows,
+                    keys,
+                ))?;
+                blocks.push(probs.matmul(&vb.contiguous()?)?.reshape((nq, rows, hd))?);
+                r0 += rows;
+            }
+            let out = if blocks.len() == 1 {
+                blocks.remove(0)
+            } else {
+                Tensor::cat(&blocks, 1)?
+            };
+            per_seq.push(out.transpose(0, 1)?);
+        }
+        let n = q.dim(0)?;
+        Ok(Tensor::cat(&per_seq, 0)?.reshape((n, nq * hd))?)
+    }
+}
+
+/// `[rows, keys]` additive mask: query row `r0 + i` may see keys `0..=r0 + i`.
+fn causal_mask(r0: usize, rows: usize, keys: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..rows)
+        .flat_map(|i| (0..keys).map(move |j| if j > r0 + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (rows, keys), device)?)
+}

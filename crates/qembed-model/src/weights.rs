@@ -1,0 +1,153 @@
+//! Finding, memory-mapping and checking the safetensors files of a checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::{DType, Device, Tensor};
+
+use crate::{ModelError, Result};
+
+const SINGLE: &str = "model.safetensors";
+const INDEX: &str = "model.safetensors.index.json";
+
+/// The tensors of one checkpoint, single-file or sharded, looked up by name with or
+/// without the `model.` prefix (checkpoints saved from `Qwen3ForCausalLM` carry it,
+/// those saved from `Qwen3Model`, like Qwen3-Embedding's, do not).
+pub struct Weights {
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    /// Tensor name as stored -> index into `files`.
+    routing: HashMap<String, usize>,
+    device: Device,
+    dtype: DType,
+}
+
+impl Weights {
+    /// Opens `model.safetensors`, or every shard named by `model.safetensors.index.json`.
+    pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let paths = weight_files(dir)?;
+        let mut files = Vec::with_capacity(paths.len());
+        let mut routing = HashMap::new();
+        for path in paths {
+            // SAFETY: memory-mapping is unsafe only if the file changes underneath us; the
+            // tensors are copied out at load time and the map is dropped with `Weights`.
+            let st =
+                unsafe { MmapedSafetensors::new(&path) }.map_err(|e| ModelError::Safetensors {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            for (name, _) in st.tensors() {
+                routing.insert(name, files.len());
+            }
+            files.push((path, st));
+        }
+        Ok(Self {
+            files,
+            routing,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Loads `name` (e.g. `layers.0.self_attn.q_proj.weight`), checks its shape and
+    /// converts it to the compute dtype.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let prefixed = format!("model.{name}");
+        let (stored, &file) = [prefixed.as_str(), name]
+            .into_iter()
+            .find_map(|n| self.routing.get(n).map(|f| (n, f)))
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                files: self.file_list(),
+            })?;
+        let (path, st) = &self.files[file];
+        let view = st.get(stored)?;
+        if view.shape() != shape {
+            return Err(ModelError::Shape {
+                name: stored.to_string(),
+                file: path.clone(),
+                expected: shape.to_vec(),
+                found: view.shape().to_vec(),
+            });
+        }
+        let dtype = format!("{:?}", view.dtype());
+        if !matches!(dtype.as_str(), "F32" | "F16" | "BF16") {
+            return Err(ModelError::StorageDType {
+                name: stored.to_string(),
+                file: path.clone(),
+                dtype,
+            });
+        }
+        Ok(view.load(&self.device)?.to_dtype(self.dtype)?)
+    }
+
+    fn file_list(&self) -> String {
+        let names: Vec<String> = self
+            .files
+            .iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        names.join(", ")
+    }
+}
+
+/// The weight files of a checkpoint directory, in a stable order.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join(INDEX);
+    if index.is_file() {
+        return shards_from_index(&index);
+    }
+    let single = dir.join(SINGLE);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(ModelError::NoWeights {
+        dir: dir.to_path_buf(),
+    })
+}
+
+fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
+    let bad = |message: String| ModelError::Index {
+        path: index.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let mut shards: Vec<&str> = Vec::new();
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("`{tensor}` maps to a non-string")))?;
+        if file.contains('/') || file.contains('\\') || file.starts_with("..") {
+            return Err(bad(format!("shard name `{file}` is not a plain file name")));
+        }
+        if !shards.contains(&file) {
+            shards.push(file);
+        }
+    }
+    if shards.is_empty() {
+        return Err(bad("`weight_map` is empty".into()));
+    }
+    shards.sort_unstable();
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+    if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
+        return Err(bad(format!("shard {} does not exist", missing.display())));
+    }
+    Ok(paths)
+}
