@@ -1,1 +1,15 @@
+//! The seam between HTTP and tensors: tokenisation with Qwen3-Embedding's instruction
+//! format and EOS rule, truncation, Matryoshka dimensions and normalisation, and model
+//! resolution (local directory or hub id). Testable without a server.
 
+mod embedder;
+mod error;
+pub mod postprocess;
+mod source;
+mod tokenize;
+
+pub use embedder::{DTypeChoice, Embedder, Input, LoadOptions, OutputOptions, MAX_LENGTH_CAP};
+pub use error::{EngineError, Result};
+pub use qembed_model::{DType, Device};
+pub use source::resolve_model;
+pub use tokenize::{format_query, Qwen3Tokenizer};

@@ -1,1 +1,49 @@
-fn main() {}
+//! `qembed`: Qwen3-Embedding from the command line.
+
+mod embed_cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "qembed", version, about = "Qwen3-Embedding inference")]
+struct Cli {
+    /// Log as JSON lines instead of text (to stderr).
+    #[arg(long, global = true, env = "QEMBED_JSON_LOGS")]
+    json_logs: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed JSON Lines from stdin or a file; one JSON line out per input, in order.
+    Embed(embed_cmd::EmbedArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.json_logs);
+    let result = match cli.command {
+        Command::Embed(args) => embed_cmd::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QEMBED_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,195 @@
+//! A loaded model and its tokenizer: texts in, vectors out, in input order.
+
+use std::path::Path;
+
+use qembed_model::{DType, Device, PackedBatch, Qwen3Embedding};
+
+use crate::postprocess::{check_dimensions, finish};
+use crate::tokenize::{format_query, Qwen3Tokenizer};
+use crate::{EngineError, Result};
+
+/// Longest input Qwen3-Embedding is trained for.
+pub const MAX_LENGTH_CAP: usize = 32_768;
+
+/// Compute precision as users spell it on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DTypeChoice {
+    /// f32 on CPU (exact parity with the reference); the checkpoint's dtype elsewhere.
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl std::str::FromStr for DTypeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "f32" | "float32" => Ok(Self::F32),
+            "f16" | "float16" | "fp16" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            other => Err(format!("unknown dtype `{other}` (auto, f32, f16, bf16)")),
+        }
+    }
+}
+
+impl DTypeChoice {
+    pub fn resolve(self, device: &Device) -> DType {
+        match self {
+            Self::Auto if device.is_cpu() => DType::F32,
+            Self::Auto => DType::F16,
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub dtype: DTypeChoice,
+    /// Token limit per input including the EOS; default from the config, capped at 32k.
+    pub max_length: Option<usize>,
+    /// Upper bound on tokens per forward pass (bounds activation memory).
+    pub max_batch_tokens: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DTypeChoice::Auto,
+            max_length: None,
+            max_batch_tokens: 16_384,
+        }
+    }
+}
+
+/// One text to embed. `instruction` turns it into a query.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub text: &'a str,
+    pub instruction: Option<&'a str>,
+}
+
+/// How to shape output vectors.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputOptions {
+    pub dimensions: Option<usize>,
+    pub normalize: bool,
+}
+
+impl Default for OutputOptions {
+    fn default() -> Self {
+        Self {
+            dimensions: None,
+            normalize: true,
+        }
+    }
+}
+
+pub struct Embedder {
+    model: Qwen3Embedding,
+    tokenizer: Qwen3Tokenizer,
+    max_length: usize,
+    max_batch_tokens: usize,
+}
+
+impl Embedder {
+    pub fn load(dir: &Path, device: &Device, opts: &LoadOptions) -> Result<Self> {
+        let tokenizer = Qwen3Tokenizer::from_dir(dir)?;
+        let model = Qwen3Embedding::load(dir, opts.dtype.resolve(device), device)?;
+        let positions = model.config().max_position_embeddings;
+        let max_length = match opts.max_length {
+            Some(0) => return Err(EngineError::Setting("max length must be positive".into())),
+            Some(n) if n > positions => {
+                return Err(EngineError::Setting(format!(
+                    "max length {n} exceeds the model's {positions} positions"
+                )))
+            }
+            Some(n) => n,
+            None => positions.min(MAX_LENGTH_CAP),
+        };
+        if opts.max_batch_tokens == 0 {
+            return Err(EngineError::Setting(
+                "max batch tokens must be positive".into(),
+            ));
+        }
+        Ok(Self {
+            model,
+            tokenizer,
+            max_length,
+            max_batch_tokens: opts.max_batch_tokens,
+        })
+    }
+
+    pub fn model(&self) -> &Qwen3Embedding {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Qwen3Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.model.config().hidden_size
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// Token ids the model will see for `input`, EOS included.
+    pub fn tokenize(&self, input: Input<'_>, truncate: bool) -> Result<Vec<u32>> {
+        match input.instruction {
+            Some(task) if !input.text.is_empty() => {
+                let prompt = format_query(task, input.text);
+                self.tokenizer.encode(&prompt, self.max_length, truncate)
+            }
+            _ => self.tokenizer.encode(input.text, self.max_length, truncate),
+        }
+    }
+
+    pub fn check_dimensions(&self, dims: Option<usize>) -> Result<()> {
+        dims.map_or(Ok(()), |d| check_dimensions(d, self.hidden_size()))
+    }
+
+    /// Raw pooled vectors for already-tokenised sequences, in order, split into forward
+    /// passes of at most `max_batch_tokens` tokens.
+    pub fn embed_ids<S: AsRef<[u32]>>(&self, seqs: &[S]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut batch = PackedBatch::default();
+        for seq in seqs {
+            let seq = seq.as_ref();
+            if !batch.is_empty() && batch.num_tokens() + seq.len() > self.max_batch_tokens {
+                out.extend(self.model.embed(&batch)?);
+                batch = PackedBatch::default();
+            }
+            batch.push(seq);
+        }
+        if !batch.is_empty() {
+            out.extend(self.model.embed(&batch)?);
+        }
+        Ok(out)
+    }
+
+    /// Tokenises and embeds `inputs`; all inputs are checked before any compute.
+    /// Returns each vector with its token count.
+    pub fn embed(
+        &self,
+        inputs: &[Input<'_>],
+        truncate: bool,
+        out: OutputOptions,
+    ) -> Result<Vec<(Vec<f32>, usize)>> {
+        self.check_dimensions(out.dimensions)?;
+        let ids = inputs
+            .iter()
+            .map(|i| self.tokenize(*i, truncate))
+            .collect::<Result<Vec<_>>>()?;
+        let raw = self.embed_ids(&ids)?;
+        raw.iter()
+            .zip(&ids)
+            .map(|(r, ids)| Ok((finish(r, out.dimensions, out.normalize)?, ids.len())))
+            .collect()
+    }
+}

@@ -1,0 +1,115 @@
+//! Text to the token ids a Qwen3-Embedding forward pass expects.
+
+use std::path::Path;
+
+use tokenizers::Tokenizer;
+
+use crate::{EngineError, Result};
+
+/// Qwen3-Embedding's query format; documents are embedded without it.
+pub fn format_query(instruction: &str, text: &str) -> String {
+    format!("Instruct: {instruction}\nQuery:{text}")
+}
+
+/// A Qwen3 tokenizer that always yields `ids + [<|endoftext|>]`.
+///
+/// Published Qwen3-Embedding revisions differ: some tokenizer.json files append the EOS
+/// in a post-processor, some leave it to the caller. We never run the post-processor and
+/// append the EOS ourselves, so both kinds give the same ids, and truncation can keep the
+/// final EOS (the token whose hidden state becomes the embedding).
+pub struct Qwen3Tokenizer {
+    inner: Tokenizer,
+    eos_id: u32,
+}
+
+impl Qwen3Tokenizer {
+    /// Loads `tokenizer.json`, taking the EOS token from `tokenizer_config.json` when it
+    /// names one (`<|endoftext|>` otherwise).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let err = |message: String| EngineError::Tokenizer {
+            path: path.clone(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(err("file not found".into()));
+        }
+        let mut inner = Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?;
+        inner
+            .with_truncation(None)
+            .map_err(|e| err(e.to_string()))?;
+        inner.with_padding(None);
+        let eos = eos_token(&dir.join("tokenizer_config.json"))?;
+        let eos_id = inner.token_to_id(&eos).ok_or_else(|| {
+            err(format!(
+                "end-of-text token `{eos}` is not in the vocabulary"
+            ))
+        })?;
+        Ok(Self { inner, eos_id })
+    }
+
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// Number of ids including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text` followed by exactly one EOS. With `max_length`, longer input is
+    /// cut to `max_length - 1` text tokens (keeping the EOS) when `truncate`, else refused.
+    pub fn encode(&self, text: &str, max_length: usize, truncate: bool) -> Result<Vec<u32>> {
+        if text.is_empty() {
+            return Err(EngineError::EmptyInput);
+        }
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| EngineError::Tokenize(e.to_string()))?;
+        let mut ids = enc.get_ids().to_vec();
+        if ids.len() + 1 > max_length {
+            if !truncate {
+                return Err(EngineError::TooLong {
+                    tokens: ids.len() + 1,
+                    max: max_length,
+                });
+            }
+            ids.truncate(max_length.saturating_sub(1));
+        }
+        ids.push(self.eos_id);
+        Ok(ids)
+    }
+
+    /// Token ids without EOS or limits, as `/tokenize` endpoints show them.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| EngineError::Tokenize(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+}
+
+/// The `eos_token` of a tokenizer_config.json: a string, or `{"content": ...}`.
+fn eos_token(config: &Path) -> Result<String> {
+    const DEFAULT: &str = "<|endoftext|>";
+    let Ok(text) = std::fs::read_to_string(config) else {
+        return Ok(DEFAULT.to_string());
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| EngineError::Tokenizer {
+            path: config.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let eos = match json.get("eos_token") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v
+            .get("content")
+            .and_then(|c| c.as_str())
+            .unwrap_or(DEFAULT)
+            .to_string(),
+        None => DEFAULT.to_string(),
+    };
+    Ok(eos)
+}

@@ -1,0 +1,292 @@
+//! Text in, vector out, against transformers' vectors for the fixtures in `models/`:
+//! tokenisation (instruction format, EOS rule, truncation), forward pass, Matryoshka
+//! truncation and normalisation together.
+
+use std::path::{Path, PathBuf};
+
+use qembed_engine::{
+    DTypeChoice, Device, Embedder, EngineError, Input, LoadOptions, OutputOptions, Qwen3Tokenizer,
+};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Reference {
+    eos_id: u32,
+    eos_post_processor: bool,
+    hidden_size: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    text: String,
+    instruction: Option<String>,
+    dimensions: Option<usize>,
+    max_length: Option<usize>,
+    input_ids: Vec<u32>,
+    raw: Vec<f32>,
+    embedding: Vec<f32>,
+}
+
+const FIXTURES: [&str; 3] = ["qwen3-tiny-gqa", "qwen3-tiny-mqa", "qwen3-tiny-f16"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("models").join(name)
+}
+
+fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn load(name: &str, dtype: DTypeChoice, max_length: Option<usize>) -> Embedder {
+    let opts = LoadOptions {
+        dtype,
+        max_length,
+        max_batch_tokens: 1024,
+    };
+    Embedder::load(&fixture(name), &Device::Cpu, &opts).unwrap()
+}
+
+fn input(c: &Case) -> Input<'_> {
+    Input {
+        text: &c.text,
+        instruction: c.instruction.as_deref(),
+    }
+}
+
+/// Both tokenizer kinds (EOS from the post-processor, EOS appended by the caller) give
+/// the reference ids: one EOS at the end, instruction format, truncation keeping the EOS.
+#[test]
+fn token_ids_match_reference_for_both_tokenizer_kinds() {
+    let mut kinds = std::collections::HashSet::new();
+    for name in FIXTURES {
+        let r = reference(name);
+        kinds.insert(r.eos_post_processor);
+        let e = load(name, DTypeChoice::F32, None);
+        assert_eq!(e.tokenizer().eos_id(), r.eos_id);
+        for c in &r.cases {
+            let ids = match c.max_length {
+                Some(m) => load(name, DTypeChoice::F32, Some(m)).tokenize(input(c), true),
+                None => e.tokenize(input(c), true),
+            }
+            .unwrap();
+            assert_eq!(ids, c.input_ids, "{name} {}", c.name);
+            assert_eq!(
+                ids.iter().filter(|&&t| t == r.eos_id).count(),
+                c.text.matches("<|endoftext|>").count() + 1
+            );
+            assert_eq!(ids.last(), Some(&r.eos_id));
+        }
+    }
+    assert_eq!(kinds.len(), 2, "fixtures must cover both tokenizer kinds");
+}
+
+fn check_embeddings(dtype: DTypeChoice, threshold: f64) {
+    for name in FIXTURES {
+        let r = reference(name);
+        let mut worst = (1.0f64, String::new());
+        // Group by (dims, max_length) so each call is one mixed-length batch.
+        let mut groups: Vec<(Option<usize>, Option<usize>)> = r
+            .cases
+            .iter()
+            .map(|c| (c.dimensions, c.max_length))
+            .collect();
+        groups.sort();
+        groups.dedup();
+        for (dims, max_length) in groups {
+            let e = load(name, dtype, max_length);
+            let cases: Vec<&Case> = r
+                .cases
+                .iter()
+                .filter(|c| (c.dimensions, c.max_length) == (dims, max_length))
+                .collect();
+            let inputs: Vec<Input> = cases.iter().map(|c| input(c)).collect();
+            let out = OutputOptions {
+                dimensions: dims,
+                normalize: true,
+            };
+            let got = e.embed(&inputs, true, out).unwrap();
+            for (c, (v, tokens)) in cases.iter().zip(&got) {
+                assert_eq!(*tokens, c.input_ids.len());
+                assert_eq!(v.len(), dims.unwrap_or(r.hidden_size));
+                let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                assert!((norm - 1.0).abs() < 1e-4, "{name} {}: norm {norm}", c.name);
+                let cos = cosine(v, &c.embedding);
+                if cos < worst.0 {
+                    worst = (cos, c.name.clone());
+                }
+            }
+        }
+        println!(
+            "{name} {dtype:?}: worst cosine {:.7} ({})",
+            worst.0, worst.1
+        );
+        assert!(
+            worst.0 >= threshold,
+            "{name} {dtype:?}: {} {}",
+            worst.1,
+            worst.0
+        );
+    }
+}
+
+#[test]
+fn f32_embeddings_match_transformers() {
+    check_embeddings(DTypeChoice::F32, 0.99999);
+}
+
+#[test]
+fn bf16_embeddings_match_transformers() {
+    check_embeddings(DTypeChoice::Bf16, 0.999);
+}
+
+#[test]
+fn f16_embeddings_match_transformers() {
+    check_embeddings(DTypeChoice::F16, 0.999);
+}
+
+#[test]
+fn raw_output_is_the_unnormalised_hidden_state() {
+    let r = reference("qwen3-tiny-mqa");
+    let e = load("qwen3-tiny-mqa", DTypeChoice::F32, None);
+    let c = r
+        .cases
+        .iter()
+        .find(|c| c.dimensions.is_none() && c.max_length.is_none())
+        .unwrap();
+    let raw = OutputOptions {
+        dimensions: None,
+        normalize: false,
+    };
+    let (v, _) = &e.embed(&[input(c)], true, raw).unwrap()[0];
+    for (a, b) in v.iter().zip(&c.raw) {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+    }
+    let raw32 = OutputOptions {
+        dimensions: Some(32),
+        normalize: false,
+    };
+    let (v32, _) = &e.embed(&[input(c)], true, raw32).unwrap()[0];
+    assert_eq!(v32.as_slice(), &v[..32]);
+}
+
+#[test]
+fn input_errors_are_typed() {
+    let e = load("qwen3-tiny-gqa", DTypeChoice::F32, Some(16));
+    let long = Input {
+        text: "many words here to exceed sixteen tokens for sure, really many words",
+        instruction: None,
+    };
+    let err = e
+        .embed(&[long], false, OutputOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, EngineError::TooLong { max: 16, .. }), "{err}");
+    assert!(err.is_input_error());
+    assert_eq!(
+        e.embed(&[long], true, OutputOptions::default()).unwrap()[0].1,
+        16
+    );
+
+    let empty = Input {
+        text: "",
+        instruction: Some("task"),
+    };
+    assert!(matches!(
+        e.embed(&[empty], true, OutputOptions::default())
+            .unwrap_err(),
+        EngineError::EmptyInput
+    ));
+
+    let ok = Input {
+        text: "fine",
+        instruction: None,
+    };
+    for dims in [0, 31, 65] {
+        let out = OutputOptions {
+            dimensions: Some(dims),
+            normalize: true,
+        };
+        let err = e.embed(&[ok], true, out).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EngineError::Dimensions {
+                    min: 32,
+                    max: 64,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn max_length_above_model_positions_is_refused() {
+    let opts = LoadOptions {
+        max_length: Some(1_000_000),
+        ..LoadOptions::default()
+    };
+    let err = Embedder::load(&fixture("qwen3-tiny-mqa"), &Device::Cpu, &opts)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, EngineError::Setting(ref m) if m.contains("positions")),
+        "{err}"
+    );
+}
+
+/// The real Qwen3 vocabulary from ../shared: our tokenisation and EOS rule give the ids
+/// the Hugging Face stack gives. Required in CI, where ../shared is always present.
+#[test]
+fn real_qwen3_tokenizer_matches_expected_ids() {
+    let dir = root().join("../shared/data/qwen3-tokenizer");
+    if !dir.join("tokenizer.json").is_file() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have {}",
+            dir.display()
+        );
+        eprintln!("skipped: {} not present", dir.display());
+        return;
+    }
+    let tok = Qwen3Tokenizer::from_dir(&dir).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected_ids.json")).unwrap())
+            .unwrap();
+    assert_eq!(tok.eos_id() as u64, expected["eos_id"].as_u64().unwrap());
+    assert_eq!(tok.vocab_size(), 151_669);
+    let cases = expected["cases"].as_array().unwrap();
+    assert!(cases.len() >= 4);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want = |k: &str| -> Vec<u32> {
+            case[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        assert_eq!(tok.encode_plain(text).unwrap(), want("ids"), "{text:?}");
+        assert_eq!(
+            tok.encode(text, 32_768, false).unwrap(),
+            want("model_input_ids"),
+            "{text:?}"
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! `qembed embed`: batch embedding of JSON Lines without a server.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use qembed_engine::{
+    postprocess, resolve_model, DTypeChoice, Device, Embedder, Input, LoadOptions,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// Checkpoint directory, or a Hugging Face hub id (`Qwen/Qwen3-Embedding-0.6B[@rev]`).
+    #[arg(long, env = "QEMBED_MODEL_PATH")]
+    model_path: String,
+    /// Task instruction applied to every input that names none (queries; omit for documents).
+    #[arg(long)]
+    instruction: Option<String>,
+    /// Matryoshka output size, 32 to the model's hidden size.
+    #[arg(long)]
+    dimensions: Option<usize>,
+    /// Compute dtype: auto (f32 on CPU), f32, f16, bf16.
+    #[arg(long, default_value = "auto")]
+    dtype: DTypeChoice,
+    /// Token limit per input including the end-of-text token (default: the model's, at most 32768).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Refuse over-long inputs instead of truncating them.
+    #[arg(long)]
+    no_truncate: bool,
+    /// Output the pooled hidden state without L2 normalisation.
+    #[arg(long)]
+    raw: bool,
+    /// Most tokens in one forward pass.
+    #[arg(long, default_value_t = 16_384)]
+    max_batch_tokens: usize,
+    /// JSON Lines input (default: stdin).
+    #[arg(long)]
+    input: Option<PathBuf>,
+}
+
+/// One input line: a JSON string, or an object with `text` and optional `instruction`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Text(String),
+    Object(LineObject),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineObject {
+    text: String,
+    instruction: Option<String>,
+}
+
+#[derive(Serialize)]
+struct OutputLine<'a> {
+    index: usize,
+    embedding: &'a [f32],
+    tokens: usize,
+}
+
+pub fn run(args: EmbedArgs) -> Result<()> {
+    // Read and parse everything first: a bad line fails the run before any model work.
+    let parsed = parse_lines(&read_lines(&args)?)?;
+
+    let dir = resolve_model(&args.model_path)?;
+    let opts = LoadOptions {
+        dtype: args.dtype,
+        max_length: args.max_length,
+        max_batch_tokens: args.max_batch_tokens,
+    };
+    let embedder = Embedder::load(&dir, &Device::Cpu, &opts)
+        .with_context(|| format!("loading model from {}", dir.display()))?;
+    embedder.check_dimensions(args.dimensions)?;
+
+    let mut ids = Vec::with_capacity(parsed.len());
+    for line in &parsed {
+        let input = Input {
+            text: &line.text,
+            instruction: line.instruction.as_deref().or(args.instruction.as_deref()),
+        };
+        let tokens = embedder
+            .tokenize(input, !args.no_truncate)
+            .with_context(|| format!("line {}", line.line_no))?;
+        ids.push(tokens);
+    }
+    let raw = embedder.embed_ids(&ids)?;
+
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    for (index, (vector, tokens)) in raw.iter().zip(&ids).enumerate() {
+        let embedding = postprocess::finish(vector, args.dimensions, !args.raw)?;
+        let line = OutputLine {
+            index,
+            embedding: &embedding,
+            tokens: tokens.len(),
+        };
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn read_lines(args: &EmbedArgs) -> Result<Vec<String>> {
+    let reader: Box<dyn BufRead> = match &args.input {
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut lines = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        lines.push(line.with_context(|| format!("line {}: not valid UTF-8 text", i + 1))?);
+    }
+    Ok(lines)
+}
+
+/// An input line that parsed, with its 1-based line number.
+struct ParsedLine {
+    line_no: usize,
+    text: String,
+    instruction: Option<String>,
+}
+
+/// Parses the non-blank lines; the first bad one fails with its line number.
+fn parse_lines(lines: &[String]) -> Result<Vec<ParsedLine>> {
+    let mut parsed = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let line_no = i + 1;
+        let value: Line = serde_json::from_str(line).map_err(|e| {
+            anyhow::anyhow!(
+                "line {line_no}: expected a JSON string or {{\"text\": ..., \"instruction\": ...}}: {e}"
+            )
+        })?;
+        let (text, instruction) = match value {
+            Line::Text(t) => (t, None),
+            Line::Object(o) => (o.text, o.instruction),
+        };
+        if text.is_empty() {
+            bail!("line {line_no}: text is empty");
+        }
+        parsed.push(ParsedLine {
+            line_no,
+            text,
+            instruction,
+        });
+    }
+    if parsed.is_empty() {
+        bail!("no input: expected one JSON string or object per line");
+    }
+    Ok(parsed)
+}

@@ -1,0 +1,210 @@
+//! `qembed embed` as a user runs it: the real binary, JSON Lines in and out.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde::Deserialize;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(name)
+}
+
+fn qembed(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qembed"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    instruction: Option<String>,
+    dimensions: Option<usize>,
+    max_length: Option<usize>,
+    input_ids: Vec<u32>,
+    embedding: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct OutLine {
+    index: usize,
+    embedding: Vec<f32>,
+    tokens: usize,
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn parse_output(out: &Output) -> Vec<OutLine> {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn reference(name: &str) -> Reference {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn embeds_jsonl_in_order_matching_transformers() {
+    for name in ["qwen3-tiny-gqa", "qwen3-tiny-mqa"] {
+        let r = reference(name);
+        let cases: Vec<&Case> = r
+            .cases
+            .iter()
+            .filter(|c| c.dimensions.is_none() && c.max_length.is_none())
+            .collect();
+        // Mix both line shapes; blank lines are skipped.
+        let mut stdin = String::new();
+        for c in &cases {
+            let line = match &c.instruction {
+                Some(i) => serde_json::json!({"text": c.text, "instruction": i}),
+                None if c.text.len() % 2 == 0 => serde_json::json!(c.text),
+                None => serde_json::json!({"text": c.text}),
+            };
+            stdin.push_str(&line.to_string());
+            stdin.push_str("\n\n");
+        }
+        let out = parse_output(&qembed(
+            &["embed", "--model-path", fixture(name).to_str().unwrap()],
+            &stdin,
+            &[],
+        ));
+        assert_eq!(out.len(), cases.len());
+        for (i, (line, c)) in out.iter().zip(&cases).enumerate() {
+            assert_eq!(line.index, i);
+            assert_eq!(line.tokens, c.input_ids.len());
+            let cos = cosine(&line.embedding, &c.embedding);
+            assert!(cos >= 0.99999, "{name} line {i}: {cos}");
+        }
+    }
+}
+
+#[test]
+fn dimensions_and_default_instruction_flags() {
+    let r = reference("qwen3-tiny-gqa");
+    let c = r
+        .cases
+        .iter()
+        .find(|c| c.dimensions == Some(32) && c.instruction.is_some())
+        .unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("{}\n", serde_json::json!(c.text))).unwrap();
+    let model = fixture("qwen3-tiny-gqa");
+    let args = [
+        "embed",
+        "--model-path",
+        model.to_str().unwrap(),
+        "--dimensions",
+        "32",
+        "--instruction",
+        c.instruction.as_deref().unwrap(),
+        "--input",
+        file.path().to_str().unwrap(),
+    ];
+    let out = parse_output(&qembed(&args, "", &[]));
+    assert_eq!(out[0].embedding.len(), 32);
+    assert!(cosine(&out[0].embedding, &c.embedding) >= 0.99999);
+}
+
+/// Bad input fails the whole run with the line number and writes nothing to stdout.
+#[test]
+fn bad_input_fails_before_any_output() {
+    let model = fixture("qwen3-tiny-mqa");
+    let model = model.to_str().unwrap();
+    let cases: [(&str, &[&str], &str); 7] = [
+        ("\"ok\"\n\"fine\"\n{not json}\n", &[], "line 3"),
+        ("\"ok\"\n42\n", &[], "line 2"),
+        ("{\"text\": \"ok\", \"extra\": 1}\n", &[], "line 1"),
+        ("\"ok\"\n\"\"\n", &[], "line 2: text is empty"),
+        (
+            "\"a b c d e f g h i j k l m n o p\"\n",
+            &["--max-length", "4", "--no-truncate"],
+            "line 1",
+        ),
+        (
+            "\"ok\"\n",
+            &["--dimensions", "31"],
+            "dimensions must be between 32 and 48",
+        ),
+        ("\n\n", &[], "no input"),
+    ];
+    for (stdin, extra, needle) in cases {
+        let mut args = vec!["embed", "--model-path", model];
+        args.extend_from_slice(extra);
+        let out = qembed(&args, stdin, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stdin:?} succeeded");
+        assert!(out.stdout.is_empty(), "{stdin:?} wrote output");
+        assert!(err.contains(needle), "{stdin:?}: {err}");
+    }
+}
+
+#[test]
+fn truncation_keeps_eos_and_counts_tokens() {
+    let model = fixture("qwen3-tiny-mqa");
+    let args = [
+        "embed",
+        "--model-path",
+        model.to_str().unwrap(),
+        "--max-length",
+        "4",
+    ];
+    let out = parse_output(&qembed(&args, "\"a b c d e f g h i j k l m n o p\"\n", &[]));
+    assert_eq!(out[0].tokens, 4);
+}
+
+#[test]
+fn offline_hub_id_names_the_id_and_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let env = [
+        ("HF_HUB_OFFLINE", "1"),
+        ("HF_HOME", home.path().to_str().unwrap()),
+    ];
+    let out = qembed(
+        &["embed", "--model-path", "Qwen/Qwen3-Embedding-0.6B"],
+        "\"hi\"\n",
+        &env,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("Qwen/Qwen3-Embedding-0.6B") && err.contains(home.path().to_str().unwrap()),
+        "{err}"
+    );
+    let out = qembed(&["embed", "--model-path", "no/such/dir"], "\"hi\"\n", &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither a directory nor"));
+}
