@@ -150,6 +150,34 @@ impl Embedder {
         }
     }
 
+    /// Token ids given by a client instead of text (OpenAI's token-array input): checked
+    /// against the vocabulary, ended with exactly one EOS (appended unless the client
+    /// already ended with it) and held to the length limit like text.
+    pub fn prepare_ids(&self, mut ids: Vec<u32>, truncate: bool) -> Result<Vec<u32>> {
+        if ids.is_empty() {
+            return Err(EngineError::EmptyInput);
+        }
+        let vocab = self.model.config().vocab_size;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(EngineError::InvalidToken { id: bad, vocab });
+        }
+        let eos = self.tokenizer.eos_id();
+        if ids.last() != Some(&eos) {
+            ids.push(eos);
+        }
+        if ids.len() > self.max_length {
+            if !truncate {
+                return Err(EngineError::TooLong {
+                    tokens: ids.len(),
+                    max: self.max_length,
+                });
+            }
+            ids.truncate(self.max_length - 1);
+            ids.push(eos);
+        }
+        Ok(ids)
+    }
+
     pub fn check_dimensions(&self, dims: Option<usize>) -> Result<()> {
         dims.map_or(Ok(()), |d| check_dimensions(d, self.hidden_size()))
     }

@@ -12,6 +12,8 @@ pub enum EngineError {
     Tokenizer { path: PathBuf, message: String },
     #[error("tokenization failed: {0}")]
     Tokenize(String),
+    #[error("token id {id} is outside the vocabulary (0..{vocab})")]
+    InvalidToken { id: u32, vocab: usize },
     #[error("input is empty")]
     EmptyInput,
     #[error("input has {tokens} tokens (with the end-of-text token), more than the limit of {max}; shorten it or enable truncation")]
@@ -34,6 +36,7 @@ impl EngineError {
         matches!(
             self,
             EngineError::EmptyInput
+                | EngineError::InvalidToken { .. }
                 | EngineError::TooLong { .. }
                 | EngineError::Dimensions { .. }
                 | EngineError::Tokenize(_)

@@ -2,14 +2,18 @@
 //! format and EOS rule, truncation, Matryoshka dimensions and normalisation, and model
 //! resolution (local directory or hub id). Testable without a server.
 
+pub mod batcher;
 mod embedder;
 mod error;
+mod fingerprint;
 pub mod postprocess;
 mod source;
 mod tokenize;
 
+pub use batcher::{Admission, BatchObserver, BatchStats, Batcher, BatcherConfig, SubmitError};
 pub use embedder::{DTypeChoice, Embedder, Input, LoadOptions, OutputOptions, MAX_LENGTH_CAP};
 pub use error::{EngineError, Result};
+pub use fingerprint::fingerprint;
 pub use qembed_model::{DType, Device};
 pub use source::resolve_model;
 pub use tokenize::{format_query, Qwen3Tokenizer};

@@ -1,0 +1,321 @@
+//! OpenAI's `/v1/embeddings` request and response, parsed by hand from JSON so that
+//! every malformed field gets its own message and `param`, as OpenAI's API does.
+
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inputs {
+    Texts(Vec<String>),
+    Tokens(Vec<Vec<u32>>),
+}
+
+impl Inputs {
+    pub fn len(&self) -> usize {
+        match self {
+            Inputs::Texts(t) => t.len(),
+            Inputs::Tokens(t) => t.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodingFormat {
+    Float,
+    Base64,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbeddingRequest {
+    pub input: Inputs,
+    pub model: Option<String>,
+    pub encoding_format: EncodingFormat,
+    pub dimensions: Option<usize>,
+    /// Extension: task instruction for queries.
+    pub instruction: Option<String>,
+    /// Extension: name of a prompt configured with `--prompt NAME=TEXT`.
+    pub prompt_name: Option<String>,
+    /// Extension: truncate over-long input instead of refusing it.
+    pub truncate: Option<bool>,
+}
+
+pub fn parse_json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid(
+            format!("We could not parse the JSON body of your request: {e}"),
+            None,
+        )
+        .with_code("invalid_json")
+    })?;
+    match value {
+        Value::Object(m) => Ok(m),
+        _ => Err(ApiError::invalid(
+            "The request body must be a JSON object",
+            None,
+        )),
+    }
+}
+
+pub fn parse_embedding_request(body: &[u8]) -> Result<EmbeddingRequest, ApiError> {
+    let obj = parse_json_object(body)?;
+    let input = parse_input(obj.get("input"))?;
+    let encoding_format = match opt_string(&obj, "encoding_format")?.as_deref() {
+        None | Some("float") => EncodingFormat::Float,
+        Some("base64") => EncodingFormat::Base64,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                format!("'{other}' is not one of ['float', 'base64'] - 'encoding_format'"),
+                Some("encoding_format"),
+            ))
+        }
+    };
+    let dimensions = match obj.get("dimensions") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|d| usize::try_from(d).ok())
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        format!("'dimensions' must be a positive integer, got {v}"),
+                        Some("dimensions"),
+                    )
+                })?,
+        ),
+    };
+    let truncate = match obj.get("truncate") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                format!("'truncate' must be a boolean, got {v}"),
+                Some("truncate"),
+            ))
+        }
+    };
+    opt_string(&obj, "user")?;
+    Ok(EmbeddingRequest {
+        input,
+        model: opt_string(&obj, "model")?,
+        encoding_format,
+        dimensions,
+        instruction: opt_string(&obj, "instruction")?,
+        prompt_name: opt_string(&obj, "prompt_name")?,
+        truncate,
+    })
+}
+
+/// A string field that may be absent or null; any other type is an error naming it.
+pub fn opt_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(ApiError::invalid(
+            format!("'{key}' must be a string, got {}", type_name(v)),
+            Some(key),
+        )),
+    }
+}
+
+/// `input`: a string, an array of strings, an array of token ids, or an array of arrays
+/// of token ids.
+pub fn parse_input(value: Option<&Value>) -> Result<Inputs, ApiError> {
+    let bad = |m: String| ApiError::invalid(m, Some("input"));
+    match value {
+        None | Some(Value::Null) => Err(bad("'input' is a required property".into())),
+        Some(Value::String(s)) => {
+            if s.is_empty() {
+                return Err(bad("'input' must not be an empty string".into()));
+            }
+            Ok(Inputs::Texts(vec![s.clone()]))
+        }
+        Some(Value::Array(items)) => {
+            if items.is_empty() {
+                return Err(bad("'input' must not be an empty array".into()));
+            }
+            match &items[0] {
+                Value::String(_) => {
+                    let mut texts = Vec::with_capacity(items.len());
+                    for (i, item) in items.iter().enumerate() {
+                        match item {
+                            Value::String(s) if s.is_empty() => {
+                                return Err(bad(format!("input[{i}] is an empty string")))
+                            }
+                            Value::String(s) => texts.push(s.clone()),
+                            v => {
+                                return Err(bad(format!(
+                                    "input[{i}] is {}, but input[0] is a string: arrays must not mix types",
+                                    type_name(v)
+                                )))
+                            }
+                        }
+                    }
+                    Ok(Inputs::Texts(texts))
+                }
+                Value::Number(_) => Ok(Inputs::Tokens(vec![token_ids(items, "input")?])),
+                Value::Array(_) => {
+                    let mut seqs = Vec::with_capacity(items.len());
+                    for (i, item) in items.iter().enumerate() {
+                        let param = format!("input[{i}]");
+                        match item {
+                            Value::Array(ids) if ids.is_empty() => {
+                                return Err(bad(format!("{param} is an empty array of tokens")))
+                            }
+                            Value::Array(ids) => seqs.push(token_ids(ids, &param)?),
+                            v => {
+                                return Err(bad(format!(
+                                    "{param} is {}, but input[0] is an array of tokens",
+                                    type_name(v)
+                                )))
+                            }
+                        }
+                    }
+                    Ok(Inputs::Tokens(seqs))
+                }
+                v => Err(bad(format!(
+                    "'input' must be a string or an array of strings or token ids, got an array of {}",
+                    type_name(v)
+                ))),
+            }
+        }
+        Some(v) => Err(bad(format!(
+            "'input' must be a string or an array, got {}",
+            type_name(v)
+        ))),
+    }
+}
+
+fn token_ids(items: &[Value], param: &str) -> Result<Vec<u32>, ApiError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        format!("{param}[{i}] must be a non-negative integer token id, got {v}"),
+                        Some("input"),
+                    )
+                })
+        })
+        .collect()
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[derive(Serialize)]
+pub struct EmbeddingResponse {
+    pub object: &'static str,
+    pub data: Vec<EmbeddingData>,
+    pub model: String,
+    pub usage: Usage,
+}
+
+#[derive(Serialize)]
+pub struct EmbeddingData {
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: EmbeddingValue,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum EmbeddingValue {
+    Float(Vec<f32>),
+    /// Little-endian f32 bytes, base64: what the OpenAI SDKs decode.
+    Base64(String),
+}
+
+impl EmbeddingValue {
+    pub fn encode(v: Vec<f32>, format: EncodingFormat) -> Self {
+        match format {
+            EncodingFormat::Float => EmbeddingValue::Float(v),
+            EncodingFormat::Base64 => {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                EmbeddingValue::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<EmbeddingRequest, ApiError> {
+        parse_embedding_request(s.as_bytes())
+    }
+
+    #[test]
+    fn accepts_the_four_input_shapes() {
+        assert_eq!(
+            parse(r#"{"input":"a"}"#).unwrap().input,
+            Inputs::Texts(vec!["a".into()])
+        );
+        assert_eq!(
+            parse(r#"{"input":["a","b"]}"#).unwrap().input,
+            Inputs::Texts(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            parse(r#"{"input":[1,2]}"#).unwrap().input,
+            Inputs::Tokens(vec![vec![1, 2]])
+        );
+        assert_eq!(
+            parse(r#"{"input":[[1],[2,3]]}"#).unwrap().input,
+            Inputs::Tokens(vec![vec![1], vec![2, 3]])
+        );
+    }
+
+    #[test]
+    fn base64_is_little_endian_f32() {
+        let EmbeddingValue::Base64(s) =
+            EmbeddingValue::encode(vec![1.0, -2.5], EncodingFormat::Base64)
+        else {
+            panic!("not base64")
+        };
+        let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
+        assert_eq!(
+            bytes,
+            [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_parameter() {
+        for (body, param) in [
+            (r#"{"input":[]}"#, "input"),
+            (r#"{"input":["a", 1]}"#, "input"),
+            (r#"{"input":[-1]}"#, "input"),
+            (
+                r#"{"input":"a","encoding_format":"int8"}"#,
+                "encoding_format",
+            ),
+            (r#"{"input":"a","dimensions":1.5}"#, "dimensions"),
+            (r#"{"input":"a","model":7}"#, "model"),
+        ] {
+            assert_eq!(
+                parse(body).unwrap_err().param.as_deref(),
+                Some(param),
+                "{body}"
+            );
+        }
+    }
+}

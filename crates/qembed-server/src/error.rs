@@ -1,0 +1,159 @@
+//! Every failure a client can see, in OpenAI's error shape.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use qembed_engine::{EngineError, SubmitError};
+use serde::Serialize;
+
+/// `{"error": {"message", "type", "param", "code"}}` with an HTTP status, and a
+/// Retry-After for the statuses a client should retry.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(str::to_string),
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn model_not_found(model: &str) -> Self {
+        Self::invalid(format!("The model `{model}` does not exist"), Some("model"))
+            .with_status(StatusCode::NOT_FOUND)
+            .with_code("model_not_found")
+    }
+
+    pub fn unauthorized(message: &str) -> Self {
+        Self::invalid(message, None)
+            .with_status(StatusCode::UNAUTHORIZED)
+            .with_code("invalid_api_key")
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        Self::invalid(format!("Unknown route: {path}"), None)
+            .with_status(StatusCode::NOT_FOUND)
+            .with_code("unknown_url")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::invalid("Method not allowed for this route", None)
+            .with_status(StatusCode::METHOD_NOT_ALLOWED)
+            .with_code("method_not_allowed")
+    }
+
+    pub fn overloaded(message: String) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message,
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(1),
+        }
+    }
+
+    pub fn unavailable(message: &str) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.to_string(),
+            kind: "server_error",
+            param: None,
+            code: Some("service_unavailable"),
+            retry_after: Some(1),
+        }
+    }
+
+    pub fn internal(message: String) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message,
+            kind: "server_error",
+            param: None,
+            code: Some("internal_error"),
+            retry_after: None,
+        }
+    }
+
+    /// An engine error about the input at `param` (e.g. `input[3]`), or a server fault.
+    pub fn from_engine(e: EngineError, param: &str) -> Self {
+        match &e {
+            EngineError::Dimensions { .. } => {
+                Self::invalid(e.to_string(), Some("dimensions")).with_code("invalid_dimensions")
+            }
+            EngineError::TooLong { .. } => Self::invalid(format!("{param}: {e}"), Some(param))
+                .with_code("context_length_exceeded"),
+            EngineError::InvalidToken { .. } => {
+                Self::invalid(format!("{param}: {e}"), Some(param)).with_code("invalid_token")
+            }
+            _ if e.is_input_error() => Self::invalid(format!("{param}: {e}"), Some(param)),
+            _ => Self::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Overloaded(_) => ApiError::overloaded(e.to_string()),
+            SubmitError::WorkerGone => ApiError::unavailable(&e.to_string()),
+            SubmitError::Engine(e) => ApiError::from_engine(e, "input"),
+            SubmitError::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        };
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
