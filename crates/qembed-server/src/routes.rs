@@ -55,9 +55,9 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let started = Instant::now();
-    state.metrics.in_flight.inc();
+    let in_flight = InFlight::enter(&state.metrics.in_flight);
     let mut resp = next.run(req).await;
-    state.metrics.in_flight.dec();
+    drop(in_flight);
     let m = &state.metrics;
     m.latency
         .with_label_values(&[&route])
@@ -75,6 +75,23 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
         }
     }
     resp
+}
+
+/// Counts a request as in flight until dropped, including when the client disconnects
+/// and axum drops the handler mid-way: drain waits on this gauge reaching zero.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn enter(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {

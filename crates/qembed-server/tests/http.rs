@@ -542,3 +542,54 @@ async fn info_models_and_tokenize() {
     assert_eq!(st, 200, "{tok}");
     assert_eq!(tok["data"][0]["tokens"], case["input_ids"]);
 }
+
+/// Clients that give up mid-request are neither computed for nor counted as in flight,
+/// so a later drain is not held up by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_requests_do_not_hold_up_drain() {
+    let mut s = Server::start(
+        MODEL,
+        &["--max-batch-requests", "1", "--shutdown-timeout", "60"],
+    )
+    .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(30))
+        .build()
+        .unwrap();
+    let body = json!({"input": vec![long_text(300); 8], "truncate": true});
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (c, url, body) = (impatient.clone(), s.url("/v1/embeddings"), body.clone());
+        set.spawn(async move { c.post(&url).json(&body).send().await.is_err() });
+    }
+    while let Some(timed_out) = set.join_next().await {
+        assert!(
+            timed_out.unwrap(),
+            "request finished within 30 ms; make it heavier"
+        );
+    }
+    let c = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = c
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // The scrape itself is the one request in flight.
+        if m.lines().any(|l| l == "qembed_in_flight_requests 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "abandoned requests still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.sigterm();
+    let status = s.wait(Duration::from_secs(20)).expect("did not exit");
+    assert!(status.success(), "{status:?}");
+}
