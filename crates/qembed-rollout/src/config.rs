@@ -11,7 +11,9 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub colors: BTreeMap<String, Color>,
-    pub nginx: Nginx,
+    /// Absent where something else switches traffic (Kubernetes, Argo Rollouts): then
+    /// only `verify --against` is available.
+    pub nginx: Option<Nginx>,
     #[serde(default)]
     pub verify: Verify,
     #[serde(default)]
@@ -175,10 +177,18 @@ impl Config {
             c.upstream_addr()
                 .with_context(|| format!("colour {name}"))?;
         }
-        if cfg.nginx.test.is_empty() || cfg.nginx.reload.is_empty() {
-            bail!("nginx.test and nginx.reload must be commands");
+        if let Some(n) = &cfg.nginx {
+            if n.test.is_empty() || n.reload.is_empty() {
+                bail!("nginx.test and nginx.reload must be commands");
+            }
         }
         Ok(cfg)
+    }
+
+    pub fn nginx(&self) -> Result<&Nginx> {
+        self.nginx
+            .as_ref()
+            .context("this command needs an [nginx] section in the rollout config")
     }
 
     pub fn color(&self, name: &str) -> Result<&Color> {

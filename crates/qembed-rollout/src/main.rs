@@ -63,6 +63,9 @@ enum Cmd {
         /// Accept a colour whose vectors differ from the active colour's.
         #[arg(long)]
         allow_reindex: bool,
+        /// The colour serving now, for the compatibility check (default: from nginx).
+        #[arg(long)]
+        against: Option<String>,
     },
     /// Verify, switch nginx, watch, and roll back by itself if a threshold breaks.
     Switch {
@@ -124,8 +127,13 @@ async fn dispatch(cli: Cli) -> Result<std::result::Result<(), Stop>> {
         Cmd::Verify {
             color,
             allow_reindex,
+            against,
         } => {
-            let active = nginx::active(&cfg.nginx.upstream_file)?;
+            let active = match (against, &cfg.nginx) {
+                (Some(a), _) => Some(cfg.color(&a).map(|_| a)?),
+                (None, Some(n)) => nginx::active(&n.upstream_file)?,
+                (None, None) => None,
+            };
             gate(&cfg, &color, active.as_deref(), allow_reindex).await
         }
         Cmd::Switch { to, allow_reindex } => switch(&cfg, &to, allow_reindex).await,
@@ -139,8 +147,8 @@ fn timeout(cfg: &Config) -> Duration {
 }
 
 async fn status(cfg: &Config) -> Result<()> {
-    let active = nginx::active(&cfg.nginx.upstream_file)?;
-    let st = State::load(&cfg.nginx.state_file)?;
+    let active = nginx::active(&cfg.nginx()?.upstream_file)?;
+    let st = State::load(&cfg.nginx()?.state_file)?;
     println!(
         "active (nginx upstream): {}",
         active.as_deref().unwrap_or("none")
@@ -174,15 +182,15 @@ async fn status(cfg: &Config) -> Result<()> {
 fn init(cfg: &Config, color: &str) -> Result<()> {
     let addr = cfg.color(color)?.upstream_addr()?;
     nginx::write(
-        &cfg.nginx.upstream_file,
-        &nginx::render(color, &addr, None, cfg.nginx.keepalive),
+        &cfg.nginx()?.upstream_file,
+        &nginx::render(color, &addr, None, cfg.nginx()?.keepalive),
     )?;
     State {
         active: Some(color.to_string()),
         ..State::default()
     }
-    .save(&cfg.nginx.state_file)?;
-    tracing::info!(color, file = %cfg.nginx.upstream_file.display(), "upstream written");
+    .save(&cfg.nginx()?.state_file)?;
+    tracing::info!(color, file = %cfg.nginx()?.upstream_file.display(), "upstream written");
     Ok(())
 }
 
@@ -233,20 +241,20 @@ async fn point_nginx(cfg: &Config, to: &str, from: Option<&str>) -> Result<()> {
             }
         }
     }
-    let file = &cfg.nginx.upstream_file;
+    let file = &cfg.nginx()?.upstream_file;
     let old = std::fs::read_to_string(file).ok();
     nginx::write(
         file,
-        &nginx::render(to, &addr, backup.as_deref(), cfg.nginx.keepalive),
+        &nginx::render(to, &addr, backup.as_deref(), cfg.nginx()?.keepalive),
     )?;
-    if let Err(e) = nginx::run(&cfg.nginx.test, "nginx -t") {
+    if let Err(e) = nginx::run(&cfg.nginx()?.test, "nginx -t") {
         // Leave nginx exactly as it was.
         if let Some(old) = old {
             nginx::write(file, &old)?;
         }
         return Err(e);
     }
-    nginx::run(&cfg.nginx.reload, "nginx reload")?;
+    nginx::run(&cfg.nginx()?.reload, "nginx reload")?;
     tracing::info!(to, backup = ?backup, "nginx now sends traffic to {to}");
     Ok(())
 }
@@ -257,7 +265,7 @@ async fn switch(
     allow_reindex: bool,
 ) -> Result<std::result::Result<(), Stop>> {
     cfg.color(to)?;
-    let active = nginx::active(&cfg.nginx.upstream_file)?;
+    let active = nginx::active(&cfg.nginx()?.upstream_file)?;
     if active.as_deref() == Some(to) {
         tracing::info!(to, "already active; nothing to do");
         return Ok(Ok(()));
@@ -267,11 +275,11 @@ async fn switch(
     }
     let started = std::time::Instant::now();
     point_nginx(cfg, to, active.as_deref()).await?;
-    let mut st = State::load(&cfg.nginx.state_file)?;
+    let mut st = State::load(&cfg.nginx()?.state_file)?;
     st.previous = active.clone();
     st.active = Some(to.to_string());
     st.switched_at = Some(now_unix());
-    st.save(&cfg.nginx.state_file)?;
+    st.save(&cfg.nginx()?.state_file)?;
     tracing::info!(
         to,
         switch_ms = started.elapsed().as_millis() as u64,
@@ -296,7 +304,7 @@ async fn switch(
                 switched_at: Some(now_unix()),
                 retired: None,
             };
-            st.save(&cfg.nginx.state_file)?;
+            st.save(&cfg.nginx()?.state_file)?;
             Ok(Err(Stop(
                 EXIT_ROLLED_BACK,
                 format!("rolled back to {prev}: {why}"),
@@ -306,9 +314,9 @@ async fn switch(
 }
 
 async fn rollback(cfg: &Config) -> Result<()> {
-    let active = nginx::active(&cfg.nginx.upstream_file)?
+    let active = nginx::active(&cfg.nginx()?.upstream_file)?
         .context("no active colour in the upstream file")?;
-    let st = State::load(&cfg.nginx.state_file)?;
+    let st = State::load(&cfg.nginx()?.state_file)?;
     let prev = match st.previous {
         Some(p) if p != active => p,
         _ => cfg.other(&active)?,
@@ -327,14 +335,14 @@ async fn rollback(cfg: &Config) -> Result<()> {
         switched_at: Some(now_unix()),
         retired: None,
     }
-    .save(&cfg.nginx.state_file)?;
+    .save(&cfg.nginx()?.state_file)?;
     tracing::info!(to = %prev, "rolled back");
     Ok(())
 }
 
 fn retire(cfg: &Config, force: bool) -> Result<std::result::Result<(), Stop>> {
-    let mut st = State::load(&cfg.nginx.state_file)?;
-    let active = nginx::active(&cfg.nginx.upstream_file)?;
+    let mut st = State::load(&cfg.nginx()?.state_file)?;
+    let active = nginx::active(&cfg.nginx()?.upstream_file)?;
     let Some(prev) = st.previous.clone().filter(|p| Some(p) != active.as_ref()) else {
         tracing::info!("no previous colour to retire");
         return Ok(Ok(()));
@@ -357,7 +365,7 @@ fn retire(cfg: &Config, force: bool) -> Result<std::result::Result<(), Stop>> {
     }
     nginx::run(stop, &format!("stopping {prev}"))?;
     st.retired = Some(prev.clone());
-    st.save(&cfg.nginx.state_file)?;
+    st.save(&cfg.nginx()?.state_file)?;
     tracing::info!(retired = %prev, "retired");
     Ok(Ok(()))
 }
