@@ -182,6 +182,20 @@ FIXTURES = [
         "causal_lm": True,
         "max_shard_size": None,
     },
+    {
+        # Enough heads (8) and kv heads (4) for tensor parallelism up to 4 ranks.
+        "name": "qwen3-tiny-tp4",
+        "seed": 44,
+        "tokenizer_vocab": 700,
+        "eos_post_processor": True,
+        "vocab_pad": 5,
+        "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+                       num_key_value_heads=4, head_dim=16, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
+                       max_position_embeddings=1024, tie_word_embeddings=True),
+        "dtype": torch.bfloat16,
+        "causal_lm": False,
+        "max_shard_size": None,
+    },
 ]
 
 

@@ -29,7 +29,12 @@ struct Case {
     embedding: Vec<f32>,
 }
 
-const FIXTURES: [&str; 3] = ["qwen3-tiny-gqa", "qwen3-tiny-mqa", "qwen3-tiny-f16"];
+const FIXTURES: [&str; 4] = [
+    "qwen3-tiny-gqa",
+    "qwen3-tiny-mqa",
+    "qwen3-tiny-f16",
+    "qwen3-tiny-tp4",
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

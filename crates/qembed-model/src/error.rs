@@ -37,6 +37,8 @@ pub enum ModelError {
         file: PathBuf,
         dtype: String,
     },
+    #[error("tensor parallelism: {0}")]
+    TensorParallel(String),
     #[error("invalid input: {0}")]
     Input(String),
     #[error("tensor computation failed: {0}")]

@@ -8,6 +8,7 @@ mod config;
 mod error;
 mod packed;
 mod qwen3;
+mod tp;
 mod weights;
 
 pub use candle_core::{DType, Device};
@@ -15,4 +16,5 @@ pub use config::Qwen3Config;
 pub use error::{ModelError, Result};
 pub use packed::PackedBatch;
 pub use qwen3::Qwen3Embedding;
+pub use tp::{AllReduce, LocalGroup};
 pub use weights::{weight_files, Weights};

@@ -7,11 +7,13 @@
 //! sequences and no compute is spent on padding.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::rope_thd;
 
+use crate::tp::{shard_range, AllReduce};
 use crate::{ModelError, PackedBatch, Qwen3Config, Result, Weights};
 
 /// Query rows attended at once. Bounds the score matrix to `heads x rows x keys`, so a
@@ -26,6 +28,16 @@ pub struct Qwen3Embedding {
     dtype: DType,
     device: Device,
     attention_block: usize,
+    /// This rank's share: attention heads, kv heads, MLP columns (all of them at TP=1).
+    local: Local,
+    comm: Option<Arc<dyn AllReduce>>,
+}
+
+#[derive(Clone, Copy)]
+struct Local {
+    heads: usize,
+    kv_heads: usize,
+    intermediate: usize,
 }
 
 struct DecoderLayer {
@@ -66,9 +78,42 @@ impl Qwen3Embedding {
     }
 
     pub fn from_weights(cfg: Qwen3Config, w: &Weights) -> Result<Self> {
+        Self::from_weights_sharded(cfg, w, None)
+    }
+
+    /// Loads one tensor-parallel rank: whole heads and whole kv heads, a slice of the MLP
+    /// columns; `comm` completes the row-split o_proj and down_proj. A group size that
+    /// does not divide the heads, kv heads and intermediate size is an error.
+    pub fn load_sharded(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        comm: Arc<dyn AllReduce>,
+    ) -> Result<Self> {
+        let cfg = Qwen3Config::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir, dtype, device)?;
+        Self::from_weights_sharded(cfg, &weights, Some(comm))
+    }
+
+    pub fn from_weights_sharded(
+        cfg: Qwen3Config,
+        w: &Weights,
+        comm: Option<Arc<dyn AllReduce>>,
+    ) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let inter = cfg.intermediate_size;
+        let (rank, size) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+        let (q0, qn) = shard_range("num_attention_heads", nq, rank, size)?;
+        let (k0, kn) = shard_range("num_key_value_heads", nkv, rank, size)?;
+        let (i0, inn) = shard_range("intermediate_size", inter, rank, size)?;
+        // Rows (dim 0) or columns (dim 1) of a full tensor that belong to this rank.
+        let rows = |t: Tensor, start: usize, len: usize| -> Result<Tensor> {
+            Ok(t.narrow(0, start, len)?.contiguous()?)
+        };
+        let cols = |t: Tensor, start: usize, len: usize| -> Result<Tensor> {
+            Ok(t.narrow(1, start, len)?.contiguous()?)
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("layers.{i}");
@@ -76,25 +121,26 @@ impl Qwen3Embedding {
             let mlp = |n: &str, shape: &[usize]| w.get(&format!("{p}.mlp.{n}.weight"), shape);
             let qkv_weight = Tensor::cat(
                 &[
-                    attn("q_proj.weight", &[nq * hd, h])?,
-                    attn("k_proj.weight", &[nkv * hd, h])?,
-                    attn("v_proj.weight", &[nkv * hd, h])?,
+                    rows(attn("q_proj.weight", &[nq * hd, h])?, q0 * hd, qn * hd)?,
+                    rows(attn("k_proj.weight", &[nkv * hd, h])?, k0 * hd, kn * hd)?,
+                    rows(attn("v_proj.weight", &[nkv * hd, h])?, k0 * hd, kn * hd)?,
                 ],
                 0,
             )?;
             let qkv_bias = if cfg.attention_bias {
                 Some(Tensor::cat(
                     &[
-                        attn("q_proj.bias", &[nq * hd])?,
-                        attn("k_proj.bias", &[nkv * hd])?,
-                        attn("v_proj.bias", &[nkv * hd])?,
+                        attn("q_proj.bias", &[nq * hd])?.narrow(0, q0 * hd, qn * hd)?,
+                        attn("k_proj.bias", &[nkv * hd])?.narrow(0, k0 * hd, kn * hd)?,
+                        attn("v_proj.bias", &[nkv * hd])?.narrow(0, k0 * hd, kn * hd)?,
                     ],
                     0,
                 )?)
             } else {
                 None
             };
-            let o_bias = if cfg.attention_bias {
+            // The bias is added once, by rank 0, before the all-reduce sums the ranks.
+            let o_bias = if cfg.attention_bias && rank == 0 {
                 Some(attn("o_proj.bias", &[h])?)
             } else {
                 None
@@ -110,18 +156,21 @@ impl Qwen3Embedding {
                 q_norm: attn("q_norm.weight", &[hd])?,
                 k_norm: attn("k_norm.weight", &[hd])?,
                 o_proj: Linear {
-                    weight: attn("o_proj.weight", &[h, nq * hd])?,
+                    weight: cols(attn("o_proj.weight", &[h, nq * hd])?, q0 * hd, qn * hd)?,
                     bias: o_bias,
                 },
                 gate_up: Linear {
                     weight: Tensor::cat(
-                        &[mlp("gate_proj", &[inter, h])?, mlp("up_proj", &[inter, h])?],
+                        &[
+                            rows(mlp("gate_proj", &[inter, h])?, i0, inn)?,
+                            rows(mlp("up_proj", &[inter, h])?, i0, inn)?,
+                        ],
                         0,
                     )?,
                     bias: None,
                 },
                 down: Linear {
-                    weight: mlp("down_proj", &[h, inter])?,
+                    weight: cols(mlp("down_proj", &[h, inter])?, i0, inn)?,
                     bias: None,
                 },
             });
@@ -133,6 +182,12 @@ impl Qwen3Embedding {
             dtype: w.dtype(),
             device: w.device().clone(),
             attention_block: DEFAULT_ATTENTION_BLOCK,
+            local: Local {
+                heads: qn,
+                kv_heads: kn,
+                intermediate: inn,
+            },
+            comm,
             cfg,
         })
     }
@@ -215,7 +270,7 @@ impl Qwen3Embedding {
     ) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
         let (n, hd) = (x.dim(0)?, self.cfg.head_dim);
-        let (nq, nkv) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
+        let (nq, nkv) = (self.local.heads, self.local.kv_heads);
 
         let h = rms_norm(x, &l.input_norm, eps)?;
         let qkv = l.qkv.forward(&h)?;
@@ -227,25 +282,29 @@ impl Qwen3Embedding {
         let q = rope_thd(&rms_norm(&q, &l.q_norm, eps)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
         let k = rope_thd(&rms_norm(&k, &l.k_norm, eps)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
         let attn = self.attention(&q, &k, &v, cu_seqlens)?;
-        let x = (x + l.o_proj.forward(&attn)?)?;
+        let x = (x + self.reduce(l.o_proj.forward(&attn)?)?)?;
 
         let h = rms_norm(&x, &l.post_attention_norm, eps)?;
         let gate_up = l.gate_up.forward(&h)?;
-        let inter = self.cfg.intermediate_size;
+        let inter = self.local.intermediate;
         let gate = gate_up.narrow(1, 0, inter)?;
         let up = gate_up.narrow(1, inter, inter)?;
         let act = (candle_nn::Activation::Silu.forward(&gate)? * up)?;
-        Ok((x + l.down.forward(&act)?)?)
+        Ok((x + self.reduce(l.down.forward(&act)?)?)?)
+    }
+
+    /// Completes a row-parallel projection across ranks (a no-op without TP).
+    fn reduce(&self, partial: Tensor) -> Result<Tensor> {
+        match &self.comm {
+            Some(c) if c.world_size() > 1 => c.all_reduce_sum(&partial),
+            _ => Ok(partial),
+        }
     }
 
     /// Causal grouped-query attention over each sequence of the packed batch.
     /// q: `[tokens, H, D]`, k/v: `[tokens, KV, D]`; returns `[tokens, H * D]`.
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, cu: &[usize]) -> Result<Tensor> {
-        let (hd, nq, nkv) = (
-            self.cfg.head_dim,
-            self.cfg.num_attention_heads,
-            self.cfg.num_key_value_heads,
-        );
+        let (hd, nq, nkv) = (self.cfg.head_dim, self.local.heads, self.local.kv_heads);
         let groups = nq / nkv;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut per_seq = Vec::with_capacity(cu.len() - 1);

@@ -19,7 +19,12 @@ struct Case {
     raw: Vec<f32>,
 }
 
-const FIXTURES: [&str; 3] = ["qwen3-tiny-gqa", "qwen3-tiny-mqa", "qwen3-tiny-f16"];
+const FIXTURES: [&str; 4] = [
+    "qwen3-tiny-gqa",
+    "qwen3-tiny-mqa",
+    "qwen3-tiny-f16",
+    "qwen3-tiny-tp4",
+];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,0 +1,73 @@
+//! Tokens/s of qembed's forward pass (model only: ids in, pooled vectors out) for the
+//! batch shapes `run.sh` also gives PyTorch, so the two are measured in one run.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use qembed_model::{DType, Device, PackedBatch, Qwen3Embedding};
+
+#[derive(Parser)]
+struct Args {
+    /// Checkpoint directory (config.json + safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Shapes: `BxL` (B sequences of L tokens) or `mixed` (16 lengths in 8..512).
+    #[arg(long, value_delimiter = ',', default_value = "1x16,32x128,8x512,mixed")]
+    shapes: Vec<String>,
+    /// Timed repetitions per shape (after one warm-up).
+    #[arg(long, default_value_t = 2)]
+    reps: usize,
+}
+
+/// The lengths of one batch; `mixed` is the same deterministic list run.sh gives torch.
+fn lengths(shape: &str) -> Result<Vec<usize>> {
+    if shape == "mixed" {
+        return Ok((0..16).map(|i| 8 + (i * 337) % 505).collect());
+    }
+    let (b, l) = shape.split_once('x').context("shape is BxL or mixed")?;
+    Ok(vec![l.parse()?; b.parse()?])
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let dtype = match args.dtype.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        d => anyhow::bail!("unknown dtype {d}"),
+    };
+    let model = Qwen3Embedding::load(&args.model, dtype, &Device::Cpu)?;
+    let vocab = model.config().vocab_size as u64;
+    for shape in &args.shapes {
+        let lens = lengths(shape)?;
+        // Deterministic ids away from the special tokens at the end of the vocabulary.
+        let seqs: Vec<Vec<u32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(s, &l)| {
+                (0..l)
+                    .map(|t| ((s * 7919 + t * 104729) as u64 % (vocab - 32)) as u32)
+                    .collect()
+            })
+            .collect();
+        let batch = PackedBatch::new(&seqs);
+        model.forward(&batch)?;
+        let started = Instant::now();
+        for _ in 0..args.reps {
+            model.forward(&batch)?;
+        }
+        let secs = started.elapsed().as_secs_f64() / args.reps as f64;
+        let tokens = batch.num_tokens();
+        println!(
+            "{}",
+            serde_json::json!({"engine": "qembed", "dtype": args.dtype, "shape": shape,
+                               "tokens": tokens, "seconds": secs, "tokens_per_s": tokens as f64 / secs})
+        );
+    }
+    Ok(())
+}

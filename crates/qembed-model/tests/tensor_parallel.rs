@@ -1,0 +1,92 @@
+//! Tensor parallelism proven on CPU: TP ranks on threads of one process, joined by the
+//! in-process all-reduce, give what one rank gives (and what transformers gives).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use qembed_model::{DType, Device, LocalGroup, ModelError, PackedBatch, Qwen3Embedding};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Reference {
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    input_ids: Vec<u32>,
+    raw: Vec<f32>,
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(name)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Runs `batch` on `size` ranks, one thread each; returns every rank's output.
+fn run_tp(dir: &Path, size: usize, batch: &PackedBatch) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
+    let handles: Vec<_> = LocalGroup::new(size)
+        .into_iter()
+        .map(|comm| {
+            let (dir, batch) = (dir.to_path_buf(), batch.clone());
+            std::thread::spawn(move || {
+                let model =
+                    Qwen3Embedding::load_sharded(&dir, DType::F32, &Device::Cpu, Arc::new(comm))?;
+                model.embed(&batch)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn tp_equals_single_rank_on_every_fixture_that_divides() {
+    // (fixture, TP sizes): gqa has 4 heads / 2 kv heads, f16 2 / 2, tp4 8 / 4.
+    for (name, sizes) in [
+        ("qwen3-tiny-gqa", vec![2]),
+        ("qwen3-tiny-f16", vec![2]),
+        ("qwen3-tiny-tp4", vec![2, 4]),
+    ] {
+        let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+        let r: Reference = serde_json::from_str(&text).unwrap();
+        let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
+        let batch = PackedBatch::new(&ids);
+        let single = Qwen3Embedding::load(&fixture(name), DType::F32, &Device::Cpu)
+            .unwrap()
+            .embed(&batch)
+            .unwrap();
+        for size in sizes {
+            let ranks = run_tp(&fixture(name), size, &batch).unwrap();
+            let mut worst = 1.0f64;
+            for out in &ranks {
+                for ((tp, one), case) in out.iter().zip(&single).zip(&r.cases) {
+                    worst = worst.min(cosine(tp, one)).min(cosine(tp, &case.raw));
+                }
+            }
+            println!("{name} TP={size}: worst cosine vs TP=1 and transformers {worst:.7}");
+            assert!(worst >= 0.99999, "{name} TP={size}: {worst}");
+        }
+    }
+}
+
+#[test]
+fn tp_size_that_does_not_divide_heads_is_a_clear_error() {
+    // qwen3-tiny-mqa has 3 attention heads and 1 kv head; gqa has 2 kv heads.
+    for (name, size, what) in [
+        ("qwen3-tiny-mqa", 2, "num_attention_heads (3)"),
+        ("qwen3-tiny-gqa", 4, "num_key_value_heads (2)"),
+    ] {
+        let batch = PackedBatch::new(&[vec![1u32, 2, 3]]);
+        let err = run_tp(&fixture(name), size, &batch).unwrap_err();
+        assert!(matches!(err, ModelError::TensorParallel(_)), "{err}");
+        assert!(err.to_string().contains(what), "{err}");
+    }
+}
