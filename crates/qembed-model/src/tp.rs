@@ -95,7 +95,7 @@ pub(crate) fn shard_range(
     rank: usize,
     size: usize,
 ) -> Result<(usize, usize)> {
-    if size == 0 || total % size != 0 {
+    if size == 0 || !total.is_multiple_of(size) {
         return Err(ModelError::TensorParallel(format!(
             "tensor parallel size {size} does not divide {what} ({total})"
         )));
