@@ -10,8 +10,9 @@ shift || true
 DTYPES=${*:-f32 bf16}
 SHAPES=${SHAPES:-1x16,32x128,8x512,mixed}
 [ -f "$DIR/config.json" ] || "$PY" benches/forward/make_checkpoint.py "$DIR"
-cargo build --release -q -p qembed-bench
+# FEATURES=mkl builds qembed with MKL linear layers (libmkl_rt.so.3 on LD_LIBRARY_PATH).
+cargo build --release -q -p qembed-bench ${FEATURES:+--features "$FEATURES"}
 for dt in $DTYPES; do
-  RAYON_NUM_THREADS=2 ./target/release/qembed-bench-forward --model "$DIR" --dtype "$dt" --shapes "$SHAPES"
+  RAYON_NUM_THREADS=2 MKL_NUM_THREADS=2 ./target/release/qembed-bench-forward --model "$DIR" --dtype "$dt" --shapes "$SHAPES"
   "$PY" benches/forward/torch_forward.py --model "$DIR" --dtype "$dt" --shapes "$SHAPES" --threads 2
 done

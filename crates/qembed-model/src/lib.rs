@@ -6,6 +6,8 @@
 
 mod config;
 mod error;
+#[cfg(feature = "mkl")]
+pub mod mkl;
 mod packed;
 mod qwen3;
 mod tp;

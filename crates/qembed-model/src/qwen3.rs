@@ -61,6 +61,12 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "mkl")]
+        let y = match crate::mkl::linear(x, &self.weight)? {
+            Some(y) => y,
+            None => x.matmul(&self.weight.t()?)?,
+        };
+        #[cfg(not(feature = "mkl"))]
         let y = x.matmul(&self.weight.t()?)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
