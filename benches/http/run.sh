@@ -20,13 +20,18 @@ until curl -fs "$url/ready" >/dev/null; do sleep 0.1; done
 echo "## open loop: 50 requests/s for 20 s, one input of 128..256 words (<= 512 tokens)"
 ./target/release/qembed-load --url "$url" --rate 50 --concurrency 64 --requests 1000 \
   --duration 20 --words 128:256
+batch_stats() {
+  curl -fs "$url/metrics" | awk '/^qembed_batch_tokens_sum/ {t=$2} /^qembed_batch_tokens_count/ {c=$2} /^qembed_batch_requests_sum/ {r=$2} END {print t, c, r}'
+}
+report_batches() { # $1 $2: stats before and after a phase
+  read -r t0 c0 r0 <<< "$1"; read -r t1 c1 r1 <<< "$2"
+  awk -v t="$((${t1%.*} - ${t0%.*}))" -v c="$((${c1%.*} - ${c0%.*}))" -v r="$((${r1%.*} - ${r0%.*}))" -v b="$BUDGET" \
+    'BEGIN {printf "batches %d, mean batch tokens %.0f (budget %d, %.0f%%), mean requests per batch %.1f\n", c, t/c, b, 100*t/c/b, r/c}'
+}
+s1=$(batch_stats)
+report_batches "0 0 0" "$s1"
 echo
 echo "## closed loop: 32 concurrent clients, 4 inputs of 128..256 words each"
 ./target/release/qembed-load --url "$url" --concurrency 32 --requests 2000 --duration 20 \
   --inputs 4 --words 128:256
-echo
-m=$(curl -fs "$url/metrics")
-sum=$(echo "$m" | awk '/^qembed_batch_tokens_sum/ {print $2}')
-count=$(echo "$m" | awk '/^qembed_batch_tokens_count/ {print $2}')
-reqs=$(echo "$m" | awk '/^qembed_batch_requests_sum/ {print $2}')
-echo "## batches: $count, mean batch tokens $(awk -v s="$sum" -v c="$count" 'BEGIN {printf "%.0f", s/c}') (budget $BUDGET), mean requests per batch $(awk -v s="$reqs" -v c="$count" 'BEGIN {printf "%.1f", s/c}')"
+report_batches "$s1" "$(batch_stats)"
