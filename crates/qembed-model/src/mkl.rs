@@ -193,7 +193,10 @@ mod tests {
     #[test]
     fn mkl_linear_matches_candle() {
         let required = std::env::var_os("QEMBED_REQUIRE_MKL").is_some();
-        assert!(!required || super::available(), "MKL required but not loadable");
+        assert!(
+            !required || super::available(),
+            "MKL required but not loadable"
+        );
         let x = Tensor::randn(0f32, 1.0, (37, 64), &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 1.0, (48, 64), &Device::Cpu).unwrap();
         let want = x.matmul(&w.t().unwrap()).unwrap();
