@@ -81,14 +81,16 @@ pub fn available() -> bool {
     mkl().is_some()
 }
 
-/// `x @ w.T` through MKL for 2-D f32/bf16 CPU tensors; `None` where MKL does not apply.
+/// `x @ w.T` through MKL for 2-D CPU tensors: f32 x f32, bf16 x bf16, or f32
+/// activations with bf16 weights (cast to bf16 for the GEMM, f32 out); `None` where MKL
+/// does not apply.
 pub(crate) fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    let applies = x.device().is_cpu()
-        && x.rank() == 2
-        && w.rank() == 2
-        && x.dtype() == w.dtype()
-        && matches!(x.dtype(), DType::F32 | DType::BF16)
-        && mkl().is_some();
+    let dtypes_ok = matches!(
+        (x.dtype(), w.dtype()),
+        (DType::F32, DType::F32) | (DType::BF16, DType::BF16) | (DType::F32, DType::BF16)
+    );
+    let applies =
+        x.device().is_cpu() && x.rank() == 2 && w.rank() == 2 && dtypes_ok && mkl().is_some();
     if !applies {
         return Ok(None);
     }
@@ -155,6 +157,33 @@ impl CustomOp2 for MklLinear {
                 };
                 Ok((CpuStorage::F32(out), Shape::from((m, n))))
             }
+            (CpuStorage::F32(x), CpuStorage::BF16(w)) => {
+                let x: Vec<half::bf16> = slice(x, l1)?
+                    .iter()
+                    .map(|v| half::bf16::from_f32(*v))
+                    .collect();
+                let w = slice(w, l2)?;
+                // SAFETY: as above; half::bf16 is a transparent u16, MKL's MKL_BF16.
+                unsafe {
+                    (mkl.gemm_bf16)(
+                        ROW_MAJOR,
+                        NO_TRANS,
+                        TRANS,
+                        mi,
+                        ni,
+                        ki,
+                        1.0,
+                        x.as_ptr().cast(),
+                        ki,
+                        w.as_ptr().cast(),
+                        ki,
+                        0.0,
+                        out.as_mut_ptr(),
+                        ni,
+                    )
+                };
+                Ok((CpuStorage::F32(out), Shape::from((m, n))))
+            }
             (CpuStorage::BF16(x), CpuStorage::BF16(w)) => {
                 let (x, w) = (slice(x, l1)?, slice(w, l2)?);
                 // SAFETY: as above; half::bf16 is a transparent u16, MKL's MKL_BF16.
@@ -179,7 +208,7 @@ impl CustomOp2 for MklLinear {
                 let out: Vec<half::bf16> = out.into_iter().map(half::bf16::from_f32).collect();
                 Ok((CpuStorage::BF16(out), Shape::from((m, n))))
             }
-            _ => candle_core::bail!("mkl linear: only f32 and bf16"),
+            _ => candle_core::bail!("mkl linear: only f32, bf16, and f32 x bf16"),
         }
     }
 }
@@ -206,6 +235,15 @@ mod tests {
                 assert!(diff.to_scalar::<f32>().unwrap() < 1e-3);
             }
             None => assert!(!required),
+        }
+        // f32 activations with bf16 weights (the CPU bf16 layout): f32 out, bf16 accuracy.
+        let wb = w.to_dtype(candle_core::DType::BF16).unwrap();
+        if let Some(got) = super::linear(&x, &wb).unwrap() {
+            assert_eq!(got.dtype(), candle_core::DType::F32);
+            let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 0.5);
+        } else {
+            assert!(!required);
         }
     }
 }

@@ -25,7 +25,12 @@ pub struct Qwen3Embedding {
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: Tensor,
+    /// Dtype of the linear layers' weights and GEMM operands (what `--dtype` picks).
     dtype: DType,
+    /// Dtype of activations, norms and attention. On CPU always f32: element-wise work
+    /// in bf16/f16 costs a conversion per element there, and f32 accumulation between
+    /// GEMMs is also the more exact choice (as oneDNN's bf16 autocast does).
+    act_dtype: DType,
     device: Device,
     attention_block: usize,
     /// This rank's share: attention heads, kv heads, MLP columns (all of them at TP=1).
@@ -60,7 +65,20 @@ struct Linear {
 }
 
 impl Linear {
+    /// `x @ W.T (+ b)`. With bf16/f16 weights and f32 activations (the CPU layout) the
+    /// GEMM runs on the weights' dtype and returns f32.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() != self.weight.dtype() {
+            #[cfg(feature = "mkl")]
+            if let Some(y) = crate::mkl::linear(x, &self.weight)? {
+                return self.add_bias(y);
+            }
+            let y = x
+                .to_dtype(self.weight.dtype())?
+                .matmul(&self.weight.t()?)?
+                .to_dtype(x.dtype())?;
+            return self.add_bias(y);
+        }
         #[cfg(feature = "mkl")]
         let y = match crate::mkl::linear(x, &self.weight)? {
             Some(y) => y,
@@ -68,8 +86,12 @@ impl Linear {
         };
         #[cfg(not(feature = "mkl"))]
         let y = x.matmul(&self.weight.t()?)?;
+        self.add_bias(y)
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,
         })
     }
@@ -110,6 +132,11 @@ impl Qwen3Embedding {
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let inter = cfg.intermediate_size;
         let (rank, size) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+        let act = if w.device().is_cpu() {
+            DType::F32
+        } else {
+            w.dtype()
+        };
         let (q0, qn) = shard_range("num_attention_heads", nq, rank, size)?;
         let (k0, kn) = shard_range("num_key_value_heads", nkv, rank, size)?;
         let (i0, inn) = shard_range("intermediate_size", inter, rank, size)?;
@@ -151,16 +178,16 @@ impl Qwen3Embedding {
             } else {
                 None
             };
+            let norm = |n: &str, len: usize| w.get_as(&format!("{p}.{n}.weight"), &[len], act);
             layers.push(DecoderLayer {
-                input_norm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
-                post_attention_norm: w
-                    .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                input_norm: norm("input_layernorm", h)?,
+                post_attention_norm: norm("post_attention_layernorm", h)?,
                 qkv: Linear {
                     weight: qkv_weight,
                     bias: qkv_bias,
                 },
-                q_norm: attn("q_norm.weight", &[hd])?,
-                k_norm: attn("k_norm.weight", &[hd])?,
+                q_norm: norm("self_attn.q_norm", hd)?,
+                k_norm: norm("self_attn.k_norm", hd)?,
                 o_proj: Linear {
                     weight: cols(attn("o_proj.weight", &[h, nq * hd])?, q0 * hd, qn * hd)?,
                     bias: o_bias,
@@ -182,10 +209,11 @@ impl Qwen3Embedding {
             });
         }
         Ok(Self {
-            embed_tokens: w.get("embed_tokens.weight", &[cfg.vocab_size, h])?,
-            norm: w.get("norm.weight", &[h])?,
+            embed_tokens: w.get_as("embed_tokens.weight", &[cfg.vocab_size, h], act)?,
+            norm: w.get_as("norm.weight", &[h], act)?,
             layers,
             dtype: w.dtype(),
+            act_dtype: act,
             device: w.device().clone(),
             attention_block: DEFAULT_ATTENTION_BLOCK,
             local: Local {
@@ -261,8 +289,8 @@ impl Qwen3Embedding {
             }
         }
         let shape = (positions.len(), half);
-        let cos = Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.dtype)?;
-        let sin = Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.dtype)?;
+        let cos = Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.act_dtype)?;
+        let sin = Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.act_dtype)?;
         Ok((cos, sin))
     }
 
@@ -338,11 +366,9 @@ impl Qwen3Embedding {
                     .to_dtype(DType::F32)?
                     .reshape((nkv, groups, rows, keys))?
                     .broadcast_add(&causal_mask(r0, rows, keys, &self.device)?)?;
-                let probs = softmax_last_dim(&scores)?.to_dtype(self.dtype)?.reshape((
-                    nkv,
-                    groups * rows,
-                    keys,
-                ))?;
+                let probs = softmax_last_dim(&scores)?
+                    .to_dtype(self.act_dtype)?
+                    .reshape((nkv, groups * rows, keys))?;
                 blocks.push(probs.matmul(&vb.contiguous()?)?.reshape((nq, rows, hd))?);
                 r0 += rows;
             }

@@ -60,6 +60,11 @@ impl Weights {
     /// Loads `name` (e.g. `layers.0.self_attn.q_proj.weight`), checks its shape and
     /// converts it to the compute dtype.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get_as(name, shape, self.dtype)
+    }
+
+    /// As [`get`](Self::get), converted to `dtype` instead.
+    pub fn get_as(&self, name: &str, shape: &[usize], to: DType) -> Result<Tensor> {
         let prefixed = format!("model.{name}");
         let (stored, &file) = [prefixed.as_str(), name]
             .into_iter()
@@ -86,7 +91,7 @@ impl Weights {
                 dtype,
             });
         }
-        Ok(view.load(&self.device)?.to_dtype(self.dtype)?)
+        Ok(view.load(&self.device)?.to_dtype(to)?)
     }
 
     fn file_list(&self) -> String {
