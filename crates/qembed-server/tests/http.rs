@@ -18,6 +18,21 @@ fn long_text(words: usize) -> String {
         .join(" ")
 }
 
+/// `qembed_in_flight_requests` as the server reports it, this scrape included.
+async fn in_flight(c: &reqwest::Client, s: &Server) -> f64 {
+    let m = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix("qembed_in_flight_requests ")?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn post(
     client: &reqwest::Client,
     url: &str,
@@ -367,27 +382,9 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         let (c, url, body) = (c.clone(), s.url("/v1/embeddings"), body.clone());
         set.spawn(async move { post(&c, &url, &body).await.0 });
     }
-    // Wait until the server has them in flight.
+    // Wait until the server has them in flight (the scrape itself counts as one).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = c
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let in_flight: f64 = m
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("qembed_in_flight_requests ")
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0.0);
-        if in_flight >= 6.0 {
-            break;
-        }
+    while in_flight(&c, &s).await < 6.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "requests never got in flight"
@@ -570,19 +567,8 @@ async fn abandoned_requests_do_not_hold_up_drain() {
     }
     let c = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = c
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        // The scrape itself is the one request in flight.
-        if m.lines().any(|l| l == "qembed_in_flight_requests 1") {
-            break;
-        }
+    // The scrape itself is the one request in flight.
+    while in_flight(&c, &s).await != 1.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "abandoned requests still counted"
