@@ -21,8 +21,11 @@ pub fn check_dimensions(dims: usize, hidden: usize) -> Result<()> {
 /// Keeps the first `dims` values (all when `None`), then L2-normalises them unless
 /// `normalize` is off. Truncation comes first: a truncated unit vector is not unit.
 pub fn finish(raw: &[f32], dims: Option<usize>, normalize: bool) -> Result<Vec<f32>> {
+    // Only a requested size is held to 32..=hidden; the full vector is always valid.
+    if let Some(d) = dims {
+        check_dimensions(d, raw.len())?;
+    }
     let dims = dims.unwrap_or(raw.len());
-    check_dimensions(dims, raw.len())?;
     let mut v = raw[..dims].to_vec();
     if normalize {
         let norm = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
@@ -48,6 +51,8 @@ mod tests {
         assert!((v[0] - expected).abs() < 1e-7);
         assert_eq!(finish(&raw, Some(40), false).unwrap(), raw[..40].to_vec());
         assert_eq!(finish(&[0.0; 32], None, true).unwrap(), vec![0.0; 32]);
+        // A model narrower than 32 still returns its full vector.
+        assert_eq!(finish(&[3.0, 4.0], None, true).unwrap(), vec![0.6, 0.8]);
     }
 
     #[test]
