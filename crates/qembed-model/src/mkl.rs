@@ -54,6 +54,43 @@ struct Mkl {
     gemm_bf16: GemmBf16,
 }
 
+impl Mkl {
+    /// `out = x @ w.T` for row-major bf16 `x` (m×k) and `w` (n×k), f32 out (m×n).
+    fn gemm_bf16(
+        &self,
+        x: &[half::bf16],
+        w: &[half::bf16],
+        (m, n, k): (i32, i32, i32),
+        out: &mut [f32],
+    ) -> candle_core::Result<()> {
+        let len = |a: i32, b: i32| a as usize * b as usize;
+        if x.len() < len(m, k) || w.len() < len(n, k) || out.len() < len(m, n) {
+            candle_core::bail!("mkl linear: buffers smaller than the shapes");
+        }
+        // SAFETY: the buffers hold at least m*k, n*k and m*n elements (checked above);
+        // half::bf16 is a transparent u16, MKL's MKL_BF16.
+        unsafe {
+            (self.gemm_bf16)(
+                ROW_MAJOR,
+                NO_TRANS,
+                TRANS,
+                m,
+                n,
+                k,
+                1.0,
+                x.as_ptr().cast(),
+                k,
+                w.as_ptr().cast(),
+                k,
+                0.0,
+                out.as_mut_ptr(),
+                n,
+            )
+        };
+        Ok(())
+    }
+}
+
 fn mkl() -> Option<&'static Mkl> {
     static MKL: OnceLock<Option<Mkl>> = OnceLock::new();
     MKL.get_or_init(|| {
@@ -162,49 +199,11 @@ impl CustomOp2 for MklLinear {
                     .iter()
                     .map(|v| half::bf16::from_f32(*v))
                     .collect();
-                let w = slice(w, l2)?;
-                // SAFETY: as above; half::bf16 is a transparent u16, MKL's MKL_BF16.
-                unsafe {
-                    (mkl.gemm_bf16)(
-                        ROW_MAJOR,
-                        NO_TRANS,
-                        TRANS,
-                        mi,
-                        ni,
-                        ki,
-                        1.0,
-                        x.as_ptr().cast(),
-                        ki,
-                        w.as_ptr().cast(),
-                        ki,
-                        0.0,
-                        out.as_mut_ptr(),
-                        ni,
-                    )
-                };
+                mkl.gemm_bf16(&x, slice(w, l2)?, (mi, ni, ki), &mut out)?;
                 Ok((CpuStorage::F32(out), Shape::from((m, n))))
             }
             (CpuStorage::BF16(x), CpuStorage::BF16(w)) => {
-                let (x, w) = (slice(x, l1)?, slice(w, l2)?);
-                // SAFETY: as above; half::bf16 is a transparent u16, MKL's MKL_BF16.
-                unsafe {
-                    (mkl.gemm_bf16)(
-                        ROW_MAJOR,
-                        NO_TRANS,
-                        TRANS,
-                        mi,
-                        ni,
-                        ki,
-                        1.0,
-                        x.as_ptr().cast(),
-                        ki,
-                        w.as_ptr().cast(),
-                        ki,
-                        0.0,
-                        out.as_mut_ptr(),
-                        ni,
-                    )
-                };
+                mkl.gemm_bf16(slice(x, l1)?, slice(w, l2)?, (mi, ni, ki), &mut out)?;
                 let out: Vec<half::bf16> = out.into_iter().map(half::bf16::from_f32).collect();
                 Ok((CpuStorage::BF16(out), Shape::from((m, n))))
             }
