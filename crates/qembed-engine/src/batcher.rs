@@ -53,7 +53,6 @@ pub struct BatchStats {
 pub trait BatchObserver: Send + Sync {
     fn queue_wait(&self, waited: Duration);
     fn batch(&self, stats: BatchStats);
-    fn queue_depth(&self, depth: usize);
 }
 
 /// An observer that records nothing.
@@ -62,7 +61,6 @@ pub struct NoObserver;
 impl BatchObserver for NoObserver {
     fn queue_wait(&self, _: Duration) {}
     fn batch(&self, _: BatchStats) {}
-    fn queue_depth(&self, _: usize) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +94,6 @@ pub struct Batcher {
     tx: mpsc::Sender<Job>,
     slots: Arc<Semaphore>,
     max_concurrent: usize,
-    observer: Arc<dyn BatchObserver>,
 }
 
 impl Batcher {
@@ -107,17 +104,14 @@ impl Batcher {
         observer: Arc<dyn BatchObserver>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
-        let worker_observer = observer.clone();
-        let worker_config = config.clone();
+        let max_concurrent = config.max_concurrent_requests.max(1);
         thread::Builder::new()
             .name("qembed-worker".into())
-            .spawn(move || worker(embedder, worker_config, rx, worker_observer))?;
-        let max_concurrent = config.max_concurrent_requests.max(1);
+            .spawn(move || worker(embedder, config, rx, observer))?;
         Ok(Self {
             tx,
             slots: Arc::new(Semaphore::new(max_concurrent)),
             max_concurrent,
-            observer,
         })
     }
 
@@ -151,7 +145,6 @@ impl Batcher {
             reply,
         };
         self.tx.send(job).map_err(|_| SubmitError::WorkerGone)?;
-        self.observer.queue_depth(self.in_flight());
         rx.await.map_err(|_| SubmitError::WorkerGone)?
     }
 }

@@ -68,30 +68,23 @@ impl Linear {
     /// `x @ W.T (+ b)`. With bf16/f16 weights and f32 activations (the CPU layout) the
     /// GEMM runs on the weights' dtype and returns f32.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.dtype() != self.weight.dtype() {
-            #[cfg(feature = "mkl")]
-            if let Some(y) = crate::mkl::linear(x, &self.weight)? {
-                return self.add_bias(y);
-            }
-            let y = x
-                .to_dtype(self.weight.dtype())?
-                .matmul(&self.weight.t()?)?
-                .to_dtype(x.dtype())?;
+        #[cfg(feature = "mkl")]
+        if let Some(y) = crate::mkl::linear(x, &self.weight)? {
             return self.add_bias(y);
         }
-        #[cfg(feature = "mkl")]
-        let y = match crate::mkl::linear(x, &self.weight)? {
-            Some(y) => y,
-            None => x.matmul(&self.weight.t()?)?,
+        let y = if x.dtype() == self.weight.dtype() {
+            x.matmul(&self.weight.t()?)?
+        } else {
+            x.to_dtype(self.weight.dtype())?
+                .matmul(&self.weight.t()?)?
+                .to_dtype(x.dtype())?
         };
-        #[cfg(not(feature = "mkl"))]
-        let y = x.matmul(&self.weight.t()?)?;
         self.add_bias(y)
     }
 
     fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
+            Some(b) => y.broadcast_add(b)?,
             None => y,
         })
     }
@@ -151,6 +144,9 @@ impl Qwen3Embedding {
         for i in 0..cfg.num_hidden_layers {
             let p = format!("layers.{i}");
             let attn = |n: &str, shape: &[usize]| w.get(&format!("{p}.self_attn.{n}"), shape);
+            // Biases are added to the GEMM output, which is in the activation dtype.
+            let bias =
+                |n: &str, len: usize| w.get_as(&format!("{p}.self_attn.{n}.bias"), &[len], act);
             let mlp = |n: &str, shape: &[usize]| w.get(&format!("{p}.mlp.{n}.weight"), shape);
             let qkv_weight = Tensor::cat(
                 &[
@@ -163,9 +159,9 @@ impl Qwen3Embedding {
             let qkv_bias = if cfg.attention_bias {
                 Some(Tensor::cat(
                     &[
-                        attn("q_proj.bias", &[nq * hd])?.narrow(0, q0 * hd, qn * hd)?,
-                        attn("k_proj.bias", &[nkv * hd])?.narrow(0, k0 * hd, kn * hd)?,
-                        attn("v_proj.bias", &[nkv * hd])?.narrow(0, k0 * hd, kn * hd)?,
+                        bias("q_proj", nq * hd)?.narrow(0, q0 * hd, qn * hd)?,
+                        bias("k_proj", nkv * hd)?.narrow(0, k0 * hd, kn * hd)?,
+                        bias("v_proj", nkv * hd)?.narrow(0, k0 * hd, kn * hd)?,
                     ],
                     0,
                 )?)
@@ -174,7 +170,7 @@ impl Qwen3Embedding {
             };
             // The bias is added once, by rank 0, before the all-reduce sums the ranks.
             let o_bias = if cfg.attention_bias && rank == 0 {
-                Some(attn("o_proj.bias", &[h])?)
+                Some(bias("o_proj", h)?)
             } else {
                 None
             };

@@ -134,8 +134,4 @@ impl BatchObserver for Metrics {
         self.batch_compute.observe(stats.compute.as_secs_f64());
         self.tokens.inc_by(stats.tokens as u64);
     }
-
-    fn queue_depth(&self, depth: usize) {
-        self.queue_depth.set(depth as i64);
-    }
 }

@@ -271,7 +271,7 @@ fn model_card(state: &AppState, id: &str) -> serde_json::Value {
     json!({
         "id": id,
         "object": "model",
-        "created": state.loaded_at_unix(),
+        "created": state.created_unix,
         "owned_by": "qembed",
     })
 }

@@ -102,10 +102,6 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn loaded_at_unix(&self) -> u64 {
-        self.created_unix
-    }
-
     pub fn is_ready(&self) -> bool {
         self.loaded.get().is_some() && !self.draining.load(Ordering::SeqCst)
     }
