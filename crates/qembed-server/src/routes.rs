@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -48,7 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Counts, times and labels every response, and stamps it with colour and fingerprint
 /// so a client or a load balancer can tell which instance answered.
-async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -56,6 +56,10 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
         .unwrap_or_else(|| "unmatched".into());
     let started = Instant::now();
     let in_flight = InFlight::enter(&state.metrics.in_flight);
+    // Counted first, then stamped: drain sets its flag before it reads the gauge, so
+    // a request stamped as arriving before the signal is one drain waits for.
+    req.extensions_mut()
+        .insert(Arrival::new(state.draining.load(Ordering::SeqCst)));
     let mut resp = next.run(req).await;
     drop(in_flight);
     let m = &state.metrics;
@@ -75,6 +79,20 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
         }
     }
     resp
+}
+
+/// Whether a request arrived before the shutdown signal. Such a request is served to
+/// the end even if draining starts while its body is still being read; only requests
+/// that arrive after the signal are refused.
+#[derive(Clone, Copy)]
+struct Arrival {
+    while_draining: bool,
+}
+
+impl Arrival {
+    fn new(while_draining: bool) -> Self {
+        Self { while_draining }
+    }
 }
 
 /// Counts a request as in flight until dropped, including when the client disconnects
@@ -117,9 +135,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The loaded model, or 503 while loading or draining.
-fn serving(state: &AppState) -> AppResult<&Loaded> {
-    if state.draining.load(Ordering::SeqCst) {
+/// The loaded model, or 503 while loading or for a request that arrived while draining.
+fn serving(state: &AppState, arrival: Arrival) -> AppResult<&Loaded> {
+    if arrival.while_draining {
         return Err(ApiError::unavailable("The server is shutting down"));
     }
     state
@@ -209,9 +227,10 @@ async fn prepare(
 
 async fn embeddings(
     State(state): State<Arc<AppState>>,
+    Extension(arrival): Extension<Arrival>,
     raw: Result<Bytes, BytesRejection>,
 ) -> AppResult<Response> {
-    let loaded = serving(&state)?;
+    let loaded = serving(&state, arrival)?;
     let slot = loaded.batcher.admit()?;
     let req = api::parse_embedding_request(&body(raw)?)?;
     let model = match req.model {
@@ -326,9 +345,10 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
 /// The token ids the model would see for each input (instruction and EOS included).
 async fn tokenize(
     State(state): State<Arc<AppState>>,
+    Extension(arrival): Extension<Arrival>,
     raw: Result<Bytes, BytesRejection>,
 ) -> AppResult<Json<serde_json::Value>> {
-    let loaded = serving(&state)?;
+    let loaded = serving(&state, arrival)?;
     let obj = api::parse_json_object(&body(raw)?)?;
     let input = api::parse_input(obj.get("input"))?;
     if matches!(input, Inputs::Tokens(_)) {

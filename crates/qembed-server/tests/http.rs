@@ -19,18 +19,40 @@ fn long_text(words: usize) -> String {
 }
 
 /// `qembed_in_flight_requests` as the server reports it, this scrape included.
-async fn in_flight(c: &reqwest::Client, s: &Server) -> f64 {
-    let m = c
-        .get(s.url("/metrics"))
+async fn scrape(c: &reqwest::Client, s: &Server) -> String {
+    c.get(s.url("/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    m.lines()
+        .unwrap()
+}
+
+async fn in_flight(c: &reqwest::Client, s: &Server) -> f64 {
+    scrape(c, s)
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix("qembed_in_flight_requests ")?.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Embedding requests the server has taken in: those in flight (less the scrape
+/// itself) plus those already answered.
+async fn embedding_requests_seen(c: &reqwest::Client, s: &Server) -> f64 {
+    let m = scrape(c, s).await;
+    let in_flight: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("qembed_in_flight_requests ")?.parse().ok())
+        .unwrap_or(0.0);
+    let answered: f64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("qembed_requests_total{") && l.contains("route=\"/v1/embeddings\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    in_flight - 1.0 + answered
 }
 
 async fn post(
@@ -382,9 +404,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         let (c, url, body) = (c.clone(), s.url("/v1/embeddings"), body.clone());
         set.spawn(async move { post(&c, &url, &body).await.0 });
     }
-    // Wait until the server has them in flight (the scrape itself counts as one).
+    // SIGTERM only once the server has taken in all twelve: a request still in
+    // the client's connect when the drain starts is rightly refused with 503.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while in_flight(&c, &s).await < 6.0 {
+    while embedding_requests_seen(&c, &s).await < 12.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "requests never got in flight"
