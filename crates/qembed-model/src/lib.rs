@@ -5,7 +5,11 @@
 //! vectors, and everything else lives in `qembed-engine`.
 
 mod config;
+mod cpu_ops;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
+mod memory;
 #[cfg(feature = "mkl")]
 pub mod mkl;
 mod packed;
@@ -16,6 +20,7 @@ mod weights;
 pub use candle_core::{DType, Device};
 pub use config::Qwen3Config;
 pub use error::{ModelError, Result};
+pub use memory::retain_freed_memory;
 pub use packed::PackedBatch;
 pub use qwen3::Qwen3Embedding;
 pub use tp::{AllReduce, LocalGroup};

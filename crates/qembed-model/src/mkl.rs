@@ -7,9 +7,11 @@
 //! absent every linear layer falls back to candle's matmul, so a binary built with the
 //! feature still runs anywhere.
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 const ROW_MAJOR: i32 = 101;
 const NO_TRANS: i32 = 111;
@@ -54,41 +56,166 @@ struct Mkl {
     gemm_bf16: GemmBf16,
 }
 
+/// MKL's `MKL_THREADING_SEQUENTIAL`: no OpenMP threads of its own.
+const THREADING_SEQUENTIAL: i32 = 1;
+type SetThreadingLayer = unsafe extern "C" fn(i32) -> i32;
+
+/// A GEMM output shared by the rayon tasks that each write their own columns of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: tasks write disjoint column ranges; see `split_columns`.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Element `i` of the output (a method, so closures capture the `Send` wrapper).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Runs `gemm(n0, cols, out)` over column ranges of an `n`-column output on rayon's
+/// threads. MKL runs sequentially, one call per range: the rayon pool that runs every
+/// other op also runs the GEMMs, instead of MKL's OpenMP threads spinning while rayon
+/// works and the other way round (10% of a forward pass went to that).
+fn split_columns(n: usize, gemm: impl Fn(usize, usize) + Sync) {
+    let threads = rayon::current_num_threads().max(1);
+    // Two ranges a thread for balance, each a multiple of 64 columns (AMX tiles).
+    let chunk = n.div_ceil(threads * 2).div_ceil(64) * 64;
+    let ranges: Vec<(usize, usize)> = (0..n)
+        .step_by(chunk.max(1))
+        .map(|n0| (n0, chunk.min(n - n0)))
+        .collect();
+    ranges.into_par_iter().for_each(|(n0, cols)| gemm(n0, cols));
+}
+
 impl Mkl {
     /// `out = x @ w.T` for row-major bf16 `x` (m×k) and `w` (n×k), f32 out (m×n).
-    fn gemm_bf16(
+    fn gemm_bf16_split(
         &self,
         x: &[half::bf16],
         w: &[half::bf16],
-        (m, n, k): (i32, i32, i32),
-        out: &mut [f32],
+        (m, n, k): (usize, usize, usize),
+        out: &mut [MaybeUninit<f32>],
     ) -> candle_core::Result<()> {
-        let len = |a: i32, b: i32| a as usize * b as usize;
-        if x.len() < len(m, k) || w.len() < len(n, k) || out.len() < len(m, n) {
+        if x.len() < m * k || w.len() < n * k || out.len() < m * n {
             candle_core::bail!("mkl linear: buffers smaller than the shapes");
         }
-        // SAFETY: the buffers hold at least m*k, n*k and m*n elements (checked above);
-        // half::bf16 is a transparent u16, MKL's MKL_BF16.
-        unsafe {
-            (self.gemm_bf16)(
-                ROW_MAJOR,
-                NO_TRANS,
-                TRANS,
-                m,
-                n,
-                k,
-                1.0,
-                x.as_ptr().cast(),
-                k,
-                w.as_ptr().cast(),
-                k,
-                0.0,
-                out.as_mut_ptr(),
-                n,
-            )
-        };
+        let (mi, ki, ldc) = (dim(m)?, dim(k)?, dim(n)?);
+        let ptr = Out(out.as_mut_ptr().cast());
+        split_columns(n, |n0, cols| {
+            // SAFETY: rows n0..n0+cols of w (n×k) and columns n0..n0+cols of out (m×n,
+            // row stride n) are in bounds (checked above); each task owns its columns.
+            unsafe {
+                (self.gemm_bf16)(
+                    ROW_MAJOR,
+                    NO_TRANS,
+                    TRANS,
+                    mi,
+                    cols as i32,
+                    ki,
+                    1.0,
+                    x.as_ptr().cast(),
+                    ki,
+                    w.as_ptr().add(n0 * k).cast(),
+                    ki,
+                    0.0,
+                    ptr.at(n0),
+                    ldc,
+                )
+            }
+        });
         Ok(())
     }
+
+    /// Like `gemm_bf16_split` in f32.
+    fn sgemm_split(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        (m, n, k): (usize, usize, usize),
+        out: &mut [MaybeUninit<f32>],
+    ) -> candle_core::Result<()> {
+        if x.len() < m * k || w.len() < n * k || out.len() < m * n {
+            candle_core::bail!("mkl linear: buffers smaller than the shapes");
+        }
+        let (mi, ki, ldc) = (dim(m)?, dim(k)?, dim(n)?);
+        let ptr = Out(out.as_mut_ptr().cast());
+        split_columns(n, |n0, cols| {
+            // SAFETY: as in gemm_bf16_split.
+            unsafe {
+                (self.sgemm)(
+                    ROW_MAJOR,
+                    NO_TRANS,
+                    TRANS,
+                    mi,
+                    cols as i32,
+                    ki,
+                    1.0,
+                    x.as_ptr(),
+                    ki,
+                    w.as_ptr().add(n0 * k),
+                    ki,
+                    0.0,
+                    ptr.at(n0),
+                    ldc,
+                )
+            }
+        });
+        Ok(())
+    }
+
+    /// One single-threaded row-major sgemm on strided views (for attention, which
+    /// runs inside rayon tasks): `c = alpha * a @ op(b)`, `op(b) = b.T` when `b_t`.
+    ///
+    /// # Safety
+    /// The pointers must cover `m x k` (a, row stride lda), `k x n` or `n x k` (b, row
+    /// stride ldb) and `m x n` (c, row stride ldc) elements.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn sgemm_strided(
+        &self,
+        (m, n, k): (i32, i32, i32),
+        alpha: f32,
+        (a, lda): (*const f32, i32),
+        (b, ldb, b_t): (*const f32, i32, bool),
+        (c, ldc): (*mut f32, i32),
+    ) {
+        let tb = if b_t { TRANS } else { NO_TRANS };
+        (self.sgemm)(
+            ROW_MAJOR, NO_TRANS, tb, m, n, k, alpha, a, lda, b, ldb, 0.0, c, ldc,
+        )
+    }
+}
+
+fn dim(v: usize) -> candle_core::Result<i32> {
+    i32::try_from(v).map_err(|_| candle_core::Error::Msg("dimension too large for MKL".into()))
+}
+
+/// An `m x n` f32 result written whole by `fill` (a GEMM with beta = 0): the buffer is
+/// not zeroed first, which cost as much as a small GEMM for every linear layer.
+fn gemm_output(
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]) -> candle_core::Result<()>,
+) -> candle_core::Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len])?;
+    // SAFETY: `fill` ran a GEMM with beta = 0 that wrote all `len` elements.
+    unsafe { out.set_len(len) };
+    Ok(out)
+}
+
+/// f32 activations rounded to bf16 for the GEMM, in parallel: single-threaded, this
+/// conversion was 5% of a bf16 forward pass.
+fn to_bf16(x: &[f32]) -> Vec<half::bf16> {
+    let mut out = vec![half::bf16::ZERO; x.len()];
+    out.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(o, x)| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = half::bf16::from_f32(v);
+            }
+        });
+    out
 }
 
 fn mkl() -> Option<&'static Mkl> {
@@ -99,6 +226,9 @@ fn mkl() -> Option<&'static Mkl> {
         // symbols are looked up with the signatures MKL's cblas.h declares.
         let loaded = unsafe {
             libloading::Library::new(&path).and_then(|lib| {
+                // Must precede every other MKL call to take effect.
+                let layer = *lib.get::<SetThreadingLayer>(b"MKL_Set_Threading_Layer\0")?;
+                layer(THREADING_SEQUENTIAL);
                 let sgemm = *lib.get::<Sgemm>(b"cblas_sgemm\0")?;
                 let gemm_bf16 = *lib.get::<GemmBf16>(b"cblas_gemm_bf16bf16f32\0")?;
                 Ok(Mkl {
@@ -111,6 +241,27 @@ fn mkl() -> Option<&'static Mkl> {
         loaded.ok()
     })
     .as_ref()
+}
+
+/// `c = alpha * a @ op(b)` as one single-threaded MKL sgemm; false when MKL is not
+/// loaded.
+///
+/// # Safety
+/// As [`Mkl::sgemm_strided`].
+pub(crate) unsafe fn sgemm_strided(
+    mnk: (i32, i32, i32),
+    alpha: f32,
+    a: (*const f32, i32),
+    b: (*const f32, i32, bool),
+    c: (*mut f32, i32),
+) -> bool {
+    match mkl() {
+        Some(mkl) => {
+            mkl.sgemm_strided(mnk, alpha, a, b, c);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Whether linear layers will go through MKL (for logs and /info).
@@ -164,46 +315,22 @@ impl CustomOp2 for MklLinear {
         if k != k2 {
             candle_core::bail!("mkl linear: shapes {:?} x {:?}^T", l1.shape(), l2.shape());
         }
-        let dim = |v: usize| {
-            i32::try_from(v)
-                .map_err(|_| candle_core::Error::Msg("dimension too large for MKL".into()))
-        };
-        let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
-        let mut out = vec![0f32; m * n];
+        let shape = (m, n, k);
         match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(w)) => {
                 let (x, w) = (slice(x, l1)?, slice(w, l2)?);
-                // SAFETY: x is m*k, w is n*k, out is m*n, all row-major and contiguous.
-                unsafe {
-                    (mkl.sgemm)(
-                        ROW_MAJOR,
-                        NO_TRANS,
-                        TRANS,
-                        mi,
-                        ni,
-                        ki,
-                        1.0,
-                        x.as_ptr(),
-                        ki,
-                        w.as_ptr(),
-                        ki,
-                        0.0,
-                        out.as_mut_ptr(),
-                        ni,
-                    )
-                };
+                let out = gemm_output(m * n, |out| mkl.sgemm_split(x, w, shape, out))?;
                 Ok((CpuStorage::F32(out), Shape::from((m, n))))
             }
             (CpuStorage::F32(x), CpuStorage::BF16(w)) => {
-                let x: Vec<half::bf16> = slice(x, l1)?
-                    .iter()
-                    .map(|v| half::bf16::from_f32(*v))
-                    .collect();
-                mkl.gemm_bf16(&x, slice(w, l2)?, (mi, ni, ki), &mut out)?;
+                let x = to_bf16(slice(x, l1)?);
+                let w = slice(w, l2)?;
+                let out = gemm_output(m * n, |out| mkl.gemm_bf16_split(&x, w, shape, out))?;
                 Ok((CpuStorage::F32(out), Shape::from((m, n))))
             }
             (CpuStorage::BF16(x), CpuStorage::BF16(w)) => {
-                mkl.gemm_bf16(slice(x, l1)?, slice(w, l2)?, (mi, ni, ki), &mut out)?;
+                let (x, w) = (slice(x, l1)?, slice(w, l2)?);
+                let out = gemm_output(m * n, |out| mkl.gemm_bf16_split(x, w, shape, out))?;
                 let out: Vec<half::bf16> = out.into_iter().map(half::bf16::from_f32).collect();
                 Ok((CpuStorage::BF16(out), Shape::from((m, n))))
             }
@@ -226,7 +353,8 @@ mod tests {
             "MKL required but not loadable"
         );
         let x = Tensor::randn(0f32, 1.0, (37, 64), &Device::Cpu).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (48, 64), &Device::Cpu).unwrap();
+        // 300 output columns: several column ranges, the last one partial.
+        let w = Tensor::randn(0f32, 1.0, (300, 64), &Device::Cpu).unwrap();
         let want = x.matmul(&w.t().unwrap()).unwrap();
         match super::linear(&x, &w).unwrap() {
             Some(got) => {

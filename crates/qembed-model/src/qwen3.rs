@@ -13,8 +13,13 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::rope_thd;
 
+use crate::cpu_ops::{QkvAttention, SwiGlu};
 use crate::tp::{shard_range, AllReduce};
 use crate::{ModelError, PackedBatch, Qwen3Config, Result, Weights};
+
+/// The forward pass on CUDA devices: our fused kernels (see `crate::cuda`).
+#[cfg(feature = "cuda")]
+mod gpu;
 
 /// Query rows attended at once. Bounds the score matrix to `heads x rows x keys`, so a
 /// 32k-token input needs ~1 GiB of scores in f32 at 16 heads instead of 64 GiB.
@@ -33,6 +38,9 @@ pub struct Qwen3Embedding {
     act_dtype: DType,
     device: Device,
     attention_block: usize,
+    /// On CPU, attention and SwiGLU run as fused kernels (`cpu_ops`) instead of candle
+    /// ops; the candle path stays for other devices and as the fused kernels' reference.
+    fused_cpu: bool,
     /// This rank's share: attention heads, kv heads, MLP columns (all of them at TP=1).
     local: Local,
     comm: Option<Arc<dyn AllReduce>>,
@@ -43,6 +51,14 @@ struct Local {
     heads: usize,
     kv_heads: usize,
     intermediate: usize,
+}
+
+/// Rotary tables for one forward pass: as tensors for the candle path, and as host
+/// slices when the fused CPU kernels run.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    host: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 struct DecoderLayer {
@@ -212,6 +228,7 @@ impl Qwen3Embedding {
             act_dtype: act,
             device: w.device().clone(),
             attention_block: DEFAULT_ATTENTION_BLOCK,
+            fused_cpu: act == DType::F32 && w.device().is_cpu(),
             local: Local {
                 heads: qn,
                 kv_heads: kn,
@@ -240,6 +257,13 @@ impl Qwen3Embedding {
         self
     }
 
+    /// Turns the fused CPU kernels off (candle ops throughout) or back on where they
+    /// apply (CPU, f32 activations): for comparing the two paths.
+    pub fn with_fused_cpu_ops(mut self, on: bool) -> Self {
+        self.fused_cpu = on && self.device.is_cpu() && self.act_dtype == DType::F32;
+        self
+    }
+
     /// The final-norm hidden state of each sequence's last token, `[num_seqs, hidden]`
     /// in f32 whatever the compute dtype: un-normalised, un-truncated embeddings.
     pub fn forward(&self, batch: &PackedBatch) -> Result<Tensor> {
@@ -247,12 +271,28 @@ impl Qwen3Embedding {
             return Err(ModelError::Input("empty batch".into()));
         }
         batch.validate(&self.cfg)?;
+        #[cfg(feature = "cuda")]
+        if self.device.is_cuda() {
+            return self.forward_cuda(batch);
+        }
         let n = batch.num_tokens();
         let ids = Tensor::from_slice(batch.ids(), n, &self.device)?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?;
-        let (cos, sin) = self.rotary(&batch.positions())?;
+        let (cos, sin) = self.rotary(&batch.positions(), self.act_dtype)?;
+        let rope = Rope {
+            host: if self.fused_cpu {
+                Some((
+                    cos.flatten_all()?.to_vec1::<f32>()?,
+                    sin.flatten_all()?.to_vec1::<f32>()?,
+                ))
+            } else {
+                None
+            },
+            cos,
+            sin,
+        };
         for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &cos, &sin, batch.cu_seqlens())?;
+            x = self.layer_forward(layer, &x, &rope, batch.cu_seqlens())?;
         }
         let last = Tensor::from_vec(batch.last_token_indices(), batch.num_seqs(), &self.device)?;
         let pooled = x.index_select(&last, 0)?;
@@ -265,9 +305,10 @@ impl Qwen3Embedding {
         Ok(self.forward(batch)?.to_vec2::<f32>()?)
     }
 
-    /// cos/sin of every token's own position, `[tokens, head_dim / 2]`: with positions
-    /// restarting at each sequence this is what makes one rope call serve a packed batch.
-    fn rotary(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {
+    /// cos/sin of every token's own position, `[tokens, head_dim / 2]` in `dtype`: with
+    /// positions restarting at each sequence this is what makes one rope call serve a
+    /// packed batch. Angles are computed in f32.
+    fn rotary(&self, positions: &[u32], dtype: DType) -> Result<(Tensor, Tensor)> {
         let half = self.cfg.head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| {
@@ -285,8 +326,8 @@ impl Qwen3Embedding {
             }
         }
         let shape = (positions.len(), half);
-        let cos = Tensor::from_vec(cos, shape, &self.device)?.to_dtype(self.act_dtype)?;
-        let sin = Tensor::from_vec(sin, shape, &self.device)?.to_dtype(self.act_dtype)?;
+        let cos = Tensor::from_vec(cos, shape, &self.device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, shape, &self.device)?.to_dtype(dtype)?;
         Ok((cos, sin))
     }
 
@@ -294,16 +335,55 @@ impl Qwen3Embedding {
         &self,
         l: &DecoderLayer,
         x: &Tensor,
+        rope: &Rope,
+        cu_seqlens: &[usize],
+    ) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps as f32;
+        let h = rms_norm(x, &l.input_norm, eps)?;
+        let qkv = l.qkv.forward(&h)?;
+        let attn = match &rope.host {
+            Some((cos, sin)) => qkv.apply_op1_no_bwd(&QkvAttention {
+                heads: self.local.heads,
+                kv_heads: self.local.kv_heads,
+                head_dim: self.cfg.head_dim,
+                eps,
+                q_norm: &l.q_norm.to_vec1::<f32>()?,
+                k_norm: &l.k_norm.to_vec1::<f32>()?,
+                cos,
+                sin,
+                cu_seqlens,
+                block: self.attention_block,
+            })?,
+            None => self.qkv_attention(l, &qkv, &rope.cos, &rope.sin, cu_seqlens)?,
+        };
+        let x = (x + self.reduce(l.o_proj.forward(&attn)?)?)?;
+
+        let h = rms_norm(&x, &l.post_attention_norm, eps)?;
+        let gate_up = l.gate_up.forward(&h)?;
+        let act = if self.fused_cpu {
+            gate_up.apply_op1_no_bwd(&SwiGlu)?
+        } else {
+            let inter = self.local.intermediate;
+            let gate = gate_up.narrow(1, 0, inter)?;
+            let up = gate_up.narrow(1, inter, inter)?;
+            (candle_nn::Activation::Silu.forward(&gate)? * up)?
+        };
+        Ok((x + self.reduce(l.down.forward(&act)?)?)?)
+    }
+
+    /// q/k norm, rotary embedding and attention with candle ops, from the fused qkv
+    /// projection to `[tokens, H * D]`.
+    fn qkv_attention(
+        &self,
+        l: &DecoderLayer,
+        qkv: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         cu_seqlens: &[usize],
     ) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
-        let (n, hd) = (x.dim(0)?, self.cfg.head_dim);
+        let (n, hd) = (qkv.dim(0)?, self.cfg.head_dim);
         let (nq, nkv) = (self.local.heads, self.local.kv_heads);
-
-        let h = rms_norm(x, &l.input_norm, eps)?;
-        let qkv = l.qkv.forward(&h)?;
         let q = qkv.narrow(1, 0, nq * hd)?.reshape((n, nq, hd))?;
         let k = qkv.narrow(1, nq * hd, nkv * hd)?.reshape((n, nkv, hd))?;
         let v = qkv
@@ -311,16 +391,7 @@ impl Qwen3Embedding {
             .reshape((n, nkv, hd))?;
         let q = rope_thd(&rms_norm(&q, &l.q_norm, eps)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
         let k = rope_thd(&rms_norm(&k, &l.k_norm, eps)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
-        let attn = self.attention(&q, &k, &v, cu_seqlens)?;
-        let x = (x + self.reduce(l.o_proj.forward(&attn)?)?)?;
-
-        let h = rms_norm(&x, &l.post_attention_norm, eps)?;
-        let gate_up = l.gate_up.forward(&h)?;
-        let inter = self.local.intermediate;
-        let gate = gate_up.narrow(1, 0, inter)?;
-        let up = gate_up.narrow(1, inter, inter)?;
-        let act = (candle_nn::Activation::Silu.forward(&gate)? * up)?;
-        Ok((x + self.reduce(l.down.forward(&act)?)?)?)
+        self.attention(&q, &k, &v, cu_seqlens)
     }
 
     /// Completes a row-parallel projection across ranks (a no-op without TP).

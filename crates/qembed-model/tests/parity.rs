@@ -127,6 +127,24 @@ fn attention_blocks_do_not_change_results() {
     assert!(cosine(&small_blocks[0], &longest.raw) >= 0.99999);
 }
 
+/// The fused CPU kernels (attention from the qkv projection, SwiGLU) and the candle
+/// ops they replace give the same vectors, with attention in one block or many.
+#[test]
+fn fused_cpu_kernels_equal_candle_ops() {
+    for name in FIXTURES {
+        let r = reference(name);
+        let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
+        let batch = PackedBatch::new(&ids);
+        let load = || Qwen3Embedding::load(&fixture(name), DType::F32, &Device::Cpu).unwrap();
+        let fused = load().with_attention_block(29).embed(&batch).unwrap();
+        let candle = load().with_fused_cpu_ops(false).embed(&batch).unwrap();
+        for ((f, c), case) in fused.iter().zip(&candle).zip(&r.cases) {
+            assert!(cosine(f, c) >= 0.999999, "{name} {}", case.name);
+            assert!(cosine(c, &case.raw) >= 0.99999, "{name} {}", case.name);
+        }
+    }
+}
+
 #[test]
 fn rejects_ids_outside_vocabulary_and_overlong_input() {
     let model = Qwen3Embedding::load(&fixture("qwen3-tiny-mqa"), DType::F32, &Device::Cpu).unwrap();

@@ -1,0 +1,280 @@
+//! Fused f32 CPU kernels for the work between the GEMMs.
+//!
+//! Written with candle ops, one layer's attention made ~20 tensors (narrowed q/k/v
+//! copied to contiguous, transposed per sequence, a materialised causal mask, scores,
+//! probabilities, one output per block, then a concatenation), and its matmuls ran
+//! candle's own thread pool next to MKL's, each spinning while the other worked. Here
+//! the q/k norm, rotary embedding and causal attention read the fused qkv projection
+//! once and write the attention output once; sequences and heads are the unit of
+//! parallelism, and each runs single-threaded GEMMs on strided views, so no copy of q,
+//! k or v is made and no padding or mask exists.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Attention for one layer of a packed batch, from the fused qkv projection
+/// `[tokens, (H + 2 KV) * D]` (f32) to `[tokens, H * D]`.
+pub(crate) struct QkvAttention<'a> {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub eps: f32,
+    /// Per-head RMSNorm weights of q and k, `[D]` each.
+    pub q_norm: &'a [f32],
+    pub k_norm: &'a [f32],
+    /// Rotary tables of each token's own position, `[tokens, D / 2]`.
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+    /// Sequence boundaries in tokens: `num_seqs + 1` offsets from 0 to `tokens`.
+    pub cu_seqlens: &'a [usize],
+    /// Query rows per score block: bounds scratch to `block x keys` floats per thread.
+    pub block: usize,
+}
+
+/// A pointer that rayon tasks may share because each writes a disjoint region.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: only used to write disjoint (sequence, head) tiles of one buffer; see below.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+fn contiguous<'s>(s: &'s CpuStorage, l: &Layout) -> candle_core::Result<&'s [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("fused CPU op: expected f32, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("fused CPU op: input not contiguous"),
+    }
+}
+
+/// `c = alpha * a @ op(b)` on strided row-major f32 views, single-threaded (callers
+/// run inside rayon tasks): `a` is `m x k` (row stride lda); `b` is `n x k` when `b_t`
+/// (so op(b) is its transpose) or `k x n`, row stride ldb; `c` is `m x n`, row stride
+/// ldc. MKL's sgemm (AVX-512) where loaded, the `gemm` crate otherwise.
+///
+/// # Safety
+/// The pointers must cover those views.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    (a, lda): (*const f32, usize),
+    (b, ldb, b_t): (*const f32, usize, bool),
+    (c, ldc): (*mut f32, usize),
+) {
+    #[cfg(feature = "mkl")]
+    {
+        let i = |v: usize| v as i32;
+        if crate::mkl::sgemm_strided(
+            (i(m), i(n), i(k)),
+            alpha,
+            (a, i(lda)),
+            (b, i(ldb), b_t),
+            (c, i(ldc)),
+        ) {
+            return;
+        }
+    }
+    // Element (kk, j) of op(b): b[j * ldb + kk] when transposed, else b[kk * ldb + j].
+    let (rhs_cs, rhs_rs) = if b_t { (ldb, 1) } else { (1, ldb) };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        ldc as isize,
+        false,
+        a,
+        1,
+        lda as isize,
+        b,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        0.0,
+        alpha,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+impl QkvAttention<'_> {
+    fn check(&self, tokens: usize, width: usize) -> candle_core::Result<()> {
+        let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let ok = kv > 0
+            && h.is_multiple_of(kv)
+            && d.is_multiple_of(2)
+            && width == (h + 2 * kv) * d
+            && self.q_norm.len() == d
+            && self.k_norm.len() == d
+            && self.cos.len() == tokens * d / 2
+            && self.sin.len() == tokens * d / 2
+            && self.cu_seqlens.first() == Some(&0)
+            && self.cu_seqlens.last() == Some(&tokens)
+            && self.cu_seqlens.windows(2).all(|w| w[0] < w[1]);
+        if !ok {
+            candle_core::bail!("fused attention: inconsistent shapes for {tokens} x {width}")
+        }
+        Ok(())
+    }
+
+    /// RMSNorm then rotary embedding, in place, on every q and k head of every token.
+    fn norm_and_rotate(&self, qkv: &mut [f32], width: usize) {
+        let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let half = d / 2;
+        qkv.par_chunks_mut(width).enumerate().for_each(|(t, row)| {
+            let cos = &self.cos[t * half..(t + 1) * half];
+            let sin = &self.sin[t * half..(t + 1) * half];
+            let (q, rest) = row.split_at_mut(h * d);
+            let k = &mut rest[..kv * d];
+            for (head, weight) in q
+                .chunks_exact_mut(d)
+                .map(|x| (x, self.q_norm))
+                .chain(k.chunks_exact_mut(d).map(|x| (x, self.k_norm)))
+            {
+                let ms = head.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                let inv = 1.0 / (ms + self.eps).sqrt();
+                for (v, w) in head.iter_mut().zip(weight) {
+                    *v = *v * inv * w;
+                }
+                let (x1, x2) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (a, b) = (x1[i], x2[i]);
+                    x1[i] = a * cos[i] - b * sin[i];
+                    x2[i] = a * sin[i] + b * cos[i];
+                }
+            }
+        });
+    }
+
+    /// Causal softmax(q k^T / sqrt(D)) v for one query head of one sequence, writing
+    /// rows `start..start + len` of that head's output columns.
+    fn head_attention(
+        &self,
+        qkv: &[f32],
+        width: usize,
+        (start, len, head): (usize, usize, usize),
+        out: SharedOut,
+    ) {
+        let (h, d) = (self.heads, self.head_dim);
+        let group = h / self.kv_heads;
+        let kv_head = head / group;
+        let q = &qkv[start * width + head * d..];
+        let k = &qkv[start * width + (h + kv_head) * d..];
+        let v = &qkv[start * width + (h + self.kv_heads + kv_head) * d..];
+        let scale = 1.0 / (d as f32).sqrt();
+        let block = self.block.max(1);
+        let mut scores = vec![0f32; block.min(len) * len];
+        let mut r0 = 0;
+        while r0 < len {
+            let rows = block.min(len - r0);
+            // Causal: rows r0..r0+rows see keys 0..r0+rows, nothing later.
+            let keys = r0 + rows;
+            let s = &mut scores[..rows * keys];
+            // SAFETY: q rows r0.. and k rows 0..keys lie inside this sequence's slice of
+            // qkv (row stride `width`, D contiguous columns); s is rows x keys.
+            unsafe {
+                matmul(
+                    (rows, keys, d),
+                    scale,
+                    (q[r0 * width..].as_ptr(), width),
+                    (k.as_ptr(), width, true),
+                    (s.as_mut_ptr(), keys),
+                )
+            };
+            for (i, row) in s.chunks_exact_mut(keys).enumerate() {
+                let visible = r0 + i + 1;
+                let (live, masked) = row.split_at_mut(visible);
+                let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut sum = 0.0;
+                for x in live.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                live.iter_mut().for_each(|x| *x *= inv);
+                masked.fill(0.0);
+            }
+            // SAFETY: the destination tile (rows start+r0.., columns head*D..+D, row
+            // stride H*D) belongs to this (sequence, head) alone; v rows 0..keys lie in
+            // this sequence's slice of qkv.
+            unsafe {
+                matmul(
+                    (rows, d, keys),
+                    1.0,
+                    (s.as_ptr(), keys),
+                    (v.as_ptr(), width, false),
+                    (out.at((start + r0) * h * d + head * d), h * d),
+                )
+            };
+            r0 += rows;
+        }
+    }
+}
+
+impl CustomOp1 for QkvAttention<'_> {
+    fn name(&self) -> &'static str {
+        "qkv-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (tokens, width) = l.shape().dims2()?;
+        self.check(tokens, width)?;
+        let mut qkv = contiguous(s, l)?.to_vec();
+        self.norm_and_rotate(&mut qkv, width);
+        let (h, d) = (self.heads, self.head_dim);
+        let mut out = vec![0f32; tokens * h * d];
+        let ptr = SharedOut(out.as_mut_ptr());
+        let work: Vec<(usize, usize, usize)> = self
+            .cu_seqlens
+            .windows(2)
+            .flat_map(|w| (0..h).map(move |head| (w[0], w[1] - w[0], head)))
+            .collect();
+        // Longest sequences first, so a long one does not start last and run alone.
+        let mut work = work;
+        work.sort_by_key(|&(_, len, _)| std::cmp::Reverse(len));
+        work.into_par_iter()
+            .for_each(|item| self.head_attention(&qkv, width, item, ptr));
+        Ok((CpuStorage::F32(out), Shape::from((tokens, h * d))))
+    }
+}
+
+/// `silu(gate) * up` from the fused gate/up projection `[tokens, 2 I]` (f32) to
+/// `[tokens, I]`, in one pass instead of a copy, two temporaries and a product.
+pub(crate) struct SwiGlu;
+
+impl CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (tokens, width) = l.shape().dims2()?;
+        if !width.is_multiple_of(2) {
+            candle_core::bail!("swiglu: odd width {width}")
+        }
+        let inter = width / 2;
+        let x = contiguous(s, l)?;
+        let mut out = vec![0f32; tokens * inter];
+        out.par_chunks_mut(inter)
+            .zip(x.par_chunks(width))
+            .for_each(|(o, row)| {
+                let (gate, up) = row.split_at(inter);
+                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                    *o = g / (1.0 + (-g).exp()) * u;
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((tokens, inter))))
+    }
+}
