@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use qembed_model::{DType, Device, PackedBatch, Qwen3Embedding};
+use qembed_model::{DType, PackedBatch};
+
+use crate::backend::{Backend, DeviceSpec};
 
 use crate::postprocess::{check_dimensions, finish};
 use crate::tokenize::{format_query, Qwen3Tokenizer};
@@ -35,7 +37,7 @@ impl std::str::FromStr for DTypeChoice {
 }
 
 impl DTypeChoice {
-    pub fn resolve(self, device: &Device) -> DType {
+    pub fn resolve(self, device: DeviceSpec) -> DType {
         match self {
             Self::Auto if device.is_cpu() => DType::F32,
             Self::Auto => DType::F16,
@@ -48,6 +50,9 @@ impl DTypeChoice {
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    pub device: DeviceSpec,
+    /// Ranks of a tensor-parallel group (1: no tensor parallelism).
+    pub tensor_parallel: usize,
     pub dtype: DTypeChoice,
     /// Token limit per input including the EOS; default from the config, capped at 32k.
     pub max_length: Option<usize>,
@@ -58,6 +63,8 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
+            device: DeviceSpec::Cpu,
+            tensor_parallel: 1,
             dtype: DTypeChoice::Auto,
             max_length: None,
             max_batch_tokens: 16_384,
@@ -89,16 +96,17 @@ impl Default for OutputOptions {
 }
 
 pub struct Embedder {
-    model: Qwen3Embedding,
+    model: Backend,
     tokenizer: Qwen3Tokenizer,
     max_length: usize,
     max_batch_tokens: usize,
 }
 
 impl Embedder {
-    pub fn load(dir: &Path, device: &Device, opts: &LoadOptions) -> Result<Self> {
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let tokenizer = Qwen3Tokenizer::from_dir(dir)?;
-        let model = Qwen3Embedding::load(dir, opts.dtype.resolve(device), device)?;
+        let dtype = opts.dtype.resolve(opts.device);
+        let model = Backend::load(dir, opts.device, dtype, opts.tensor_parallel)?;
         let positions = model.config().max_position_embeddings;
         let max_length = match opts.max_length {
             Some(0) => return Err(EngineError::Setting("max length must be positive".into())),
@@ -123,7 +131,7 @@ impl Embedder {
         })
     }
 
-    pub fn model(&self) -> &Qwen3Embedding {
+    pub fn model(&self) -> &Backend {
         &self.model
     }
 

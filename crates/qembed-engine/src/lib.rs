@@ -2,6 +2,7 @@
 //! format and EOS rule, truncation, Matryoshka dimensions and normalisation, and model
 //! resolution (local directory or hub id). Testable without a server.
 
+mod backend;
 pub mod batcher;
 mod embedder;
 mod error;
@@ -10,6 +11,7 @@ pub mod postprocess;
 mod source;
 mod tokenize;
 
+pub use backend::{Backend, DeviceSpec, RankGroup};
 pub use batcher::{Admission, BatchObserver, BatchStats, Batcher, BatcherConfig, SubmitError};
 pub use embedder::{DTypeChoice, Embedder, Input, LoadOptions, OutputOptions, MAX_LENGTH_CAP};
 pub use error::{EngineError, Result};

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use qembed_engine::{
-    DTypeChoice, Device, Embedder, EngineError, Input, LoadOptions, OutputOptions, Qwen3Tokenizer,
+    DTypeChoice, Embedder, EngineError, Input, LoadOptions, OutputOptions, Qwen3Tokenizer,
 };
 use serde::Deserialize;
 
@@ -62,8 +62,9 @@ fn load(name: &str, dtype: DTypeChoice, max_length: Option<usize>) -> Embedder {
         dtype,
         max_length,
         max_batch_tokens: 1024,
+        ..LoadOptions::default()
     };
-    Embedder::load(&fixture(name), &Device::Cpu, &opts).unwrap()
+    Embedder::load(&fixture(name), &opts).unwrap()
 }
 
 fn input(c: &Case) -> Input<'_> {
@@ -246,7 +247,7 @@ fn max_length_above_model_positions_is_refused() {
         max_length: Some(1_000_000),
         ..LoadOptions::default()
     };
-    let err = Embedder::load(&fixture("qwen3-tiny-mqa"), &Device::Cpu, &opts)
+    let err = Embedder::load(&fixture("qwen3-tiny-mqa"), &opts)
         .err()
         .unwrap();
     assert!(
@@ -294,4 +295,63 @@ fn real_qwen3_tokenizer_matches_expected_ids() {
             "{text:?}"
         );
     }
+}
+
+/// `--tensor-parallel` on CPU: ranks on threads with the in-process all-reduce give the
+/// reference vectors, across several forward passes (the ranks stay in step).
+#[test]
+fn tensor_parallel_group_matches_transformers() {
+    let name = "qwen3-tiny-tp4";
+    let r = reference(name);
+    for size in [2, 4] {
+        let opts = LoadOptions {
+            dtype: DTypeChoice::F32,
+            tensor_parallel: size,
+            max_batch_tokens: 512,
+            ..LoadOptions::default()
+        };
+        let embedder = Embedder::load(&fixture(name), &opts).unwrap();
+        assert_eq!(embedder.model().tensor_parallel(), size);
+        let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
+        let got = embedder.embed_ids(&ids).unwrap();
+        for (case, v) in r.cases.iter().zip(&got) {
+            let c = cosine(v, &case.raw);
+            assert!(c >= 0.99999, "TP={size} {}: cosine {c}", case.name);
+        }
+        // A bad batch is refused by the group as a whole, and it keeps serving.
+        assert!(embedder.embed_ids(&[vec![u32::MAX]]).is_err());
+        assert_eq!(embedder.embed_ids(&ids[..1]).unwrap()[0], got[0]);
+    }
+}
+
+#[test]
+fn tensor_parallel_size_that_does_not_divide_the_heads_is_a_clear_error() {
+    let opts = LoadOptions {
+        tensor_parallel: 3,
+        ..LoadOptions::default()
+    };
+    let err = Embedder::load(&fixture("qwen3-tiny-tp4"), &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("does not divide"), "{err}");
+    let opts = LoadOptions {
+        tensor_parallel: 0,
+        ..LoadOptions::default()
+    };
+    assert!(Embedder::load(&fixture("qwen3-tiny-tp4"), &opts).is_err());
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_device_without_the_feature_is_a_clear_error() {
+    let opts = LoadOptions {
+        device: "cuda:0".parse().unwrap(),
+        ..LoadOptions::default()
+    };
+    let err = Embedder::load(&fixture("qwen3-tiny-gqa"), &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--features cuda"), "{err}");
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use qembed_engine::{
-    postprocess, resolve_model, DTypeChoice, Device, Embedder, Input, LoadOptions,
+    postprocess, resolve_model, DTypeChoice, DeviceSpec, Embedder, Input, LoadOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +21,15 @@ pub struct EmbedArgs {
     /// Matryoshka output size, 32 to the model's hidden size.
     #[arg(long)]
     dimensions: Option<usize>,
-    /// Compute dtype: auto (f32 on CPU), f32, f16, bf16.
+    /// Compute dtype: auto (f32 on CPU, f16 on CUDA), f32, f16, bf16.
     #[arg(long, default_value = "auto")]
     dtype: DTypeChoice,
+    /// Where the model runs: cpu, cuda or cuda:N (needs a build with `--features cuda`).
+    #[arg(long, env = "QEMBED_DEVICE", default_value = "cpu")]
+    device: DeviceSpec,
+    /// Split the model over N ranks (GPUs from `--device` on; on CPU, for checking only).
+    #[arg(long, default_value_t = 1)]
+    tensor_parallel: usize,
     /// Token limit per input including the end-of-text token (default: the model's, at most 32768).
     #[arg(long)]
     max_length: Option<usize>,
@@ -69,11 +75,13 @@ pub fn run(args: EmbedArgs) -> Result<()> {
 
     let dir = resolve_model(&args.model_path)?;
     let opts = LoadOptions {
+        device: args.device,
+        tensor_parallel: args.tensor_parallel,
         dtype: args.dtype,
         max_length: args.max_length,
         max_batch_tokens: args.max_batch_tokens,
     };
-    let embedder = Embedder::load(&dir, &Device::Cpu, &opts)
+    let embedder = Embedder::load(&dir, &opts)
         .with_context(|| format!("loading model from {}", dir.display()))?;
     embedder.check_dimensions(args.dimensions)?;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use qembed_engine::{
-    fingerprint, resolve_model, Batcher, BatcherConfig, DTypeChoice, Device, Embedder, Input,
+    fingerprint, resolve_model, Batcher, BatcherConfig, DTypeChoice, DeviceSpec, Embedder, Input,
     LoadOptions,
 };
 
@@ -45,8 +45,16 @@ pub struct ServeArgs {
     /// Named instruction, `NAME=TEXT`, selected by a request's `prompt_name` (repeatable).
     #[arg(long = "prompt", env = "QEMBED_PROMPT", value_parser = parse_prompt)]
     pub prompts: Vec<(String, String)>,
+    /// Compute dtype: auto (f32 on CPU, f16 on CUDA), f32, f16, bf16.
     #[arg(long, env = "QEMBED_DTYPE", default_value = "auto")]
     pub dtype: DTypeChoice,
+    /// Where the model runs: cpu, cuda or cuda:N (needs a build with `--features cuda`).
+    #[arg(long, env = "QEMBED_DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Split the model over N ranks (GPUs N..N+size-1 from `--device`, NCCL all-reduce).
+    /// On CPU the ranks share the cores: useful to check a sharding, not for speed.
+    #[arg(long, env = "QEMBED_TENSOR_PARALLEL", default_value_t = 1)]
+    pub tensor_parallel: usize,
     /// Most tokens in one forward pass.
     #[arg(long, env = "QEMBED_MAX_BATCH_TOKENS", default_value_t = 16_384)]
     pub max_batch_tokens: usize,
@@ -189,15 +197,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
 fn load_and_warm(state: &AppState) -> Result<()> {
     let args = &state.args;
     let dir = resolve_model(&args.model_path)?;
-    let device = Device::Cpu;
     let opts = LoadOptions {
+        device: args.device,
+        tensor_parallel: args.tensor_parallel,
         dtype: args.dtype,
         max_length: args.max_input_tokens,
         max_batch_tokens: args.max_batch_tokens,
     };
     let started = Instant::now();
     let embedder = Arc::new(
-        Embedder::load(&dir, &device, &opts)
+        Embedder::load(&dir, &opts)
             .with_context(|| format!("loading model from {}", dir.display()))?,
     );
     let fingerprint = fingerprint(&dir)?;

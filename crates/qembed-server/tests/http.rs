@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{assert_error_shape, cosine, decode_base64, fixture, Server};
-use qembed_engine::{DTypeChoice, Device, Embedder, Input, LoadOptions, OutputOptions};
+use qembed_engine::{DTypeChoice, Embedder, Input, LoadOptions, OutputOptions};
 use serde_json::{json, Value};
 
 const MODEL: &str = "qwen3-tiny-gqa";
@@ -249,7 +249,6 @@ async fn concurrent_requests_each_get_their_own_vectors() {
     let s = Server::start(MODEL, &["--color", "green", "--batch-wait-ms", "5"]).await;
     let offline = Embedder::load(
         &fixture(MODEL),
-        &Device::Cpu,
         &LoadOptions {
             dtype: DTypeChoice::F32,
             ..LoadOptions::default()
@@ -601,4 +600,41 @@ async fn abandoned_requests_do_not_hold_up_drain() {
     s.sigterm();
     let status = s.wait(Duration::from_secs(20)).expect("did not exit");
     assert!(status.success(), "{status:?}");
+}
+
+/// `--tensor-parallel 2` (on CPU: two ranks on threads, in-process all-reduce) serves
+/// the same vectors as the single-rank embedder, and says so in /info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tensor_parallel_server_serves_the_same_vectors() {
+    let s = Server::start(MODEL, &["--tensor-parallel", "2"]).await;
+    let offline = Embedder::load(&fixture(MODEL), &LoadOptions::default()).unwrap();
+    let c = reqwest::Client::new();
+    let info: Value = c
+        .get(s.url("/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["tensor_parallel"], json!(2));
+    assert_eq!(info["device"], json!("cpu"));
+    let texts = vec![long_text(40), "short".to_string(), long_text(200)];
+    let (status, _, body) = post(&c, &s.url("/v1/embeddings"), &json!({"input": texts})).await;
+    assert_eq!(status, 200, "{body}");
+    let inputs: Vec<Input> = texts
+        .iter()
+        .map(|t| Input {
+            text: t,
+            instruction: None,
+        })
+        .collect();
+    let want = offline
+        .embed(&inputs, true, OutputOptions::default())
+        .unwrap();
+    for (item, (w, _)) in body["data"].as_array().unwrap().iter().zip(&want) {
+        let got: Vec<f32> = serde_json::from_value(item["embedding"].clone()).unwrap();
+        let dot: f32 = got.iter().zip(w).map(|(a, b)| a * b).sum();
+        assert!(dot >= 0.99999, "cosine {dot}");
+    }
 }

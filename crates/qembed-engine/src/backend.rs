@@ -1,0 +1,277 @@
+//! Where the model runs: one device, or a tensor-parallel group of ranks.
+//!
+//! A tensor-parallel rank holds a slice of every layer and meets the other ranks at
+//! each all-reduce, so all ranks must run the same forward pass at the same time. Each
+//! rank therefore lives on its own thread with its own model, and a forward pass is
+//! handed to all of them at once; every rank ends with the full result and rank 0's is
+//! returned.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use qembed_model::{AllReduce, DType, Device, PackedBatch, Qwen3Config, Qwen3Embedding};
+
+use crate::{EngineError, Result};
+
+/// A device as users spell it: `cpu`, `cuda` (GPU 0) or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}` (cpu, cuda, cuda:N)")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// The device of tensor-parallel rank `rank`: GPUs are taken consecutively from
+    /// the one named; on CPU all ranks share the cores.
+    pub fn device(self, rank: usize) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(first) => Device::new_cuda(first + rank).map_err(|e| {
+                EngineError::Setting(format!("cannot open GPU cuda:{}: {e}", first + rank))
+            }),
+            #[cfg(not(feature = "cuda"))]
+            Self::Cuda(_) => {
+                let _ = rank;
+                Err(EngineError::Setting(
+                    "this binary was built without CUDA support; rebuild with `--features cuda`"
+                        .into(),
+                ))
+            }
+        }
+    }
+
+    pub fn is_cpu(self) -> bool {
+        self == Self::Cpu
+    }
+}
+
+/// The model, on one device or split over a tensor-parallel group.
+pub enum Backend {
+    Single(Qwen3Embedding),
+    TensorParallel(RankGroup),
+}
+
+impl Backend {
+    /// Loads the checkpoint at `dir` onto `device`, as `tp` ranks when `tp > 1`.
+    pub fn load(dir: &Path, device: DeviceSpec, dtype: DType, tp: usize) -> Result<Self> {
+        match tp {
+            0 => Err(EngineError::Setting(
+                "tensor parallel size must be at least 1".into(),
+            )),
+            1 => Ok(Self::Single(Qwen3Embedding::load(
+                dir,
+                dtype,
+                &device.device(0)?,
+            )?)),
+            n => Ok(Self::TensorParallel(RankGroup::load(
+                dir, device, dtype, n,
+            )?)),
+        }
+    }
+
+    pub fn config(&self) -> &Qwen3Config {
+        match self {
+            Self::Single(m) => m.config(),
+            Self::TensorParallel(g) => &g.cfg,
+        }
+    }
+
+    /// The dtype of the linear layers (what `--dtype` resolved to).
+    pub fn dtype(&self) -> DType {
+        match self {
+            Self::Single(m) => m.dtype(),
+            Self::TensorParallel(g) => g.dtype,
+        }
+    }
+
+    /// Ranks in the group (1 on a single device).
+    pub fn tensor_parallel(&self) -> usize {
+        match self {
+            Self::Single(_) => 1,
+            Self::TensorParallel(g) => g.ranks.len(),
+        }
+    }
+
+    /// Pooled, un-normalised vectors of each sequence of the batch, in order.
+    pub fn embed(&self, batch: &PackedBatch) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Self::Single(m) => Ok(m.embed(batch)?),
+            Self::TensorParallel(g) => g.embed(batch),
+        }
+    }
+}
+
+type Reply = mpsc::Sender<qembed_model::Result<Vec<Vec<f32>>>>;
+
+struct Rank {
+    jobs: Option<mpsc::Sender<(Arc<PackedBatch>, Reply)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Tensor-parallel ranks, one thread and one model shard each.
+pub struct RankGroup {
+    ranks: Vec<Rank>,
+    cfg: Qwen3Config,
+    dtype: DType,
+}
+
+impl RankGroup {
+    fn load(dir: &Path, device: DeviceSpec, dtype: DType, size: usize) -> Result<Self> {
+        let comms = communicators(device, size)?;
+        let mut ranks = Vec::with_capacity(size);
+        let mut loaded = Vec::with_capacity(size);
+        for (rank, comm) in comms.into_iter().enumerate() {
+            let (job_tx, job_rx) = mpsc::channel::<(Arc<PackedBatch>, Reply)>();
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let dir = dir.to_path_buf();
+            let thread = std::thread::Builder::new()
+                .name(format!("qembed-rank-{rank}"))
+                .spawn(move || {
+                    let model = device
+                        .device(rank)
+                        .and_then(|d| Ok(Qwen3Embedding::load_sharded(&dir, dtype, &d, comm)?));
+                    let model = match model {
+                        Ok(m) => {
+                            let _ = ready_tx.send(Ok((m.config().clone(), m.dtype())));
+                            m
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    for (batch, reply) in job_rx {
+                        let _ = reply.send(model.embed(&batch));
+                    }
+                })
+                .map_err(|e| EngineError::Setting(format!("cannot start rank thread: {e}")))?;
+            ranks.push(Rank {
+                jobs: Some(job_tx),
+                thread: Some(thread),
+            });
+            loaded.push(ready_rx);
+        }
+        // Collect every rank's outcome before judging: a rank that failed to load (a
+        // size that does not divide the heads, a missing GPU) fails all of them.
+        let mut first = None;
+        for rx in loaded {
+            let outcome = rx.recv().map_err(|_| {
+                EngineError::Setting("a tensor-parallel rank exited while loading".into())
+            });
+            match (outcome, &first) {
+                (Ok(Ok(meta)), None) => first = Some(Ok(meta)),
+                (Ok(Ok(_)), Some(_)) => {}
+                (Ok(Err(e)), _) => return Err(e),
+                (Err(e), _) => return Err(e),
+            }
+        }
+        let (cfg, dtype) = first.unwrap_or_else(|| Err(EngineError::Setting("no ranks".into())))?;
+        Ok(Self { ranks, cfg, dtype })
+    }
+
+    fn embed(&self, batch: &PackedBatch) -> Result<Vec<Vec<f32>>> {
+        // Checked here once: a batch that one rank refuses and others accept would leave
+        // the others waiting at an all-reduce.
+        if batch.is_empty() {
+            return Err(qembed_model::ModelError::Input("empty batch".into()).into());
+        }
+        batch.validate(&self.cfg)?;
+        let batch = Arc::new(batch.clone());
+        let mut replies = Vec::with_capacity(self.ranks.len());
+        for rank in &self.ranks {
+            let (tx, rx) = mpsc::channel();
+            let sent = rank
+                .jobs
+                .as_ref()
+                .is_some_and(|jobs| jobs.send((batch.clone(), tx)).is_ok());
+            if !sent {
+                return Err(EngineError::Setting(
+                    "a tensor-parallel rank has exited".into(),
+                ));
+            }
+            replies.push(rx);
+        }
+        let mut result = None;
+        for rx in replies {
+            let out = rx
+                .recv()
+                .map_err(|_| EngineError::Setting("a tensor-parallel rank has exited".into()))?;
+            let out = out?;
+            result.get_or_insert(out);
+        }
+        result.ok_or_else(|| EngineError::Setting("no ranks".into()))
+    }
+}
+
+impl Drop for RankGroup {
+    fn drop(&mut self) {
+        for rank in &mut self.ranks {
+            rank.jobs.take();
+        }
+        for rank in &mut self.ranks {
+            if let Some(t) = rank.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// One all-reduce handle per rank: in-process on CPU, NCCL across GPUs.
+fn communicators(device: DeviceSpec, size: usize) -> Result<Vec<Arc<dyn AllReduce>>> {
+    match device {
+        DeviceSpec::Cpu => Ok(qembed_model::LocalGroup::new(size)
+            .into_iter()
+            .map(|c| Arc::new(c) as Arc<dyn AllReduce>)
+            .collect()),
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(first) => {
+            qembed_model::cuda::nccl_group(first, size).map_err(EngineError::from)
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceSpec::Cuda(_) => Err(EngineError::Setting(
+            "this binary was built without CUDA support; rebuild with `--features cuda`".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeviceSpec;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("cpu".parse(), Ok(DeviceSpec::Cpu));
+        assert_eq!("cuda".parse(), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!("CUDA:3".parse(), Ok(DeviceSpec::Cuda(3)));
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+    }
+}
