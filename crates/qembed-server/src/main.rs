@@ -28,6 +28,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before any thread exists: forward passes reuse freed activation memory.
+    qembed_model::retain_freed_memory();
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
