@@ -68,6 +68,21 @@ impl DeviceSpec {
         }
     }
 
+    /// The device of a tensor-parallel rank: on CUDA with a stream of its own, so
+    /// that NCCL's collectives and the rank's kernels are ordered on one explicit
+    /// stream rather than the per-thread default stream.
+    fn rank_device(self, rank: usize) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(first) => Device::new_cuda_with_stream(first + rank).map_err(|e| {
+                EngineError::Setting(format!("cannot open GPU cuda:{}: {e}", first + rank))
+            }),
+            #[cfg(not(feature = "cuda"))]
+            Self::Cuda(_) => self.device(rank),
+        }
+    }
+
     pub fn is_cpu(self) -> bool {
         self == Self::Cpu
     }
@@ -156,7 +171,7 @@ impl RankGroup {
                 .name(format!("qembed-rank-{rank}"))
                 .spawn(move || {
                     let model = device
-                        .device(rank)
+                        .rank_device(rank)
                         .and_then(|d| Ok(Qwen3Embedding::load_sharded(&dir, dtype, &d, comm)?));
                     let model = match model {
                         Ok(m) => {

@@ -1,0 +1,219 @@
+//! The CUDA forward pass against transformers' vectors for every fixture in `models/`,
+//! and NCCL tensor parallelism against one GPU (feature `cuda`; needs a GPU, and two for
+//! the TP test, which says so and passes when there are fewer).
+#![cfg(feature = "cuda")]
+
+use qembed_model::cuda::NcclGroup;
+use qembed_model::{DType, Device, PackedBatch, Qwen3Embedding};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Deserialize)]
+struct Reference {
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    input_ids: Vec<u32>,
+    raw: Vec<f32>,
+}
+
+/// Head sizes 32 (gqa, f16) and 16 (mqa, tp4): all run the fused attention kernel in
+/// f16/bf16; f32 on CUDA takes candle's attention (the kernel is f16/bf16 only).
+const FIXTURES: [&str; 4] = [
+    "qwen3-tiny-gqa",
+    "qwen3-tiny-mqa",
+    "qwen3-tiny-f16",
+    "qwen3-tiny-tp4",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(name)
+}
+
+fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn gpu() -> Device {
+    Device::new_cuda(0).expect("these tests need a CUDA GPU (device 0)")
+}
+
+fn check_parity(dtype: DType, threshold: f64) {
+    let dev = gpu();
+    for name in FIXTURES {
+        let model = Qwen3Embedding::load(&fixture(name), dtype, &dev).unwrap();
+        let r = reference(name);
+        let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
+        let got = model.embed(&PackedBatch::new(&ids)).unwrap();
+        let mut worst = (1.0f64, "");
+        for (case, v) in r.cases.iter().zip(&got) {
+            let c = cosine(v, &case.raw);
+            if c < worst.0 {
+                worst = (c, &case.name);
+            }
+        }
+        println!(
+            "cuda {name} {dtype:?}: worst cosine {:.7} ({})",
+            worst.0, worst.1
+        );
+        assert!(
+            worst.0 >= threshold,
+            "cuda {name} {dtype:?}: case {} cosine {} < {threshold}",
+            worst.1,
+            worst.0
+        );
+    }
+}
+
+#[test]
+fn cuda_f16_matches_transformers() {
+    check_parity(DType::F16, 0.999);
+}
+
+#[test]
+fn cuda_bf16_matches_transformers() {
+    check_parity(DType::BF16, 0.999);
+}
+
+/// f32 on CUDA: fused norms/rope/SwiGLU with candle's attention (the fallback path).
+#[test]
+fn cuda_f32_matches_transformers() {
+    check_parity(DType::F32, 0.9999);
+}
+
+/// Alone or among other sequences, in either order: the same vector (no leaks between
+/// the sequences of a packed batch on the GPU either).
+#[test]
+fn cuda_batch_invariance() {
+    let dev = gpu();
+    for name in FIXTURES {
+        let model = Qwen3Embedding::load(&fixture(name), DType::F16, &dev).unwrap();
+        let r = reference(name);
+        let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
+        let batched = model.embed(&PackedBatch::new(&ids)).unwrap();
+        let rev: Vec<&[u32]> = ids.iter().rev().copied().collect();
+        let reversed = model.embed(&PackedBatch::new(&rev)).unwrap();
+        for (i, seq) in ids.iter().enumerate() {
+            let alone = &model.embed(&PackedBatch::new(&[*seq])).unwrap()[0];
+            let c1 = cosine(alone, &batched[i]);
+            let c2 = cosine(alone, &reversed[ids.len() - 1 - i]);
+            assert!(c1 >= 0.9999 && c2 >= 0.9999, "{name} case {i}: {c1} {c2}");
+        }
+    }
+}
+
+fn gpu_count() -> usize {
+    candle_core::cuda_backend::cudarc::driver::CudaContext::device_count().unwrap_or(0) as usize
+}
+
+/// TP=2 over NCCL (one rank per GPU, ranks on threads) equals TP=1 on one GPU, with
+/// rank devices from `Device::new_cuda` (the per-thread default stream, as the engine
+/// opens them) and from `Device::new_cuda_with_stream`.
+#[test]
+fn cuda_tp2_nccl_equals_single_gpu() {
+    let gpus = gpu_count();
+    if gpus < 2 {
+        println!("skipped: NCCL tensor parallelism needs 2 GPUs, found {gpus}");
+        return;
+    }
+    let size = 2;
+    for own_stream in [false, true] {
+        for name in ["qwen3-tiny-gqa", "qwen3-tiny-f16", "qwen3-tiny-tp4"] {
+            let r = reference(name);
+            let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
+            let batch = PackedBatch::new(&ids);
+            let single = Qwen3Embedding::load(&fixture(name), DType::F16, &gpu())
+                .unwrap()
+                .embed(&batch)
+                .unwrap();
+            let handles: Vec<_> = qembed_model::cuda::nccl_group(0, size)
+                .unwrap()
+                .into_iter()
+                .enumerate()
+                .map(|(rank, comm)| {
+                    let (dir, batch) = (fixture(name), batch.clone());
+                    std::thread::spawn(move || {
+                        let device = if own_stream {
+                            Device::new_cuda_with_stream(rank)?
+                        } else {
+                            Device::new_cuda(rank)?
+                        };
+                        let model = Qwen3Embedding::load_sharded(&dir, DType::F16, &device, comm)?;
+                        model.embed(&batch)
+                    })
+                })
+                .collect();
+            let outputs: Vec<Vec<Vec<f32>>> = handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap())
+                .collect();
+            let mut worst = 1.0f64;
+            for out in &outputs {
+                for ((tp, one), case) in out.iter().zip(&single).zip(&r.cases) {
+                    worst = worst.min(cosine(tp, one)).min(cosine(tp, &case.raw));
+                }
+            }
+            println!(
+                "cuda {name} TP={size} (NCCL, own stream: {own_stream}): worst cosine vs TP=1 \
+                 and transformers {worst:.7}"
+            );
+            assert!(
+                worst >= 0.999,
+                "{name} TP={size} own stream {own_stream}: {worst}"
+            );
+        }
+    }
+}
+
+/// The NCCL sum itself: rank r contributes r + 1 everywhere, in each dtype.
+#[test]
+fn cuda_nccl_all_reduce_sums() {
+    let gpus = gpu_count();
+    if gpus < 2 {
+        println!("skipped: the NCCL all-reduce needs 2 GPUs, found {gpus}");
+        return;
+    }
+    let handles: Vec<_> = NcclGroup::for_gpus(0, 2)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(rank, group)| {
+            std::thread::spawn(move || {
+                use qembed_model::AllReduce;
+                let device = Device::new_cuda(rank).unwrap();
+                for dtype in [DType::F16, DType::BF16, DType::F32] {
+                    let t = (candle_core::Tensor::ones((3, 5), dtype, &device).unwrap()
+                        * (rank + 1) as f64)
+                        .unwrap();
+                    let sum = group.all_reduce_sum(&t).unwrap();
+                    let got = sum.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+                    assert!(
+                        got.to_vec1::<f32>().unwrap().iter().all(|&v| v == 3.0),
+                        "{dtype:?}"
+                    );
+                }
+                // A tensor on another GPU than the rank's is an error, not a hang.
+                let other = Device::new_cuda(1 - rank).unwrap();
+                let t = candle_core::Tensor::ones(4, DType::F32, &other).unwrap();
+                assert!(group.all_reduce_sum(&t).is_err());
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
