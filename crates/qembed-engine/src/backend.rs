@@ -6,12 +6,15 @@
 //! handed to all of them at once; every rank ends with the full result and rank 0's is
 //! returned.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use qembed_model::{AllReduce, DType, Device, PackedBatch, Qwen3Config, Qwen3Embedding};
+use qembed_model::{
+    AllReduce, DType, Device, ModelError, PackedBatch, Qwen3Config, Qwen3Embedding,
+};
 
 use crate::{EngineError, Result};
 
@@ -135,6 +138,16 @@ impl Backend {
         }
     }
 
+    /// False once a tensor-parallel group has failed (a rank errored or panicked in
+    /// a forward pass): it refuses all work from then on, and `/health` says so, so
+    /// that the orchestrator restarts the process.
+    pub fn is_healthy(&self) -> bool {
+        match self {
+            Self::Single(_) => true,
+            Self::TensorParallel(g) => !g.failed.load(Ordering::SeqCst),
+        }
+    }
+
     /// Pooled, un-normalised vectors of each sequence of the batch, in order.
     pub fn embed(&self, batch: &PackedBatch) -> Result<Vec<Vec<f32>>> {
         match self {
@@ -154,6 +167,14 @@ struct Rank {
 /// Tensor-parallel ranks, one thread and one model shard each.
 pub struct RankGroup {
     ranks: Vec<Rank>,
+    /// Every rank's all-reduce handle, to abort them all when one rank fails.
+    comms: Vec<Arc<dyn AllReduce>>,
+    /// One forward pass at a time: ranks take jobs in channel order, and two callers
+    /// interleaving their sends would pair different batches in an all-reduce.
+    serial: Mutex<()>,
+    /// Set when a forward pass failed on any rank: the ranks' all-reduce rounds may
+    /// no longer be in step, so the group refuses work rather than risk mixing batches.
+    failed: AtomicBool,
     cfg: Qwen3Config,
     dtype: DType,
 }
@@ -163,16 +184,16 @@ impl RankGroup {
         let comms = communicators(device, size)?;
         let mut ranks = Vec::with_capacity(size);
         let mut loaded = Vec::with_capacity(size);
-        for (rank, comm) in comms.into_iter().enumerate() {
+        for (rank, comm) in comms.iter().cloned().enumerate() {
             let (job_tx, job_rx) = mpsc::channel::<(Arc<PackedBatch>, Reply)>();
             let (ready_tx, ready_rx) = mpsc::channel();
             let dir = dir.to_path_buf();
             let thread = std::thread::Builder::new()
                 .name(format!("qembed-rank-{rank}"))
                 .spawn(move || {
-                    let model = device
-                        .rank_device(rank)
-                        .and_then(|d| Ok(Qwen3Embedding::load_sharded(&dir, dtype, &d, comm)?));
+                    let model = device.rank_device(rank).and_then(|d| {
+                        Ok(Qwen3Embedding::load_sharded(&dir, dtype, &d, comm.clone())?)
+                    });
                     let model = match model {
                         Ok(m) => {
                             let _ = ready_tx.send(Ok((m.config().clone(), m.dtype())));
@@ -184,7 +205,17 @@ impl RankGroup {
                         }
                     };
                     for (batch, reply) in job_rx {
-                        let _ = reply.send(model.embed(&batch));
+                        let out = catch_unwind(AssertUnwindSafe(|| model.embed(&batch)))
+                            .unwrap_or_else(|_| {
+                                Err(ModelError::TensorParallel(format!(
+                                    "rank {rank} panicked in a forward pass"
+                                )))
+                            });
+                        if out.is_err() {
+                            // Peers may be waiting for this rank at an all-reduce.
+                            comm.abort();
+                        }
+                        let _ = reply.send(out);
                     }
                 })
                 .map_err(|e| EngineError::Setting(format!("cannot start rank thread: {e}")))?;
@@ -209,41 +240,64 @@ impl RankGroup {
             }
         }
         let (cfg, dtype) = first.unwrap_or_else(|| Err(EngineError::Setting("no ranks".into())))?;
-        Ok(Self { ranks, cfg, dtype })
+        Ok(Self {
+            ranks,
+            comms,
+            serial: Mutex::new(()),
+            failed: AtomicBool::new(false),
+            cfg,
+            dtype,
+        })
     }
 
     fn embed(&self, batch: &PackedBatch) -> Result<Vec<Vec<f32>>> {
         // Checked here once: a batch that one rank refuses and others accept would leave
         // the others waiting at an all-reduce.
         if batch.is_empty() {
-            return Err(qembed_model::ModelError::Input("empty batch".into()).into());
+            return Err(ModelError::Input("empty batch".into()).into());
         }
         batch.validate(&self.cfg)?;
+        let _serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(group_failed("an earlier forward pass failed on a rank"));
+        }
         let batch = Arc::new(batch.clone());
-        let mut replies = Vec::with_capacity(self.ranks.len());
-        for rank in &self.ranks {
-            let (tx, rx) = mpsc::channel();
-            let sent = rank
-                .jobs
-                .as_ref()
-                .is_some_and(|jobs| jobs.send((batch.clone(), tx)).is_ok());
-            if !sent {
-                return Err(EngineError::Setting(
-                    "a tensor-parallel rank has exited".into(),
-                ));
-            }
-            replies.push(rx);
-        }
-        let mut result = None;
+        let replies: Vec<_> = self
+            .ranks
+            .iter()
+            .map(|rank| {
+                let (tx, rx) = mpsc::channel();
+                let sent = rank
+                    .jobs
+                    .as_ref()
+                    .is_some_and(|jobs| jobs.send((batch.clone(), tx)).is_ok());
+                sent.then_some(rx)
+            })
+            .collect();
+        // Every rank answers (a failing one aborts the all-reduce for the others), so
+        // wait for all of them before judging.
+        let mut results = Vec::with_capacity(replies.len());
         for rx in replies {
-            let out = rx
-                .recv()
-                .map_err(|_| EngineError::Setting("a tensor-parallel rank has exited".into()))?;
-            let out = out?;
-            result.get_or_insert(out);
+            results.push(match rx.map(|rx| rx.recv()) {
+                Some(Ok(out)) => out.map_err(EngineError::from),
+                _ => Err(group_failed("a rank has exited")),
+            });
         }
-        result.ok_or_else(|| EngineError::Setting("no ranks".into()))
+        if let Some(pos) = results.iter().position(|r| r.is_err()) {
+            self.failed.store(true, Ordering::SeqCst);
+            for c in &self.comms {
+                c.abort();
+            }
+            return results.swap_remove(pos);
+        }
+        results.swap_remove(0)
     }
+}
+
+fn group_failed(why: &str) -> EngineError {
+    EngineError::Model(ModelError::TensorParallel(format!(
+        "tensor-parallel group out of service ({why}); restart the server"
+    )))
 }
 
 impl Drop for RankGroup {

@@ -10,6 +10,10 @@ use crate::postprocess::{check_dimensions, finish};
 use crate::tokenize::{format_query, Qwen3Tokenizer};
 use crate::{EngineError, Result};
 
+/// Most sequences in one forward pass: the CUDA kernels index sequences with a grid
+/// dimension of at most 65535.
+pub const MAX_BATCH_SEQUENCES: usize = 65_535;
+
 /// Longest input Qwen3-Embedding is trained for.
 pub const MAX_LENGTH_CAP: usize = 32_768;
 
@@ -191,13 +195,15 @@ impl Embedder {
     }
 
     /// Raw pooled vectors for already-tokenised sequences, in order, split into forward
-    /// passes of at most `max_batch_tokens` tokens.
+    /// passes of at most `max_batch_tokens` tokens and `MAX_BATCH_SEQUENCES` sequences.
     pub fn embed_ids<S: AsRef<[u32]>>(&self, seqs: &[S]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(seqs.len());
         let mut batch = PackedBatch::default();
         for seq in seqs {
             let seq = seq.as_ref();
-            if !batch.is_empty() && batch.num_tokens() + seq.len() > self.max_batch_tokens {
+            let full = batch.num_tokens() + seq.len() > self.max_batch_tokens
+                || batch.num_seqs() == MAX_BATCH_SEQUENCES;
+            if !batch.is_empty() && full {
                 out.extend(self.model.embed(&batch)?);
                 batch = PackedBatch::default();
             }

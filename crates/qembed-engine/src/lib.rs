@@ -13,7 +13,9 @@ mod tokenize;
 
 pub use backend::{Backend, DeviceSpec, RankGroup};
 pub use batcher::{Admission, BatchObserver, BatchStats, Batcher, BatcherConfig, SubmitError};
-pub use embedder::{DTypeChoice, Embedder, Input, LoadOptions, OutputOptions, MAX_LENGTH_CAP};
+pub use embedder::{
+    DTypeChoice, Embedder, Input, LoadOptions, OutputOptions, MAX_BATCH_SEQUENCES, MAX_LENGTH_CAP,
+};
 pub use error::{EngineError, Result};
 pub use fingerprint::fingerprint;
 pub use qembed_model::{DType, Device};

@@ -58,7 +58,9 @@ struct Mkl {
 
 /// MKL's `MKL_THREADING_SEQUENTIAL`: no OpenMP threads of its own.
 const THREADING_SEQUENTIAL: i32 = 1;
-type SetThreadingLayer = unsafe extern "C" fn(i32) -> i32;
+/// MKL's `MKL_INTERFACE_LP64`: 32-bit integer arguments.
+const INTERFACE_LP64: i32 = 0;
+type SetLayer = unsafe extern "C" fn(i32) -> i32;
 
 /// A GEMM output shared by the rayon tasks that each write their own columns of it.
 #[derive(Clone, Copy)]
@@ -226,9 +228,12 @@ fn mkl() -> Option<&'static Mkl> {
         // symbols are looked up with the signatures MKL's cblas.h declares.
         let loaded = unsafe {
             libloading::Library::new(&path).and_then(|lib| {
-                // Must precede every other MKL call to take effect.
-                let layer = *lib.get::<SetThreadingLayer>(b"MKL_Set_Threading_Layer\0")?;
-                layer(THREADING_SEQUENTIAL);
+                // Both must precede every other MKL call to take effect. LP64: our
+                // signatures pass 32-bit integers, whatever MKL_INTERFACE_LAYER says.
+                let interface = *lib.get::<SetLayer>(b"MKL_Set_Interface_Layer\0")?;
+                interface(INTERFACE_LP64);
+                let threading = *lib.get::<SetLayer>(b"MKL_Set_Threading_Layer\0")?;
+                threading(THREADING_SEQUENTIAL);
                 let sgemm = *lib.get::<Sgemm>(b"cblas_sgemm\0")?;
                 let gemm_bf16 = *lib.get::<GemmBf16>(b"cblas_gemm_bf16bf16f32\0")?;
                 Ok(Mkl {

@@ -58,6 +58,9 @@ async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next: Nex
     let in_flight = InFlight::enter(&state.metrics.in_flight);
     // Counted first, then stamped: drain sets its flag before it reads the gauge, so
     // a request stamped as arriving before the signal is one drain waits for.
+    // The gauge is a relaxed atomic: the fence orders its increment before the flag's
+    // load, as drain's fence orders the flag's store before its reads of the gauge.
+    std::sync::atomic::fence(Ordering::SeqCst);
     req.extensions_mut()
         .insert(Arrival::new(state.draining.load(Ordering::SeqCst)));
     let mut resp = next.run(req).await;
@@ -380,8 +383,17 @@ async fn tokenize(
     ))
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness: ok while the process can serve, 503 once its model backend is out of
+/// service for good (a tensor-parallel group whose rank failed), so it gets restarted.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    match state.loaded.get() {
+        Some(l) if !l.embedder.model().is_healthy() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": "tensor-parallel group out of service"})),
+        )
+            .into_response(),
+        _ => Json(json!({"status": "ok"})).into_response(),
+    }
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {

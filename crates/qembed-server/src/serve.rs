@@ -256,6 +256,8 @@ fn load_and_warm(state: &AppState) -> Result<()> {
 async fn drain(state: Arc<AppState>) {
     wait_for_signal().await;
     state.draining.store(true, Ordering::SeqCst);
+    // Pairs with the fence in the observe middleware (the in-flight gauge is relaxed).
+    std::sync::atomic::fence(Ordering::SeqCst);
     state.metrics.ready.set(0);
     tracing::info!("signal received: not ready, draining in-flight requests");
     let deadline = Instant::now() + Duration::from_secs(state.args.shutdown_timeout);

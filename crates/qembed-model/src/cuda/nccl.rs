@@ -40,6 +40,9 @@ unsafe impl Send for RawComm {}
 
 impl Drop for RawComm {
     fn drop(&mut self) {
+        if self.0.is_null() {
+            return; // aborted already
+        }
         // SAFETY: the handle came from a successful ncclCommInitRank and is dropped once.
         // Abort rather than destroy: destroy waits for peers that may already be gone.
         let _ = unsafe { result::comm_abort(self.0) };
@@ -194,6 +197,17 @@ impl AllReduce for NcclGroup {
         self.rank
     }
 
+    /// Aborts the communicator, so that this rank's pending collectives end (with an
+    /// error) instead of waiting on a peer that failed.
+    fn abort(&self) {
+        let mut comm = self.comm.lock().unwrap_or_else(PoisonError::into_inner);
+        if !comm.0.is_null() {
+            // SAFETY: a live handle from ncclCommInitRank, aborted once and then cleared.
+            let _ = unsafe { result::comm_abort(comm.0) };
+            comm.0 = std::ptr::null_mut();
+        }
+    }
+
     fn world_size(&self) -> usize {
         self.world_size
     }
@@ -219,6 +233,11 @@ impl AllReduce for NcclGroup {
             .bind_to_thread()
             .map_err(|e| driver_err("binding the CUDA context", e))?;
         let comm = self.comm.lock().unwrap_or_else(PoisonError::into_inner);
+        if comm.0.is_null() {
+            return Err(ModelError::TensorParallel(
+                "all-reduce aborted: another rank failed".into(),
+            ));
+        }
         let out = {
             let (storage, layout) = t.storage_and_layout();
             let Storage::Cuda(s) = &*storage else {
