@@ -138,17 +138,101 @@ fn exp(x: f32) -> f32 {
 
 /// Softmax of each score row over the keys it may see (row `i` of a block starting at
 /// query `r0` sees keys `0..=r0 + i`); the keys it may not see get probability 0.
-fn causal_softmax(s: &mut [f32], keys: usize, r0: usize) {
+#[inline(always)]
+fn causal_softmax_impl(s: &mut [f32], keys: usize, r0: usize) {
     for (i, row) in s.chunks_exact_mut(keys).enumerate() {
         let visible = r0 + i + 1;
         let (live, masked) = row.split_at_mut(visible);
         let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         live.iter_mut().for_each(|x| *x = exp(*x - max));
-        let inv = 1.0 / live.iter().sum::<f32>();
+        let inv = 1.0 / sum_map(live, |v| v);
         live.iter_mut().for_each(|x| *x *= inv);
         masked.fill(0.0);
     }
 }
+
+/// A sum in 16 independent lanes, so that it vectorises (a plain f32 sum is a chain of
+/// dependent adds the compiler may not reorder).
+#[inline(always)]
+fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// `fn $name(args)` that runs `$body` compiled for AVX-512 or AVX2+FMA when the CPU has
+/// them (detected once, cached by std), and for baseline x86-64 otherwise: the release
+/// build targets baseline x86-64, where these loops would get 4-lane SSE2.
+macro_rules! multiversion {
+    ($vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the CPU has the features `avx512` was compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features `avx2` was compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+multiversion!(fn causal_softmax(s: &mut [f32], keys: usize, r0: usize) => causal_softmax_impl);
+
+/// RMSNorm (weight `w`) then rotate-half rope (tables `cos`, `sin` of `D / 2`) of each
+/// `D`-wide head in `heads`.
+#[inline(always)]
+fn norm_rotate_impl(heads: &mut [f32], w: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
+    let d = w.len();
+    let half = d / 2;
+    for head in heads.chunks_exact_mut(d) {
+        let ms = sum_map(head, |v| v * v) / d as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for (v, w) in head.iter_mut().zip(w) {
+            *v = *v * inv * w;
+        }
+        let (x1, x2) = head.split_at_mut(half);
+        for i in 0..half {
+            let (a, b) = (x1[i], x2[i]);
+            x1[i] = a * cos[i] - b * sin[i];
+            x2[i] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
+multiversion!(fn norm_rotate(heads: &mut [f32], w: &[f32], cos: &[f32], sin: &[f32], eps: f32) => norm_rotate_impl);
+
+#[inline(always)]
+fn swiglu_impl(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + exp(-g)) * u;
+    }
+}
+
+multiversion!(fn swiglu_row(out: &mut [f32], gate: &[f32], up: &[f32]) => swiglu_impl);
 
 impl QkvAttention<'_> {
     fn check(&self, tokens: usize, width: usize) -> candle_core::Result<()> {
@@ -178,24 +262,8 @@ impl QkvAttention<'_> {
             let cos = &self.cos[t * half..(t + 1) * half];
             let sin = &self.sin[t * half..(t + 1) * half];
             let (q, rest) = row.split_at_mut(h * d);
-            let k = &mut rest[..kv * d];
-            for (head, weight) in q
-                .chunks_exact_mut(d)
-                .map(|x| (x, self.q_norm))
-                .chain(k.chunks_exact_mut(d).map(|x| (x, self.k_norm)))
-            {
-                let ms = head.iter().map(|v| v * v).sum::<f32>() / d as f32;
-                let inv = 1.0 / (ms + self.eps).sqrt();
-                for (v, w) in head.iter_mut().zip(weight) {
-                    *v = *v * inv * w;
-                }
-                let (x1, x2) = head.split_at_mut(half);
-                for i in 0..half {
-                    let (a, b) = (x1[i], x2[i]);
-                    x1[i] = a * cos[i] - b * sin[i];
-                    x2[i] = a * sin[i] + b * cos[i];
-                }
-            }
+            norm_rotate(q, self.q_norm, cos, sin, self.eps);
+            norm_rotate(&mut rest[..kv * d], self.k_norm, cos, sin, self.eps);
         });
     }
 
@@ -300,9 +368,7 @@ impl CustomOp1 for SwiGlu {
             .zip(x.par_chunks(width))
             .for_each(|(o, row)| {
                 let (gate, up) = row.split_at(inter);
-                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                    *o = g / (1.0 + exp(-g)) * u;
-                }
+                swiglu_row(o, gate, up);
             });
         Ok((CpuStorage::F32(out), Shape::from((tokens, inter))))
     }
