@@ -33,15 +33,18 @@ pub(crate) struct QkvAttention<'a> {
     pub block: usize,
 }
 
-/// A pointer that rayon tasks may share because each writes a disjoint region.
+/// A pointer that rayon tasks may share because each writes a disjoint region of the
+/// buffer behind it (attention's (sequence, head) tiles, a GEMM's column ranges).
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
 // SAFETY: only used to write disjoint (sequence, head) tiles of one buffer; see below.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
 
-impl SharedOut {
-    fn at(self, i: usize) -> *mut f32 {
+impl SyncPtr {
+    /// Element `i` (a method, so that closures capture the `Send` wrapper, not the
+    /// raw field).
+    pub(crate) fn at(self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
 }
@@ -274,7 +277,7 @@ impl QkvAttention<'_> {
         qkv: &[f32],
         width: usize,
         (start, len, head): (usize, usize, usize),
-        out: SharedOut,
+        out: SyncPtr,
     ) {
         let (h, d) = (self.heads, self.head_dim);
         let group = h / self.kv_heads;
@@ -332,7 +335,7 @@ impl CustomOp1 for QkvAttention<'_> {
         self.norm_and_rotate(&mut qkv, width);
         let (h, d) = (self.heads, self.head_dim);
         let mut out = vec![0f32; tokens * h * d];
-        let ptr = SharedOut(out.as_mut_ptr());
+        let ptr = SyncPtr(out.as_mut_ptr());
         let work: Vec<(usize, usize, usize)> = self
             .cu_seqlens
             .windows(2)

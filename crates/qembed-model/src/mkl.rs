@@ -13,11 +13,15 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu_ops::SyncPtr;
+
 const ROW_MAJOR: i32 = 101;
 const NO_TRANS: i32 = 111;
 const TRANS: i32 = 112;
 
-type Sgemm = unsafe extern "C" fn(
+/// `cblas_sgemm` (`E` = f32) and `cblas_gemm_bf16bf16f32` (`E` = u16, MKL_BF16) share
+/// one signature: layout, transposes, m, n, k, alpha, a, lda, b, ldb, beta, c (f32), ldc.
+type Gemm<E> = unsafe extern "C" fn(
     i32,
     i32,
     i32,
@@ -25,30 +29,16 @@ type Sgemm = unsafe extern "C" fn(
     i32,
     i32,
     f32,
-    *const f32,
+    *const E,
     i32,
-    *const f32,
-    i32,
-    f32,
-    *mut f32,
-    i32,
-);
-type GemmBf16 = unsafe extern "C" fn(
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    f32,
-    *const u16,
-    i32,
-    *const u16,
+    *const E,
     i32,
     f32,
     *mut f32,
     i32,
 );
+type Sgemm = Gemm<f32>;
+type GemmBf16 = Gemm<u16>;
 
 struct Mkl {
     _lib: libloading::Library,
@@ -61,20 +51,6 @@ const THREADING_SEQUENTIAL: i32 = 1;
 /// MKL's `MKL_INTERFACE_LP64`: 32-bit integer arguments.
 const INTERFACE_LP64: i32 = 0;
 type SetLayer = unsafe extern "C" fn(i32) -> i32;
-
-/// A GEMM output shared by the rayon tasks that each write their own columns of it.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint column ranges; see `split_columns`.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// Element `i` of the output (a method, so closures capture the `Send` wrapper).
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
 
 /// Runs `gemm(n0, cols, out)` over column ranges of an `n`-column output on rayon's
 /// threads. MKL runs sequentially, one call per range: the rayon pool that runs every
@@ -92,24 +68,27 @@ fn split_columns(n: usize, gemm: impl Fn(usize, usize) + Sync) {
 }
 
 impl Mkl {
-    /// `out = x @ w.T` for row-major bf16 `x` (m×k) and `w` (n×k), f32 out (m×n).
-    fn gemm_bf16_split(
-        &self,
-        x: &[half::bf16],
-        w: &[half::bf16],
+    /// `out = x @ w.T` for row-major `x` (m×k) and `w` (n×k), f32 out (m×n), with
+    /// `gemm` = this library's sgemm (`T` = f32) or bf16 GEMM (`T` = bf16, `E` = u16).
+    fn gemm_split<T: Sync, E>(
+        gemm: Gemm<E>,
+        x: &[T],
+        w: &[T],
         (m, n, k): (usize, usize, usize),
         out: &mut [MaybeUninit<f32>],
     ) -> candle_core::Result<()> {
+        const { assert!(std::mem::size_of::<T>() == std::mem::size_of::<E>()) };
         if x.len() < m * k || w.len() < n * k || out.len() < m * n {
             candle_core::bail!("mkl linear: buffers smaller than the shapes");
         }
         let (mi, ki, ldc) = (dim(m)?, dim(k)?, dim(n)?);
-        let ptr = Out(out.as_mut_ptr().cast());
+        let ptr = SyncPtr(out.as_mut_ptr().cast());
         split_columns(n, |n0, cols| {
             // SAFETY: rows n0..n0+cols of w (n×k) and columns n0..n0+cols of out (m×n,
             // row stride n) are in bounds (checked above); each task owns its columns.
+            // T and E have the same size (checked at compile time): bf16 is MKL_BF16.
             unsafe {
-                (self.gemm_bf16)(
+                gemm(
                     ROW_MAJOR,
                     NO_TRANS,
                     TRANS,
@@ -120,43 +99,6 @@ impl Mkl {
                     x.as_ptr().cast(),
                     ki,
                     w.as_ptr().add(n0 * k).cast(),
-                    ki,
-                    0.0,
-                    ptr.at(n0),
-                    ldc,
-                )
-            }
-        });
-        Ok(())
-    }
-
-    /// Like `gemm_bf16_split` in f32.
-    fn sgemm_split(
-        &self,
-        x: &[f32],
-        w: &[f32],
-        (m, n, k): (usize, usize, usize),
-        out: &mut [MaybeUninit<f32>],
-    ) -> candle_core::Result<()> {
-        if x.len() < m * k || w.len() < n * k || out.len() < m * n {
-            candle_core::bail!("mkl linear: buffers smaller than the shapes");
-        }
-        let (mi, ki, ldc) = (dim(m)?, dim(k)?, dim(n)?);
-        let ptr = Out(out.as_mut_ptr().cast());
-        split_columns(n, |n0, cols| {
-            // SAFETY: as in gemm_bf16_split.
-            unsafe {
-                (self.sgemm)(
-                    ROW_MAJOR,
-                    NO_TRANS,
-                    TRANS,
-                    mi,
-                    cols as i32,
-                    ki,
-                    1.0,
-                    x.as_ptr(),
-                    ki,
-                    w.as_ptr().add(n0 * k),
                     ki,
                     0.0,
                     ptr.at(n0),
@@ -324,18 +266,22 @@ impl CustomOp2 for MklLinear {
         match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(w)) => {
                 let (x, w) = (slice(x, l1)?, slice(w, l2)?);
-                let out = gemm_output(m * n, |out| mkl.sgemm_split(x, w, shape, out))?;
+                let out = gemm_output(m * n, |out| Mkl::gemm_split(mkl.sgemm, x, w, shape, out))?;
                 Ok((CpuStorage::F32(out), Shape::from((m, n))))
             }
             (CpuStorage::F32(x), CpuStorage::BF16(w)) => {
                 let x = to_bf16(slice(x, l1)?);
                 let w = slice(w, l2)?;
-                let out = gemm_output(m * n, |out| mkl.gemm_bf16_split(&x, w, shape, out))?;
+                let out = gemm_output(m * n, |out| {
+                    Mkl::gemm_split(mkl.gemm_bf16, &x, w, shape, out)
+                })?;
                 Ok((CpuStorage::F32(out), Shape::from((m, n))))
             }
             (CpuStorage::BF16(x), CpuStorage::BF16(w)) => {
                 let (x, w) = (slice(x, l1)?, slice(w, l2)?);
-                let out = gemm_output(m * n, |out| mkl.gemm_bf16_split(x, w, shape, out))?;
+                let out = gemm_output(m * n, |out| {
+                    Mkl::gemm_split(mkl.gemm_bf16, x, w, shape, out)
+                })?;
                 let out: Vec<half::bf16> = out.into_iter().map(half::bf16::from_f32).collect();
                 Ok((CpuStorage::BF16(out), Shape::from((m, n))))
             }
