@@ -51,8 +51,8 @@ pub struct ServeArgs {
     /// Where the model runs: cpu, cuda or cuda:N (needs a build with `--features cuda`).
     #[arg(long, env = "QEMBED_DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
-    /// Split the model over N ranks (GPUs N..N+size-1 from `--device`, NCCL all-reduce).
-    /// On CPU the ranks share the cores: useful to check a sharding, not for speed.
+    /// Split the model over N ranks: N consecutive GPUs from the one `--device` names,
+    /// joined by NCCL. On CPU the ranks share the cores: to check a sharding, not for speed.
     #[arg(long, env = "QEMBED_TENSOR_PARALLEL", default_value_t = 1)]
     pub tensor_parallel: usize,
     /// Most tokens in one forward pass.
