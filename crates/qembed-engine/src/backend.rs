@@ -54,35 +54,37 @@ impl DeviceSpec {
     /// The device of tensor-parallel rank `rank`: GPUs are taken consecutively from
     /// the one named; on CPU all ranks share the cores.
     pub fn device(self, rank: usize) -> Result<Device> {
+        self.open(rank, false)
+    }
+
+    /// The device of a rank of a tensor-parallel group: on CUDA with a stream of its
+    /// own, so that NCCL's collectives and the rank's kernels are ordered on one
+    /// explicit stream rather than the per-thread default stream.
+    fn rank_device(self, rank: usize) -> Result<Device> {
+        self.open(rank, true)
+    }
+
+    fn open(self, rank: usize, own_stream: bool) -> Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
             #[cfg(feature = "cuda")]
-            Self::Cuda(first) => Device::new_cuda(first + rank).map_err(|e| {
-                EngineError::Setting(format!("cannot open GPU cuda:{}: {e}", first + rank))
-            }),
+            Self::Cuda(first) => {
+                let gpu = first + rank;
+                let device = if own_stream {
+                    Device::new_cuda_with_stream(gpu)
+                } else {
+                    Device::new_cuda(gpu)
+                };
+                device.map_err(|e| EngineError::Setting(format!("cannot open GPU cuda:{gpu}: {e}")))
+            }
             #[cfg(not(feature = "cuda"))]
             Self::Cuda(_) => {
-                let _ = rank;
+                let _ = (rank, own_stream);
                 Err(EngineError::Setting(
                     "this binary was built without CUDA support; rebuild with `--features cuda`"
                         .into(),
                 ))
             }
-        }
-    }
-
-    /// The device of a tensor-parallel rank: on CUDA with a stream of its own, so
-    /// that NCCL's collectives and the rank's kernels are ordered on one explicit
-    /// stream rather than the per-thread default stream.
-    fn rank_device(self, rank: usize) -> Result<Device> {
-        match self {
-            Self::Cpu => Ok(Device::Cpu),
-            #[cfg(feature = "cuda")]
-            Self::Cuda(first) => Device::new_cuda_with_stream(first + rank).map_err(|e| {
-                EngineError::Setting(format!("cannot open GPU cuda:{}: {e}", first + rank))
-            }),
-            #[cfg(not(feature = "cuda"))]
-            Self::Cuda(_) => self.device(rank),
         }
     }
 

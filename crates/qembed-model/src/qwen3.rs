@@ -55,12 +55,11 @@ struct Local {
     intermediate: usize,
 }
 
-/// Rotary tables for one forward pass: as tensors for the candle path, and as host
-/// slices when the fused CPU kernels run.
-struct Rope {
-    cos: Tensor,
-    sin: Tensor,
-    host: Option<(Vec<f32>, Vec<f32>)>,
+/// Rotary tables for one forward pass: host slices for the fused CPU kernels, tensors
+/// for the candle path.
+enum Rope {
+    Host(Vec<f32>, Vec<f32>),
+    Tensors(Tensor, Tensor),
 }
 
 struct DecoderLayer {
@@ -280,18 +279,12 @@ impl Qwen3Embedding {
         let n = batch.num_tokens();
         let ids = Tensor::from_slice(batch.ids(), n, &self.device)?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?;
-        let (cos, sin) = self.rotary(&batch.positions(), self.act_dtype)?;
-        let rope = Rope {
-            host: if self.fused_cpu {
-                Some((
-                    cos.flatten_all()?.to_vec1::<f32>()?,
-                    sin.flatten_all()?.to_vec1::<f32>()?,
-                ))
-            } else {
-                None
-            },
-            cos,
-            sin,
+        let (cos, sin) = self.rotary_tables(&batch.positions());
+        let rope = if self.fused_cpu {
+            Rope::Host(cos, sin)
+        } else {
+            let (cos, sin) = self.rotary_tensors(cos, sin, self.act_dtype)?;
+            Rope::Tensors(cos, sin)
         };
         for layer in &self.layers {
             x = self.layer_forward(layer, &x, &rope, batch.cu_seqlens())?;
@@ -307,10 +300,10 @@ impl Qwen3Embedding {
         Ok(self.forward(batch)?.to_vec2::<f32>()?)
     }
 
-    /// cos/sin of every token's own position, `[tokens, head_dim / 2]` in `dtype`: with
+    /// cos/sin of every token's own position, `[tokens, head_dim / 2]` in f32: with
     /// positions restarting at each sequence this is what makes one rope call serve a
-    /// packed batch. Angles are computed in f32.
-    fn rotary(&self, positions: &[u32], dtype: DType) -> Result<(Tensor, Tensor)> {
+    /// packed batch.
+    fn rotary_tables(&self, positions: &[u32]) -> (Vec<f32>, Vec<f32>) {
         let half = self.cfg.head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| {
@@ -327,7 +320,18 @@ impl Qwen3Embedding {
                 sin.push(angle.sin());
             }
         }
-        let shape = (positions.len(), half);
+        (cos, sin)
+    }
+
+    /// The tables of [`rotary_tables`](Self::rotary_tables) on the model's device in
+    /// `dtype`.
+    fn rotary_tensors(
+        &self,
+        cos: Vec<f32>,
+        sin: Vec<f32>,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
+        let shape = (cos.len() / (self.cfg.head_dim / 2), self.cfg.head_dim / 2);
         let cos = Tensor::from_vec(cos, shape, &self.device)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, shape, &self.device)?.to_dtype(dtype)?;
         Ok((cos, sin))
@@ -343,8 +347,8 @@ impl Qwen3Embedding {
         let eps = self.cfg.rms_norm_eps as f32;
         let h = rms_norm(x, &l.input_norm, eps)?;
         let qkv = l.qkv.forward(&h)?;
-        let attn = match &rope.host {
-            Some((cos, sin)) => qkv.apply_op1_no_bwd(&QkvAttention {
+        let attn = match rope {
+            Rope::Host(cos, sin) => qkv.apply_op1_no_bwd(&QkvAttention {
                 heads: self.local.heads,
                 kv_heads: self.local.kv_heads,
                 head_dim: self.cfg.head_dim,
@@ -356,7 +360,7 @@ impl Qwen3Embedding {
                 cu_seqlens,
                 block: self.attention_block,
             })?,
-            None => self.qkv_attention(l, &qkv, &rope.cos, &rope.sin, cu_seqlens)?,
+            Rope::Tensors(cos, sin) => self.qkv_attention(l, &qkv, cos, sin, cu_seqlens)?,
         };
         let x = (x + self.reduce(l.o_proj.forward(&attn)?)?)?;
 
@@ -384,6 +388,15 @@ impl Qwen3Embedding {
         cu_seqlens: &[usize],
     ) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
+        let (q, k, v) = self.split_qkv(qkv)?;
+        let q = rope_thd(&rms_norm(&q, &l.q_norm, eps)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
+        let k = rope_thd(&rms_norm(&k, &l.k_norm, eps)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
+        self.attention(&q, &k, &v, cu_seqlens)
+    }
+
+    /// q `[tokens, H, D]`, k and v `[tokens, KV, D]` as views of the fused qkv
+    /// projection `[tokens, (H + 2 KV) * D]`.
+    fn split_qkv(&self, qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (n, hd) = (qkv.dim(0)?, self.cfg.head_dim);
         let (nq, nkv) = (self.local.heads, self.local.kv_heads);
         let q = qkv.narrow(1, 0, nq * hd)?.reshape((n, nq, hd))?;
@@ -391,9 +404,7 @@ impl Qwen3Embedding {
         let v = qkv
             .narrow(1, (nq + nkv) * hd, nkv * hd)?
             .reshape((n, nkv, hd))?;
-        let q = rope_thd(&rms_norm(&q, &l.q_norm, eps)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
-        let k = rope_thd(&rms_norm(&k, &l.k_norm, eps)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
-        self.attention(&q, &k, &v, cu_seqlens)
+        Ok((q, k, v))
     }
 
     /// Completes a row-parallel projection across ranks (a no-op without TP).

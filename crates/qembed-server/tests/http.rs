@@ -18,7 +18,6 @@ fn long_text(words: usize) -> String {
         .join(" ")
 }
 
-/// `qembed_in_flight_requests` as the server reports it, this scrape included.
 async fn scrape(c: &reqwest::Client, s: &Server) -> String {
     c.get(s.url("/metrics"))
         .send()
@@ -29,22 +28,26 @@ async fn scrape(c: &reqwest::Client, s: &Server) -> String {
         .unwrap()
 }
 
-async fn in_flight(c: &reqwest::Client, s: &Server) -> f64 {
-    scrape(c, s)
-        .await
+/// `qembed_in_flight_requests` in a scrape of /metrics (the scrape itself included).
+fn in_flight_gauge(metrics: &str) -> f64 {
+    metrics
         .lines()
         .find_map(|l| l.strip_prefix("qembed_in_flight_requests ")?.parse().ok())
         .unwrap_or(0.0)
+}
+
+async fn in_flight(c: &reqwest::Client, s: &Server) -> f64 {
+    in_flight_gauge(&scrape(c, s).await)
+}
+
+async fn get_json(c: &reqwest::Client, url: &str) -> Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// Embedding requests the server has taken in: those in flight (less the scrape
 /// itself) plus those already answered.
 async fn embedding_requests_seen(c: &reqwest::Client, s: &Server) -> f64 {
     let m = scrape(c, s).await;
-    let in_flight: f64 = m
-        .lines()
-        .find_map(|l| l.strip_prefix("qembed_in_flight_requests ")?.parse().ok())
-        .unwrap_or(0.0);
     let answered: f64 = m
         .lines()
         .filter(|l| {
@@ -52,7 +55,7 @@ async fn embedding_requests_seen(c: &reqwest::Client, s: &Server) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    in_flight - 1.0 + answered
+    in_flight_gauge(&m) - 1.0 + answered
 }
 
 async fn post(
@@ -507,14 +510,7 @@ async fn info_models_and_tokenize() {
     )
     .await;
     let c = reqwest::Client::new();
-    let info: Value = c
-        .get(s.url("/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = get_json(&c, &s.url("/info")).await;
     assert_eq!(info["color"], json!("blue"));
     assert_eq!(info["model_id"], json!("qwen3-embed"));
     assert_eq!(info["hidden_size"], json!(64));
@@ -524,14 +520,7 @@ async fn info_models_and_tokenize() {
         r.headers()["x-qembed-fingerprint"],
         info["fingerprint"].as_str().unwrap()
     );
-    let models: Value = c
-        .get(s.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = get_json(&c, &s.url("/v1/models")).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -609,14 +598,7 @@ async fn tensor_parallel_server_serves_the_same_vectors() {
     let s = Server::start(MODEL, &["--tensor-parallel", "2"]).await;
     let offline = Embedder::load(&fixture(MODEL), &LoadOptions::default()).unwrap();
     let c = reqwest::Client::new();
-    let info: Value = c
-        .get(s.url("/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = get_json(&c, &s.url("/info")).await;
     assert_eq!(info["tensor_parallel"], json!(2));
     assert_eq!(info["device"], json!("cpu"));
     let texts = vec![long_text(40), "short".to_string(), long_text(200)];

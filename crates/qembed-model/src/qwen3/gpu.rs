@@ -22,7 +22,8 @@ impl Qwen3Embedding {
         let ids = Tensor::from_slice(batch.ids(), n, &self.device)?;
         let mut x = self.embed_tokens.index_select(&ids, 0)?;
         // f32 angles (the kernel rotates in f32), uploaded once for all layers.
-        let (cos, sin) = self.rotary(&batch.positions(), DType::F32)?;
+        let (cos, sin) = self.rotary_tables(&batch.positions());
+        let (cos, sin) = self.rotary_tensors(cos, sin, DType::F32)?;
         let rope = cuda::rope_table(&cos, &sin)?;
         let cu = CuSeqlens::new(batch.cu_seqlens(), &self.device)?;
         for layer in &self.layers {
@@ -63,12 +64,7 @@ impl Qwen3Embedding {
             let scale = 1.0 / (hd as f32).sqrt();
             return Ok(cuda::varlen_attention_packed(qkv, nq, nkv, cu, scale)?);
         }
-        let n = qkv.dim(0)?;
-        let q = qkv.narrow(1, 0, nq * hd)?.reshape((n, nq, hd))?;
-        let k = qkv.narrow(1, nq * hd, nkv * hd)?.reshape((n, nkv, hd))?;
-        let v = qkv
-            .narrow(1, (nq + nkv) * hd, nkv * hd)?
-            .reshape((n, nkv, hd))?;
+        let (q, k, v) = self.split_qkv(qkv)?;
         self.attention(&q, &k, &v, cu_host)
     }
 }
