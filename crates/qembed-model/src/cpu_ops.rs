@@ -203,6 +203,8 @@ macro_rules! multiversion {
     };
 }
 
+pub(crate) use multiversion;
+
 multiversion!(fn causal_softmax(s: &mut [f32], keys: usize, r0: usize) => causal_softmax_impl);
 
 /// RMSNorm (weight `w`) then rotate-half rope (tables `cos`, `sin` of `D / 2`) of each

@@ -4,6 +4,8 @@
 //! This crate knows nothing of HTTP, queues or tokenizers: it maps packed token ids to
 //! vectors, and everything else lives in `qembed-engine`.
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+pub mod amx;
 mod config;
 mod cpu_ops;
 #[cfg(feature = "cuda")]

@@ -78,13 +78,44 @@ struct DecoderLayer {
 
 struct Linear {
     weight: Tensor,
+    /// On CPUs with AMX, bf16 weights live here in tile order instead (`weight` is then
+    /// an empty placeholder: the packed copy is the only one).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    amx: Option<crate::amx::PackedWeight>,
     bias: Option<Tensor>,
 }
 
 impl Linear {
+    /// Takes a `[out, in]` weight; bf16 weights on a CPU with AMX are packed for it.
+    fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        if weight.device().is_cpu() && weight.dtype() == DType::BF16 && crate::amx::available() {
+            let (n, k) = weight.dims2()?;
+            let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
+            let packed = crate::amx::PackedWeight::pack(&values, n, k)?;
+            return Ok(Self {
+                weight: Tensor::zeros(0, DType::BF16, weight.device())?,
+                amx: Some(packed),
+                bias,
+            });
+        }
+        Ok(Self {
+            weight,
+            #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+            amx: None,
+            bias,
+        })
+    }
+
     /// `x @ W.T (+ b)`. With bf16/f16 weights and f32 activations (the CPU layout) the
     /// GEMM runs on the weights' dtype and returns f32.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        if let Some(packed) = &self.amx {
+            let x = x.to_dtype(DType::F32)?.contiguous()?;
+            let y = x.apply_op1_no_bwd(&crate::amx::AmxLinear(packed))?;
+            return self.add_bias(y);
+        }
         #[cfg(feature = "mkl")]
         if let Some(y) = crate::mkl::linear(x, &self.weight)? {
             return self.add_bias(y);
@@ -195,30 +226,24 @@ impl Qwen3Embedding {
             layers.push(DecoderLayer {
                 input_norm: norm("input_layernorm", h)?,
                 post_attention_norm: norm("post_attention_layernorm", h)?,
-                qkv: Linear {
-                    weight: qkv_weight,
-                    bias: qkv_bias,
-                },
+                qkv: Linear::new(qkv_weight, qkv_bias)?,
                 q_norm: norm("self_attn.q_norm", hd)?,
                 k_norm: norm("self_attn.k_norm", hd)?,
-                o_proj: Linear {
-                    weight: cols(attn("o_proj.weight", &[h, nq * hd])?, q0 * hd, qn * hd)?,
-                    bias: o_bias,
-                },
-                gate_up: Linear {
-                    weight: Tensor::cat(
+                o_proj: Linear::new(
+                    cols(attn("o_proj.weight", &[h, nq * hd])?, q0 * hd, qn * hd)?,
+                    o_bias,
+                )?,
+                gate_up: Linear::new(
+                    Tensor::cat(
                         &[
                             rows(mlp("gate_proj", &[inter, h])?, i0, inn)?,
                             rows(mlp("up_proj", &[inter, h])?, i0, inn)?,
                         ],
                         0,
                     )?,
-                    bias: None,
-                },
-                down: Linear {
-                    weight: cols(mlp("down_proj", &[h, inter])?, i0, inn)?,
-                    bias: None,
-                },
+                    None,
+                )?,
+                down: Linear::new(cols(mlp("down_proj", &[h, inter])?, i0, inn)?, None)?,
             });
         }
         Ok(Self {
