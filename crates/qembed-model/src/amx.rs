@@ -25,7 +25,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
-use crate::cpu_ops::{multiversion, SyncPtr};
+use crate::cpu_ops::{causal_softmax, multiversion, SyncPtr};
 
 /// A 64-byte, 64-byte-aligned run of 32 bf16 values (their bits): a tile row.
 #[repr(C, align(64))]
@@ -97,41 +97,70 @@ pub(crate) struct PackedWeight {
 }
 
 impl PackedWeight {
-    /// Packs row-major `[n, k]` bf16 weights.
+    /// Packs row-major `[n, k]` bf16 weights (in parallel: called at load).
     pub(crate) fn pack(w: &[half::bf16], n: usize, k: usize) -> candle_core::Result<Self> {
         if w.len() != n * k || n == 0 || k == 0 {
             candle_core::bail!("amx: weight of {} values is not {n}x{k}", w.len());
         }
-        let kp = k.next_multiple_of(K_STEP);
-        let panels = n.div_ceil(BLOCK_COLS);
-        let mut lines = vec![Line([0; 32]); panels * kp];
-        advise_huge_pages(&mut lines);
-        lines
+        let mut packed = Self::zeroed(n, k);
+        advise_huge_pages(&mut packed.lines);
+        let kp = packed.kp;
+        packed
+            .lines
             .par_chunks_mut(kp)
             .enumerate()
             .for_each(|(panel, dst)| {
-                // A panel is kp/2 rows of 64 values: (column j, k parity e) at 2j + e.
-                for (pair, row) in dst.chunks_exact_mut(2).enumerate() {
-                    for j in 0..BLOCK_COLS {
-                        let col = panel * BLOCK_COLS + j;
-                        if col >= n {
-                            break;
-                        }
-                        for e in 0..2 {
-                            let kk = 2 * pair + e;
-                            if kk < k {
-                                let at = 2 * j + e;
-                                row[at / 32].0[at % 32] = w[col * k + kk].to_bits();
-                            }
-                        }
-                    }
-                }
+                fill_panel(dst, panel, n, k, |col, kk| w[col * k + kk].to_bits())
             });
-        Ok(Self { n, k, kp, lines })
+        Ok(packed)
+    }
+
+    /// Packs `n x k` f32 values read as `src[col * col_stride + kk * k_stride]`, rounded
+    /// to bf16, on this thread (attention packs its keys and values inside a task).
+    fn pack_strided(
+        src: &[f32],
+        (n, k): (usize, usize),
+        (col_stride, k_stride): (usize, usize),
+    ) -> Self {
+        let mut packed = Self::zeroed(n, k);
+        let kp = packed.kp;
+        for (panel, dst) in packed.lines.chunks_mut(kp).enumerate() {
+            fill_panel(dst, panel, n, k, |col, kk| {
+                bf16_bits(src[col * col_stride + kk * k_stride])
+            });
+        }
+        packed
+    }
+
+    fn zeroed(n: usize, k: usize) -> Self {
+        let kp = k.next_multiple_of(K_STEP);
+        let lines = vec![Line([0; 32]); n.div_ceil(BLOCK_COLS) * kp];
+        Self { n, k, kp, lines }
     }
 
     fn panel(&self, p: usize) -> *const u16 {
         self.lines[p * self.kp..].as_ptr().cast()
+    }
+}
+
+/// Writes panel `panel` (columns `32 * panel..`, `kp` lines) from `value(col, kk)`. A
+/// panel is kp/2 rows of 64 values: column j, k index 2r + e at row r, slot 2j + e.
+fn fill_panel(
+    dst: &mut [Line],
+    panel: usize,
+    n: usize,
+    k: usize,
+    value: impl Fn(usize, usize) -> u16,
+) {
+    let cols = BLOCK_COLS.min(n - panel * BLOCK_COLS);
+    for (pair, row) in dst.chunks_exact_mut(2).enumerate() {
+        for kk in 2 * pair..(2 * pair + 2).min(k) {
+            let e = kk - 2 * pair;
+            for j in 0..cols {
+                let at = 2 * j + e;
+                row[at / 32].0[at % 32] = value(panel * BLOCK_COLS + j, kk);
+            }
+        }
     }
 }
 
@@ -167,15 +196,16 @@ fn bf16_bits(v: f32) -> u16 {
     }
 }
 
+/// `dst` = `src * scale` in bf16, then zeros to the end of `dst` (the K padding).
 #[inline(always)]
-fn round_row_impl(dst: &mut [u16], src: &[f32]) {
+fn round_row_impl(dst: &mut [u16], src: &[f32], scale: f32) {
     for (d, &s) in dst.iter_mut().zip(src) {
-        *d = bf16_bits(s);
+        *d = bf16_bits(s * scale);
     }
     dst[src.len()..].fill(0);
 }
 
-multiversion!(fn round_row(dst: &mut [u16], src: &[f32]) => round_row_impl);
+multiversion!(fn round_row(dst: &mut [u16], src: &[f32], scale: f32) => round_row_impl);
 
 /// The `m x k` activations as bf16 rows of `kp` values (zero-padded), in whole 32-row
 /// strips (the rows past `m` are zero).
@@ -195,7 +225,7 @@ fn round_activations(x: &[f32], m: usize, k: usize, kp: usize) -> Vec<Line> {
             for (i, row) in dst.chunks_exact_mut(kp).enumerate() {
                 let r = chunk * 16 + i;
                 if r < m {
-                    round_row(row, &x[r * k..(r + 1) * k]);
+                    round_row(row, &x[r * k..(r + 1) * k], 1.0);
                 } else {
                     row.fill(0);
                 }
@@ -286,6 +316,41 @@ impl Tiles {
     }
 }
 
+impl Tiles {
+    /// `out[r][c]` for rows `r < rows` and the columns of `panels` below `width`: the bf16
+    /// rows of `a` (row stride `lda`) times the panels of `w`, over `ksteps` * 32 of K.
+    /// Strip by strip, panel by panel, through a 32x32 block.
+    ///
+    /// # Safety
+    /// `a` must hold whole 32-row strips covering `rows` (`lda` a multiple of 32, at
+    /// least `ksteps * 32`) and `ksteps * 32 <= w.kp`; `out` must be valid for writes at
+    /// `r * ldo + c` for those rows and columns, and no one else may access them.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product(
+        &self,
+        a: &[u16],
+        lda: usize,
+        rows: usize,
+        w: &PackedWeight,
+        panels: std::ops::Range<usize>,
+        ksteps: usize,
+        (out, ldo, width): (*mut f32, usize, usize),
+    ) {
+        let mut block = Block([[0.0; BLOCK_COLS]; BLOCK_ROWS]);
+        for r0 in (0..rows).step_by(BLOCK_ROWS) {
+            let strip_rows = BLOCK_ROWS.min(rows - r0);
+            for p in panels.clone() {
+                let c0 = p * BLOCK_COLS;
+                let cols = BLOCK_COLS.min(width.min(w.n).saturating_sub(c0));
+                self.block(a[r0 * lda..].as_ptr(), lda, w.panel(p), ksteps, &mut block);
+                for (r, src) in block.0[..strip_rows].iter().enumerate() {
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), out.add((r0 + r) * ldo + c0), cols);
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Tiles {
     fn drop(&mut self) {
         // SAFETY: releases the tile state this guard configured.
@@ -308,7 +373,7 @@ pub(crate) fn matmul(x: &[f32], m: usize, w: &PackedWeight) -> candle_core::Resu
         candle_core::bail!("amx: not available on this CPU");
     }
     let a = round_activations(x, m, k, kp);
-    let a: &[u16] = bytemuck_lines(&a);
+    let a: &[u16] = lines(&a);
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
     let panels = n.div_ceil(BLOCK_COLS);
@@ -320,40 +385,117 @@ pub(crate) fn matmul(x: &[f32], m: usize, w: &PackedWeight) -> candle_core::Resu
         .collect();
     tasks.into_par_iter().for_each(|(p0, s0)| {
         let tiles = Tiles::configure();
-        let mut block = Block([[0.0; BLOCK_COLS]; BLOCK_ROWS]);
-        for strip in s0..(s0 + TASK_STRIPS).min(strips) {
-            let r0 = strip * BLOCK_ROWS;
-            let rows = BLOCK_ROWS.min(m - r0);
-            for p in p0..(p0 + panels_per_task).min(panels) {
-                let c0 = p * BLOCK_COLS;
-                let cols = BLOCK_COLS.min(n - c0);
-                // SAFETY: `a` has whole 32-row strips of kp values (64-byte aligned rows,
-                // kp a multiple of 32); the panel has kp lines; tiles are configured.
-                unsafe {
-                    tiles.block(
-                        a[r0 * kp..].as_ptr(),
-                        kp,
-                        w.panel(p),
-                        kp / K_STEP,
-                        &mut block,
-                    )
-                };
-                for (r, src) in block.0[..rows].iter().enumerate() {
-                    // SAFETY: row r0 + r < m, columns c0..c0 + cols < n: inside the
-                    // m x n output, and no other task writes this (strip, panel).
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(src.as_ptr(), dst.at((r0 + r) * n + c0), cols)
-                    };
-                }
-            }
-        }
+        let r0 = s0 * BLOCK_ROWS;
+        let rows = (TASK_STRIPS * BLOCK_ROWS).min(m - r0);
+        let panels = p0..(p0 + panels_per_task).min(panels);
+        // SAFETY: `a` has whole 32-row strips of kp values from row r0 on; the task's
+        // rows r0..r0 + rows and its panels' columns are its own part of the m x n
+        // output (row stride n).
+        unsafe {
+            tiles.product(
+                &a[r0 * kp..],
+                kp,
+                rows,
+                w,
+                panels,
+                kp / K_STEP,
+                (dst.at(r0 * n), n, n),
+            )
+        };
     });
     // SAFETY: the tasks cover every (strip, panel), so all m x n values were written.
     unsafe { out.set_len(m * n) };
     Ok(out)
 }
 
-fn bytemuck_lines(lines: &[Line]) -> &[u16] {
+/// Causal attention of the query heads that share `kv_head`, over one sequence
+/// (`start`, `len` tokens), from the normed and rotated fused qkv rows (`width` wide):
+/// the scores and the weighted values are bf16 products on AMX tiles with f32
+/// accumulation, the softmax is f32 (as PyTorch's bf16 attention). Writes those heads'
+/// columns of the sequence's rows of `out` (`[tokens, H * D]`).
+///
+/// Keys and values are packed once for the whole group of query heads; query rows are
+/// taken `block` at a time, each seeing only the keys up to its own position.
+pub(crate) fn group_attention(
+    qkv: &[f32],
+    width: usize,
+    (h, kv, d): (usize, usize, usize),
+    (start, len, kv_head): (usize, usize, usize),
+    block: usize,
+    out: SyncPtr,
+) {
+    let seq = &qkv[start * width..(start + len) * width];
+    let keys_at = (h + kv_head) * d;
+    let values_at = (h + kv + kv_head) * d;
+    // Keys as the weights of a [len, d] layer (scores = q k^T); values transposed, as
+    // those of a [d, len] one (out = p v).
+    let kpack = PackedWeight::pack_strided(&seq[keys_at..], (len, d), (width, 1));
+    let vpack = PackedWeight::pack_strided(&seq[values_at..], (d, len), (1, width));
+    let kp_d = d.next_multiple_of(K_STEP);
+    let block = block.clamp(1, len);
+    let strip_rows = block.next_multiple_of(BLOCK_ROWS);
+    let mut qa = vec![Line([0; 32]); strip_rows * kp_d / 32];
+    let mut pa = vec![Line([0; 32]); strip_rows * len.next_multiple_of(K_STEP) / 32];
+    let mut scores = vec![0f32; block * len];
+    let scale = 1.0 / (d as f32).sqrt();
+    let group = h / kv;
+    let tiles = Tiles::configure();
+    for head in kv_head * group..(kv_head + 1) * group {
+        let mut r0 = 0;
+        while r0 < len {
+            let rows = block.min(len - r0);
+            // Causal: rows r0..r0+rows see keys 0..r0+rows, nothing later.
+            let keys = r0 + rows;
+            let qa_bits = lines_mut(&mut qa);
+            for (i, dst) in qa_bits.chunks_exact_mut(kp_d).take(rows).enumerate() {
+                let q = &seq[(r0 + i) * width + head * d..][..d];
+                round_row(dst, q, scale);
+            }
+            let s = &mut scores[..rows * keys];
+            // SAFETY: qa holds whole strips of kp_d-wide rows; kpack has kp_d lines a
+            // panel; s is rows x keys and this task's own scratch.
+            unsafe {
+                tiles.product(
+                    lines(&qa),
+                    kp_d,
+                    rows,
+                    &kpack,
+                    0..keys.div_ceil(BLOCK_COLS),
+                    kp_d / K_STEP,
+                    (s.as_mut_ptr(), keys, keys),
+                )
+            };
+            causal_softmax(s, keys, r0);
+            let kp_keys = keys.next_multiple_of(K_STEP);
+            let pa_bits = lines_mut(&mut pa);
+            for (dst, p) in pa_bits.chunks_exact_mut(kp_keys).zip(s.chunks_exact(keys)) {
+                round_row(dst, p, 1.0);
+            }
+            // SAFETY: pa holds whole strips of kp_keys-wide rows (kp_keys <= vpack's kp);
+            // the destination (rows start+r0.., columns head*D..+D, row stride H*D)
+            // belongs to this (sequence, head) alone.
+            unsafe {
+                tiles.product(
+                    lines(&pa),
+                    kp_keys,
+                    rows,
+                    &vpack,
+                    0..d.div_ceil(BLOCK_COLS),
+                    kp_keys / K_STEP,
+                    (out.at((start + r0) * h * d + head * d), h * d, d),
+                )
+            };
+            r0 += rows;
+        }
+    }
+}
+
+fn lines_mut(lines: &mut [Line]) -> &mut [u16] {
+    // SAFETY: Line is repr(C) [u16; 32] with no padding.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), lines.len() * 32) }
+}
+
+fn lines(lines: &[Line]) -> &[u16] {
     // SAFETY: Line is repr(C) [u16; 32] with no padding.
     unsafe { std::slice::from_raw_parts(lines.as_ptr().cast(), lines.len() * 32) }
 }
@@ -437,6 +579,61 @@ mod tests {
                         got[i * n + j]
                     );
                 }
+            }
+        }
+    }
+
+    /// Causal GQA attention against an f64 reference on the same bf16-rounded q, k, v:
+    /// two sequences of ragged lengths packed together, blocks smaller than a sequence.
+    #[test]
+    fn group_attention_matches_a_reference() {
+        if !available() {
+            eprintln!("skipped: no AMX on this CPU");
+            return;
+        }
+        for &(h, kv, d, block) in &[(4, 2, 32, 16), (2, 1, 64, 40), (3, 3, 16, 128)] {
+            let lens = [37usize, 70];
+            let tokens: usize = lens.iter().sum();
+            let width = (h + 2 * kv) * d;
+            let qkv = values(tokens * width, (h * d + block) as u64);
+            let mut out = vec![f32::NAN; tokens * h * d];
+            let ptr = SyncPtr(out.as_mut_ptr());
+            let mut start = 0;
+            for &len in &lens {
+                for g in 0..kv {
+                    group_attention(&qkv, width, (h, kv, d), (start, len, g), block, ptr);
+                }
+                start += len;
+            }
+            let r = |v: f32| round(v) as f64;
+            let scale = 1.0 / (d as f64).sqrt();
+            let mut start = 0;
+            for &len in &lens {
+                for head in 0..h {
+                    let g = head / (h / kv);
+                    for i in 0..len {
+                        let q = &qkv[(start + i) * width + head * d..][..d];
+                        let scores: Vec<f64> = (0..=i)
+                            .map(|j| {
+                                let k = &qkv[(start + j) * width + (h + g) * d..][..d];
+                                q.iter().zip(k).map(|(&a, &b)| r(a) * r(b)).sum::<f64>() * scale
+                            })
+                            .collect();
+                        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                        let sum: f64 = e.iter().sum();
+                        for c in 0..d {
+                            let want: f64 = (0..=i)
+                                .map(|j| {
+                                    e[j] / sum * r(qkv[(start + j) * width + (h + kv + g) * d + c])
+                                })
+                                .sum();
+                            let got = out[(start + i) * h * d + head * d + c] as f64;
+                            assert!((got - want).abs() < 4e-3, "h{h} kv{kv} d{d} b{block} len {len} head {head} row {i} col {c}: {got} vs {want}");
+                        }
+                    }
+                }
+                start += len;
             }
         }
     }

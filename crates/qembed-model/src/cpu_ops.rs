@@ -10,7 +10,9 @@
 //! k or v is made and no padding or mask exists.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use std::mem::MaybeUninit;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -31,6 +33,9 @@ pub(crate) struct QkvAttention<'a> {
     pub cu_seqlens: &'a [usize],
     /// Query rows per score block: bounds scratch to `block x keys` floats per thread.
     pub block: usize,
+    /// Scores and weighted values as bf16 products on AMX tiles (`crate::amx`), for
+    /// models whose linear layers are bf16 anyway; f32 GEMMs otherwise.
+    pub amx: bool,
 }
 
 /// A pointer that rayon tasks may share because each writes a disjoint region of the
@@ -205,7 +210,7 @@ macro_rules! multiversion {
 
 pub(crate) use multiversion;
 
-multiversion!(fn causal_softmax(s: &mut [f32], keys: usize, r0: usize) => causal_softmax_impl);
+multiversion!(pub(crate) fn causal_softmax(s: &mut [f32], keys: usize, r0: usize) => causal_softmax_impl);
 
 /// RMSNorm (weight `w`) then rotate-half rope (tables `cos`, `sin` of `D / 2`) of each
 /// `D`-wide head in `heads`.
@@ -231,13 +236,115 @@ fn norm_rotate_impl(heads: &mut [f32], w: &[f32], cos: &[f32], sin: &[f32], eps:
 multiversion!(fn norm_rotate(heads: &mut [f32], w: &[f32], cos: &[f32], sin: &[f32], eps: f32) => norm_rotate_impl);
 
 #[inline(always)]
-fn swiglu_impl(out: &mut [f32], gate: &[f32], up: &[f32]) {
+fn swiglu_impl(out: &mut [MaybeUninit<f32>], gate: &[f32], up: &[f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = g / (1.0 + exp(-g)) * u;
+        o.write(g / (1.0 + exp(-g)) * u);
     }
 }
 
-multiversion!(fn swiglu_row(out: &mut [f32], gate: &[f32], up: &[f32]) => swiglu_impl);
+multiversion!(fn swiglu_row(out: &mut [MaybeUninit<f32>], gate: &[f32], up: &[f32]) => swiglu_impl);
+
+/// `x * w / rms(x)` of one row (as transformers: `x * rsqrt(mean(x^2) + eps) * w`).
+#[inline(always)]
+fn rms_row_impl(out: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) {
+    let inv = 1.0 / (sum_map(x, |v| v * v) / x.len() as f32 + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(w) {
+        o.write(v * inv * w);
+    }
+}
+
+multiversion!(fn rms_row(out: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) => rms_row_impl);
+
+#[inline(always)]
+fn add_impl(out: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        o.write(a + b);
+    }
+}
+
+multiversion!(fn add_rows(out: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) => add_impl);
+
+/// Rows of an f32 result handed to rayon tasks that write every element: no zeroing
+/// first (a serial memset of tens of MiB per op), set to its length once they are done.
+fn par_rows(
+    len: usize,
+    width: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(width.max(1))
+        .enumerate()
+        .for_each(|(row, dst)| fill(row, dst));
+    // SAFETY: every caller's `fill` writes all `width` elements of each row.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Rows of work per rayon task in the element-wise ops: a few hundred KiB of f32.
+const ROWS_PER_TASK: usize = 64;
+
+/// RMSNorm of each row of `[tokens, width]` by a `[width]` weight, in parallel (candle's
+/// runs on one thread, a tenth of a bf16 forward pass once the GEMMs were fast).
+pub(crate) struct RmsNorm {
+    pub eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm-par"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (tokens, width) = l1.shape().dims2()?;
+        let (x, w) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        if w.len() != width {
+            candle_core::bail!("rms norm: weight of {} for rows of {width}", w.len())
+        }
+        let out = par_rows(tokens * width, width * ROWS_PER_TASK, |chunk, dst| {
+            let x = &x[chunk * width * ROWS_PER_TASK..];
+            for (o, x) in dst.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+                rms_row(o, x, w, self.eps);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `a + b` for two contiguous f32 tensors of one shape (the residual connections), in
+/// parallel: candle's element-wise add runs on one thread.
+pub(crate) struct Add;
+
+impl CustomOp2 for Add {
+    fn name(&self) -> &'static str {
+        "add-par"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, b) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("add: shapes {:?} and {:?}", l1.shape(), l2.shape())
+        }
+        const CHUNK: usize = 1 << 15;
+        let out = par_rows(a.len(), CHUNK, |chunk, dst| {
+            let at = chunk * CHUNK;
+            add_rows(dst, &a[at..], &b[at..]);
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
 
 impl QkvAttention<'_> {
     fn check(&self, tokens: usize, width: usize) -> candle_core::Result<()> {
@@ -259,17 +366,23 @@ impl QkvAttention<'_> {
         Ok(())
     }
 
-    /// RMSNorm then rotary embedding, in place, on every q and k head of every token.
-    fn norm_and_rotate(&self, qkv: &mut [f32], width: usize) {
+    /// A copy of the fused qkv rows with RMSNorm then rotary embedding applied to every
+    /// q and k head (v copied as is), one parallel pass.
+    fn norm_and_rotate(&self, src: &[f32], width: usize) -> Vec<f32> {
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let half = d / 2;
-        qkv.par_chunks_mut(width).enumerate().for_each(|(t, row)| {
+        par_rows(src.len(), width, |t, dst| {
+            for (o, &v) in dst.iter_mut().zip(&src[t * width..(t + 1) * width]) {
+                o.write(v);
+            }
+            // SAFETY: every element of the row was written just above.
+            let row = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
             let cos = &self.cos[t * half..(t + 1) * half];
             let sin = &self.sin[t * half..(t + 1) * half];
             let (q, rest) = row.split_at_mut(h * d);
             norm_rotate(q, self.q_norm, cos, sin, self.eps);
             norm_rotate(&mut rest[..kv * d], self.k_norm, cos, sin, self.eps);
-        });
+        })
     }
 
     /// Causal softmax(q k^T / sqrt(D)) v for one query head of one sequence, writing
@@ -333,8 +446,7 @@ impl CustomOp1 for QkvAttention<'_> {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (tokens, width) = l.shape().dims2()?;
         self.check(tokens, width)?;
-        let mut qkv = contiguous(s, l)?.to_vec();
-        self.norm_and_rotate(&mut qkv, width);
+        let qkv = self.norm_and_rotate(contiguous(s, l)?, width);
         let (h, d) = (self.heads, self.head_dim);
         let mut out = vec![0f32; tokens * h * d];
         let ptr = SyncPtr(out.as_mut_ptr());
@@ -343,6 +455,22 @@ impl CustomOp1 for QkvAttention<'_> {
             .windows(2)
             .flat_map(|w| (0..h).map(move |head| (w[0], w[1] - w[0], head)))
             .collect();
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        if self.amx && crate::amx::available() {
+            // One task per (sequence, kv head): its keys and values are packed once for
+            // all the query heads that share them.
+            let mut work: Vec<(usize, usize, usize)> = self
+                .cu_seqlens
+                .windows(2)
+                .flat_map(|w| (0..self.kv_heads).map(move |g| (w[0], w[1] - w[0], g)))
+                .collect();
+            work.sort_by_key(|&(_, len, _)| std::cmp::Reverse(len));
+            let dims = (h, self.kv_heads, d);
+            work.into_par_iter().for_each(|item| {
+                crate::amx::group_attention(&qkv, width, dims, item, self.block, ptr)
+            });
+            return Ok((CpuStorage::F32(out), Shape::from((tokens, h * d))));
+        }
         // Longest sequences first, so a long one does not start last and run alone.
         let mut work = work;
         work.sort_by_key(|&(_, len, _)| std::cmp::Reverse(len));
@@ -368,13 +496,10 @@ impl CustomOp1 for SwiGlu {
         }
         let inter = width / 2;
         let x = contiguous(s, l)?;
-        let mut out = vec![0f32; tokens * inter];
-        out.par_chunks_mut(inter)
-            .zip(x.par_chunks(width))
-            .for_each(|(o, row)| {
-                let (gate, up) = row.split_at(inter);
-                swiglu_row(o, gate, up);
-            });
+        let out = par_rows(tokens * inter, inter, |t, o| {
+            let (gate, up) = x[t * width..(t + 1) * width].split_at(inter);
+            swiglu_row(o, gate, up);
+        });
         Ok((CpuStorage::F32(out), Shape::from((tokens, inter))))
     }
 }

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::rope_thd;
 
-use crate::cpu_ops::{QkvAttention, SwiGlu};
+use crate::cpu_ops::{Add, QkvAttention, RmsNorm, SwiGlu};
 use crate::tp::{shard_range, AllReduce};
 use crate::{ModelError, PackedBatch, Qwen3Config, Result, Weights};
 
@@ -370,7 +370,7 @@ impl Qwen3Embedding {
         cu_seqlens: &[usize],
     ) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
-        let h = rms_norm(x, &l.input_norm, eps)?;
+        let h = self.rms_norm(x, &l.input_norm)?;
         let qkv = l.qkv.forward(&h)?;
         let attn = match rope {
             Rope::Host(cos, sin) => qkv.apply_op1_no_bwd(&QkvAttention {
@@ -384,12 +384,13 @@ impl Qwen3Embedding {
                 sin,
                 cu_seqlens,
                 block: self.attention_block,
+                amx: self.amx_attention(),
             })?,
             Rope::Tensors(cos, sin) => self.qkv_attention(l, &qkv, cos, sin, cu_seqlens)?,
         };
-        let x = (x + self.reduce(l.o_proj.forward(&attn)?)?)?;
+        let x = self.residual(x, &self.reduce(l.o_proj.forward(&attn)?)?)?;
 
-        let h = rms_norm(&x, &l.post_attention_norm, eps)?;
+        let h = self.rms_norm(&x, &l.post_attention_norm)?;
         let gate_up = l.gate_up.forward(&h)?;
         let act = if self.fused_cpu {
             gate_up.apply_op1_no_bwd(&SwiGlu)?
@@ -399,7 +400,35 @@ impl Qwen3Embedding {
             let up = gate_up.narrow(1, inter, inter)?;
             (candle_nn::Activation::Silu.forward(&gate)? * up)?
         };
-        Ok((x + self.reduce(l.down.forward(&act)?)?)?)
+        self.residual(&x, &self.reduce(l.down.forward(&act)?)?)
+    }
+
+    /// RMSNorm of each token's row: our parallel kernel on CPU, candle's elsewhere.
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps as f32;
+        Ok(if self.fused_cpu {
+            x.apply_op2_no_bwd(weight, &RmsNorm { eps })?
+        } else {
+            rms_norm(x, weight, eps)?
+        })
+    }
+
+    /// The residual connection `x + delta`.
+    fn residual(&self, x: &Tensor, delta: &Tensor) -> Result<Tensor> {
+        Ok(if self.fused_cpu {
+            x.apply_op2_no_bwd(delta, &Add)?
+        } else {
+            (x + delta)?
+        })
+    }
+
+    /// Whether the fused CPU attention runs its products in bf16 on AMX: only where the
+    /// linear layers are bf16 (an f32 model keeps f32 attention).
+    fn amx_attention(&self) -> bool {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        return self.dtype == DType::BF16 && self.device.is_cpu() && crate::amx::available();
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
+        false
     }
 
     /// q/k norm, rotary embedding and attention with candle ops, from the fused qkv
