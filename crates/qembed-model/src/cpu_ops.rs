@@ -266,7 +266,11 @@ multiversion!(fn add_rows(out: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) =>
 
 /// Rows of an f32 result handed to rayon tasks that write every element: no zeroing
 /// first (a serial memset of tens of MiB per op), set to its length once they are done.
-fn par_rows(
+///
+/// # Safety
+/// `fill(row, dst)` must write every element of `dst` (each `width` long, the last
+/// one `len % width` when that is not 0).
+unsafe fn par_rows(
     len: usize,
     width: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
@@ -276,7 +280,7 @@ fn par_rows(
         .par_chunks_mut(width.max(1))
         .enumerate()
         .for_each(|(row, dst)| fill(row, dst));
-    // SAFETY: every caller's `fill` writes all `width` elements of each row.
+    // SAFETY: `fill` wrote every element (the caller's contract).
     unsafe { out.set_len(len) };
     out
 }
@@ -307,12 +311,15 @@ impl CustomOp2 for RmsNorm {
         if w.len() != width {
             candle_core::bail!("rms norm: weight of {} for rows of {width}", w.len())
         }
-        let out = par_rows(tokens * width, width * ROWS_PER_TASK, |chunk, dst| {
-            let x = &x[chunk * width * ROWS_PER_TASK..];
-            for (o, x) in dst.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
-                rms_row(o, x, w, self.eps);
-            }
-        });
+        // SAFETY: a chunk is whole rows of `width`; rms_row writes each row whole.
+        let out = unsafe {
+            par_rows(tokens * width, width * ROWS_PER_TASK, |chunk, dst| {
+                let x = &x[chunk * width * ROWS_PER_TASK..];
+                for (o, x) in dst.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+                    rms_row(o, x, w, self.eps);
+                }
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -338,10 +345,13 @@ impl CustomOp2 for Add {
             candle_core::bail!("add: shapes {:?} and {:?}", l1.shape(), l2.shape())
         }
         const CHUNK: usize = 1 << 15;
-        let out = par_rows(a.len(), CHUNK, |chunk, dst| {
-            let at = chunk * CHUNK;
-            add_rows(dst, &a[at..], &b[at..]);
-        });
+        // SAFETY: add_rows writes all of `dst` (a and b are as long as the output).
+        let out = unsafe {
+            par_rows(a.len(), CHUNK, |chunk, dst| {
+                let at = chunk * CHUNK;
+                add_rows(dst, &a[at..], &b[at..]);
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -371,7 +381,7 @@ impl QkvAttention<'_> {
     fn norm_and_rotate(&self, src: &[f32], width: usize) -> Vec<f32> {
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let half = d / 2;
-        par_rows(src.len(), width, |t, dst| {
+        let fill = |t: usize, dst: &mut [MaybeUninit<f32>]| {
             for (o, &v) in dst.iter_mut().zip(&src[t * width..(t + 1) * width]) {
                 o.write(v);
             }
@@ -382,7 +392,9 @@ impl QkvAttention<'_> {
             let (q, rest) = row.split_at_mut(h * d);
             norm_rotate(q, self.q_norm, cos, sin, self.eps);
             norm_rotate(&mut rest[..kv * d], self.k_norm, cos, sin, self.eps);
-        })
+        };
+        // SAFETY: `fill` writes each row whole (copied) before normalising it in place.
+        unsafe { par_rows(src.len(), width, fill) }
     }
 
     /// Causal softmax(q k^T / sqrt(D)) v for one query head of one sequence, writing
@@ -496,10 +508,13 @@ impl CustomOp1 for SwiGlu {
         }
         let inter = width / 2;
         let x = contiguous(s, l)?;
-        let out = par_rows(tokens * inter, inter, |t, o| {
-            let (gate, up) = x[t * width..(t + 1) * width].split_at(inter);
-            swiglu_row(o, gate, up);
-        });
+        // SAFETY: swiglu_row writes all `inter` outputs of a row.
+        let out = unsafe {
+            par_rows(tokens * inter, inter, |t, o| {
+                let (gate, up) = x[t * width..(t + 1) * width].split_at(inter);
+                swiglu_row(o, gate, up);
+            })
+        };
         Ok((CpuStorage::F32(out), Shape::from((tokens, inter))))
     }
 }
