@@ -117,19 +117,52 @@ impl PackedWeight {
         Ok(packed)
     }
 
-    /// Packs `n x k` f32 values read as `src[col * col_stride + kk * k_stride]`, rounded
-    /// to bf16, on this thread (attention packs its keys and values inside a task).
-    fn pack_strided(
-        src: &[f32],
-        (n, k): (usize, usize),
-        (col_stride, k_stride): (usize, usize),
-    ) -> Self {
+    /// Packs `n` rows of `src` (row stride `stride`) of `k` values each, rounded to
+    /// bf16: attention's keys as the weights of an `[n, k]` layer (scores = q k^T). On
+    /// this thread: attention packs inside a task.
+    fn pack_rows(src: &[f32], (n, k): (usize, usize), stride: usize) -> Self {
         let mut packed = Self::zeroed(n, k);
         let kp = packed.kp;
         for (panel, dst) in packed.lines.chunks_mut(kp).enumerate() {
-            fill_panel(dst, panel, n, k, |col, kk| {
-                bf16_bits(src[col * col_stride + kk * k_stride])
-            });
+            let dst = pairs_mut(dst);
+            for j in 0..BLOCK_COLS.min(n - panel * BLOCK_COLS) {
+                let row = &src[(panel * BLOCK_COLS + j) * stride..][..k];
+                let mut pairs = row.chunks_exact(2);
+                for (r, p) in (&mut pairs).enumerate() {
+                    dst[r * BLOCK_COLS + j] = pair(p[0], p[1]);
+                }
+                if let [last] = pairs.remainder() {
+                    dst[(k / 2) * BLOCK_COLS + j] = pair(*last, 0.0);
+                }
+            }
+        }
+        packed
+    }
+
+    /// Packs the transpose of `k` rows of `src` (row stride `stride`) of `n` values
+    /// each, rounded to bf16: attention's values as the weights of an `[n, k]` layer
+    /// (out = p v).
+    fn pack_columns(src: &[f32], (n, k): (usize, usize), stride: usize) -> Self {
+        let mut packed = Self::zeroed(n, k);
+        let kp = packed.kp;
+        for (panel, dst) in packed.lines.chunks_mut(kp).enumerate() {
+            let dst = pairs_mut(dst);
+            let c0 = panel * BLOCK_COLS;
+            let cols = BLOCK_COLS.min(n - c0);
+            for r in 0..k.div_ceil(2) {
+                let even = &src[2 * r * stride + c0..][..cols];
+                let out = &mut dst[r * BLOCK_COLS..][..cols];
+                if 2 * r + 1 < k {
+                    let odd = &src[(2 * r + 1) * stride + c0..][..cols];
+                    for ((o, &a), &b) in out.iter_mut().zip(even).zip(odd) {
+                        *o = pair(a, b);
+                    }
+                } else {
+                    for (o, &a) in out.iter_mut().zip(even) {
+                        *o = pair(a, 0.0);
+                    }
+                }
+            }
         }
         packed
     }
@@ -143,6 +176,19 @@ impl PackedWeight {
     fn panel(&self, p: usize) -> *const u16 {
         self.lines[p * self.kp..].as_ptr().cast()
     }
+}
+
+/// Two consecutive k values of one column in bf16, as a tile row holds them (the
+/// even one in the low half: x86 is little-endian).
+#[inline(always)]
+fn pair(even: f32, odd: f32) -> u32 {
+    bf16_bits(even) as u32 | (bf16_bits(odd) as u32) << 16
+}
+
+/// A panel's lines as its (column, k pair) slots: 32 `u32` a pair row.
+fn pairs_mut(lines: &mut [Line]) -> &mut [u32] {
+    // SAFETY: Line is repr(C) [u16; 32], 64-byte aligned, no padding: 16 u32s.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), lines.len() * 16) }
 }
 
 /// Writes panel `panel` (columns `32 * panel..`, `kp` lines) from `value(col, kk)`. A
@@ -438,8 +484,8 @@ pub(crate) fn group_attention(
     let values_at = (h + kv + kv_head) * d;
     // Keys as the weights of a [len, d] layer (scores = q k^T); values transposed, as
     // those of a [d, len] one (out = p v).
-    let kpack = PackedWeight::pack_strided(&seq[keys_at..], (len, d), (width, 1));
-    let vpack = PackedWeight::pack_strided(&seq[values_at..], (d, len), (1, width));
+    let kpack = PackedWeight::pack_rows(&seq[keys_at..], (len, d), width);
+    let vpack = PackedWeight::pack_columns(&seq[values_at..], (d, len), width);
     let kp_d = d.next_multiple_of(K_STEP);
     let block = block.clamp(1, len);
     let strip_rows = block.next_multiple_of(BLOCK_ROWS);
