@@ -32,14 +32,19 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Runs `batch` on `size` ranks, one thread each; returns every rank's output.
-fn run_tp(dir: &Path, size: usize, batch: &PackedBatch) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
+fn run_tp(
+    dir: &Path,
+    dtype: DType,
+    size: usize,
+    batch: &PackedBatch,
+) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
     let handles: Vec<_> = LocalGroup::new(size)
         .into_iter()
         .map(|comm| {
             let (dir, batch) = (dir.to_path_buf(), batch.clone());
             std::thread::spawn(move || {
                 let model =
-                    Qwen3Embedding::load_sharded(&dir, DType::F32, &Device::Cpu, Arc::new(comm))?;
+                    Qwen3Embedding::load_sharded(&dir, dtype, &Device::Cpu, Arc::new(comm))?;
                 model.embed(&batch)
             })
         })
@@ -64,7 +69,7 @@ fn tp_equals_single_rank_on_every_fixture_that_divides() {
             .embed(&batch)
             .unwrap();
         for size in sizes {
-            let ranks = run_tp(&fixture(name), size, &batch).unwrap();
+            let ranks = run_tp(&fixture(name), DType::F32, size, &batch).unwrap();
             let mut worst = 1.0f64;
             for out in &ranks {
                 for ((tp, one), case) in out.iter().zip(&single).zip(&r.cases) {
@@ -77,6 +82,33 @@ fn tp_equals_single_rank_on_every_fixture_that_divides() {
     }
 }
 
+/// bf16 (on this machine the AMX kernels, each rank's threads configuring their own
+/// tiles while the other ranks run): ranks agree with one rank, and with transformers
+/// to bf16 accuracy.
+#[test]
+fn tp_in_bf16_equals_single_rank() {
+    let name = "qwen3-tiny-tp4";
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    let r: Reference = serde_json::from_str(&text).unwrap();
+    let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
+    let batch = PackedBatch::new(&ids);
+    let single = Qwen3Embedding::load(&fixture(name), DType::BF16, &Device::Cpu)
+        .unwrap()
+        .embed(&batch)
+        .unwrap();
+    let ranks = run_tp(&fixture(name), DType::BF16, 4, &batch).unwrap();
+    let (mut vs_one, mut vs_ref) = (1.0f64, 1.0f64);
+    for out in &ranks {
+        for ((tp, one), case) in out.iter().zip(&single).zip(&r.cases) {
+            vs_one = vs_one.min(cosine(tp, one));
+            vs_ref = vs_ref.min(cosine(tp, &case.raw));
+        }
+    }
+    println!("{name} bf16 TP=4: worst cosine vs TP=1 {vs_one:.7}, vs transformers {vs_ref:.7}");
+    assert!(vs_one >= 0.9999, "vs TP=1: {vs_one}");
+    assert!(vs_ref >= 0.999, "vs transformers: {vs_ref}");
+}
+
 #[test]
 fn tp_size_that_does_not_divide_heads_is_a_clear_error() {
     // qwen3-tiny-mqa has 3 attention heads and 1 kv head; gqa has 2 kv heads.
@@ -85,7 +117,7 @@ fn tp_size_that_does_not_divide_heads_is_a_clear_error() {
         ("qwen3-tiny-gqa", 4, "num_key_value_heads (2)"),
     ] {
         let batch = PackedBatch::new(&[vec![1u32, 2, 3]]);
-        let err = run_tp(&fixture(name), size, &batch).unwrap_err();
+        let err = run_tp(&fixture(name), DType::F32, size, &batch).unwrap_err();
         assert!(matches!(err, ModelError::TensorParallel(_)), "{err}");
         assert!(err.to_string().contains(what), "{err}");
     }
