@@ -1,3 +1,5 @@
+//! Sets `cfg(amx)` on targets where the AMX kernels build.
+//!
 //! With the `cuda` feature: compiles the workspace's `kernels/*.cu` to PTX in OUT_DIR,
 //! where `src/cuda/` embeds them. Without it this does nothing and needs no CUDA.
 //!
@@ -10,6 +12,17 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // `cfg(amx)`: targets the AMX kernels build for (x86-64 Linux with glibc: inline asm
+    // for the tiles, `arch_prctl` through libc for the tile state). Whether the CPU has
+    // AMX is decided at run time.
+    println!("cargo::rustc-check-cfg=cfg(amx)");
+    let target = |key: &str| std::env::var(key).unwrap_or_default();
+    if target("CARGO_CFG_TARGET_ARCH") == "x86_64"
+        && target("CARGO_CFG_TARGET_OS") == "linux"
+        && target("CARGO_CFG_TARGET_ENV") == "gnu"
+    {
+        println!("cargo::rustc-cfg=amx");
+    }
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }

@@ -467,7 +467,7 @@ impl CustomOp1 for QkvAttention<'_> {
             .windows(2)
             .flat_map(|w| (0..h).map(move |head| (w[0], w[1] - w[0], head)))
             .collect();
-        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        #[cfg(amx)]
         if self.amx && crate::amx::available() {
             // One task per (sequence, kv head): its keys and values are packed once for
             // all the query heads that share them.

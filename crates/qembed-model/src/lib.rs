@@ -4,7 +4,7 @@
 //! This crate knows nothing of HTTP, queues or tokenizers: it maps packed token ids to
 //! vectors, and everything else lives in `qembed-engine`.
 
-#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+#[cfg(amx)]
 pub mod amx;
 mod config;
 mod cpu_ops;

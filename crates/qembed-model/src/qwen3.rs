@@ -77,32 +77,34 @@ struct DecoderLayer {
 }
 
 struct Linear {
-    weight: Tensor,
-    /// On CPUs with AMX, bf16 weights live here in tile order instead (`weight` is then
-    /// an empty placeholder: the packed copy is the only one).
-    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-    amx: Option<crate::amx::PackedWeight>,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+/// A linear layer's `[out, in]` weight, in the form the GEMM that runs it reads.
+enum Weight {
+    /// For candle's matmul, MKL or cuBLAS.
+    Dense(Tensor),
+    /// bf16 on a CPU with AMX: packed in tile order at load (the only copy kept).
+    #[cfg(amx)]
+    Amx(crate::amx::PackedWeight),
 }
 
 impl Linear {
     /// Takes a `[out, in]` weight; bf16 weights on a CPU with AMX are packed for it.
     fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        #[cfg(amx)]
         if weight.device().is_cpu() && weight.dtype() == DType::BF16 && crate::amx::available() {
             let (n, k) = weight.dims2()?;
             let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
             let packed = crate::amx::PackedWeight::pack(&values, n, k)?;
             return Ok(Self {
-                weight: Tensor::zeros(0, DType::BF16, weight.device())?,
-                amx: Some(packed),
+                weight: Weight::Amx(packed),
                 bias,
             });
         }
         Ok(Self {
-            weight,
-            #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-            amx: None,
+            weight: Weight::Dense(weight),
             bias,
         })
     }
@@ -110,30 +112,31 @@ impl Linear {
     /// `x @ W.T (+ b)`. With bf16/f16 weights and f32 activations (the CPU layout) the
     /// GEMM runs on the weights' dtype and returns f32.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-        if let Some(packed) = &self.amx {
-            let x = x.to_dtype(DType::F32)?.contiguous()?;
-            let y = x.apply_op1_no_bwd(&crate::amx::AmxLinear(packed))?;
-            return self.add_bias(y);
-        }
-        #[cfg(feature = "mkl")]
-        if let Some(y) = crate::mkl::linear(x, &self.weight)? {
-            return self.add_bias(y);
-        }
-        let y = if x.dtype() == self.weight.dtype() {
-            x.matmul(&self.weight.t()?)?
-        } else {
-            x.to_dtype(self.weight.dtype())?
-                .matmul(&self.weight.t()?)?
-                .to_dtype(x.dtype())?
+        let y = match &self.weight {
+            #[cfg(amx)]
+            Weight::Amx(packed) => x
+                .to_dtype(DType::F32)?
+                .contiguous()?
+                .apply_op1_no_bwd(&crate::amx::AmxLinear(packed))?,
+            Weight::Dense(w) => Self::dense(x, w)?,
         };
-        self.add_bias(y)
-    }
-
-    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
+        })
+    }
+
+    fn dense(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "mkl")]
+        if let Some(y) = crate::mkl::linear(x, w)? {
+            return Ok(y);
+        }
+        Ok(if x.dtype() == w.dtype() {
+            x.matmul(&w.t()?)?
+        } else {
+            x.to_dtype(w.dtype())?
+                .matmul(&w.t()?)?
+                .to_dtype(x.dtype())?
         })
     }
 }
@@ -425,9 +428,9 @@ impl Qwen3Embedding {
     /// Whether the fused CPU attention runs its products in bf16 on AMX: only where the
     /// linear layers are bf16 (an f32 model keeps f32 attention).
     fn amx_attention(&self) -> bool {
-        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        #[cfg(amx)]
         return self.dtype == DType::BF16 && self.device.is_cpu() && crate::amx::available();
-        #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
+        #[cfg(not(amx))]
         false
     }
 
