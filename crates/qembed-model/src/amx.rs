@@ -27,7 +27,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
-use crate::cpu_ops::{causal_softmax, multiversion, SyncPtr};
+use crate::cpu_ops::{causal_softmax, exp, multiversion, sum_map, SyncPtr};
 
 /// A 64-byte, 64-byte-aligned run of 32 bf16 values (their bits): a tile row.
 #[repr(C, align(64))]
@@ -264,9 +264,14 @@ fn slots(bits: &mut [u16]) -> &mut [MaybeUninit<u16>] {
     unsafe { &mut *(bits as *mut [u16] as *mut [MaybeUninit<u16>]) }
 }
 
-/// The `m x k` activations as bf16 rows of `kp` values (zero-padded), in whole 32-row
-/// strips (the rows past `m` are zero).
-fn round_activations(x: &[f32], m: usize, k: usize, kp: usize) -> Vec<Line> {
+/// `m` rows of bf16 activations, `kp` values each (zero-padded from `k`), in whole
+/// 32-row strips (the rows past `m` are zero): `row(r, dst)` writes row `r < m`, all of
+/// `dst` (`kp` values). In parallel.
+fn round_rows(
+    m: usize,
+    kp: usize,
+    row: impl Fn(usize, &mut [MaybeUninit<u16>]) + Sync,
+) -> Vec<Line> {
     let rows = m.next_multiple_of(BLOCK_ROWS);
     let lines_per_row = kp / 32;
     let mut a: Vec<Line> = Vec::with_capacity(rows * lines_per_row);
@@ -278,16 +283,48 @@ fn round_activations(x: &[f32], m: usize, k: usize, kp: usize) -> Vec<Line> {
             // SAFETY: an uninitialised Line is 32 uninitialised u16s (repr(C), no padding).
             let dst: &mut [MaybeUninit<u16>] =
                 unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), dst.len() * 32) };
-            for (i, row) in dst.chunks_exact_mut(kp).enumerate() {
+            for (i, dst) in dst.chunks_exact_mut(kp).enumerate() {
                 let r = chunk * 16 + i;
-                let src = if r < m { &x[r * k..(r + 1) * k] } else { &[] };
-                round_row(row, src, 1.0);
+                if r < m {
+                    row(r, dst);
+                } else {
+                    round_row(dst, &[], 1.0);
+                }
             }
         });
-    // SAFETY: every line of the first rows * lines_per_row was written above.
+    // SAFETY: every line of the first rows * lines_per_row was written above (`row`
+    // writes all of its row, round_row pads).
     unsafe { a.set_len(rows * lines_per_row) };
     a
 }
+
+/// RMSNorm of `x` by `w` then bf16, zeros to the end of `dst`: the same values as the
+/// f32 RMSNorm rounded afterwards, in one pass.
+#[inline(always)]
+fn round_norm_row_impl(dst: &mut [MaybeUninit<u16>], x: &[f32], w: &[f32], eps: f32) {
+    let inv = 1.0 / (sum_map(x, |v| v * v) / x.len() as f32 + eps).sqrt();
+    for ((d, &v), &w) in dst.iter_mut().zip(x).zip(w) {
+        d.write(bf16_bits(v * inv * w));
+    }
+    for d in &mut dst[x.len()..] {
+        d.write(0);
+    }
+}
+
+multiversion!(fn round_norm_row(dst: &mut [MaybeUninit<u16>], x: &[f32], w: &[f32], eps: f32) => round_norm_row_impl);
+
+/// `silu(gate) * up` then bf16, zeros to the end of `dst`.
+#[inline(always)]
+fn round_swiglu_row_impl(dst: &mut [MaybeUninit<u16>], gate: &[f32], up: &[f32]) {
+    for ((d, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
+        d.write(bf16_bits(g / (1.0 + exp(-g)) * u));
+    }
+    for d in &mut dst[gate.len()..] {
+        d.write(0);
+    }
+}
+
+multiversion!(fn round_swiglu_row(dst: &mut [MaybeUninit<u16>], gate: &[f32], up: &[f32]) => round_swiglu_row_impl);
 
 /// The tile configuration (palette 1): eight 16-row x 64-byte tiles. tmm0-3 hold the
 /// 32x32 f32 output block, tmm4/5 the two A tiles, tmm6/7 the two B tiles.
@@ -417,18 +454,17 @@ impl Drop for Tiles {
 #[repr(C, align(64))]
 struct Block([[f32; BLOCK_COLS]; BLOCK_ROWS]);
 
-/// `x @ w.T` for row-major f32 `x` (`m x k`): f32 `m x n`, products of bf16-rounded
-/// values accumulated in f32.
-pub(crate) fn matmul(x: &[f32], m: usize, w: &PackedWeight) -> candle_core::Result<Vec<f32>> {
-    let (n, k, kp) = (w.n, w.k, w.kp);
-    if x.len() != m * k {
-        candle_core::bail!("amx: input of {} values is not {m}x{k}", x.len());
+/// `a @ w.T` for `m` rows of activations already rounded by [`round_rows`] (width
+/// `w.kp`): f32 `m x n`, products of bf16 values accumulated in f32.
+fn matmul(a: &[Line], m: usize, w: &PackedWeight) -> candle_core::Result<Vec<f32>> {
+    let (n, kp) = (w.n, w.kp);
+    if a.len() < m.next_multiple_of(BLOCK_ROWS) * kp / 32 {
+        candle_core::bail!("amx: activations shorter than {m} rows of {kp}");
     }
     if !available() {
         candle_core::bail!("amx: not available on this CPU");
     }
-    let a = round_activations(x, m, k, kp);
-    let a: &[u16] = lines(&a);
+    let a: &[u16] = lines(a);
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
     let panels = n.div_ceil(BLOCK_COLS);
@@ -555,8 +591,51 @@ fn lines(lines: &[Line]) -> &[u16] {
     unsafe { std::slice::from_raw_parts(lines.as_ptr().cast(), lines.len() * 32) }
 }
 
-/// `x @ w.T` as a candle op on a contiguous 2-D f32 CPU tensor.
-pub(crate) struct AmxLinear<'a>(pub(crate) &'a PackedWeight);
+/// What a linear layer on AMX applies to its input rows while rounding them to bf16:
+/// fusing the step before the GEMM saves writing and re-reading an f32 activation.
+pub(crate) enum Input<'a> {
+    /// The rows as they are.
+    Plain,
+    /// RMSNorm by this weight (`eps`) first: the pre-attention and pre-MLP norms.
+    RmsNorm(&'a [f32], f32),
+    /// `silu(gate) * up` of rows `[gate | up]` twice the layer's width: the MLP.
+    SwiGlu,
+}
+
+/// `input(x) @ w.T` as a candle op on a contiguous 2-D f32 CPU tensor.
+pub(crate) struct AmxLinear<'a> {
+    pub(crate) weight: &'a PackedWeight,
+    pub(crate) input: Input<'a>,
+}
+
+impl AmxLinear<'_> {
+    /// `x` (`m` rows of `width`) as rounded activations for this layer.
+    fn round(&self, x: &[f32], m: usize, width: usize) -> candle_core::Result<Vec<Line>> {
+        let (k, kp) = (self.weight.k, self.weight.kp);
+        let expected = match self.input {
+            Input::SwiGlu => 2 * k,
+            Input::Plain | Input::RmsNorm(..) => k,
+        };
+        if width != expected || x.len() != m * width {
+            candle_core::bail!("amx linear: input rows of {width}, weight width {k}");
+        }
+        Ok(match self.input {
+            Input::Plain => round_rows(m, kp, |r, dst| round_row(dst, &x[r * k..][..k], 1.0)),
+            Input::RmsNorm(w, eps) => {
+                if w.len() != k {
+                    candle_core::bail!("amx linear: norm weight of {} for rows of {k}", w.len());
+                }
+                round_rows(m, kp, |r, dst| {
+                    round_norm_row(dst, &x[r * k..][..k], w, eps)
+                })
+            }
+            Input::SwiGlu => round_rows(m, kp, |r, dst| {
+                let (gate, up) = x[r * 2 * k..][..2 * k].split_at(k);
+                round_swiglu_row(dst, gate, up)
+            }),
+        })
+    }
+}
 
 impl CustomOp1 for AmxLinear<'_> {
     fn name(&self) -> &'static str {
@@ -567,15 +646,13 @@ impl CustomOp1 for AmxLinear<'_> {
         let CpuStorage::F32(x) = s else {
             candle_core::bail!("amx linear: f32 activations expected, got {:?}", s.dtype())
         };
-        let (m, k) = l.shape().dims2()?;
+        let (m, width) = l.shape().dims2()?;
         let Some((start, end)) = l.contiguous_offsets() else {
             candle_core::bail!("amx linear: input not contiguous")
         };
-        if k != self.0.k {
-            candle_core::bail!("amx linear: input width {k}, weight width {}", self.0.k);
-        }
-        let out = matmul(&x[start..end], m, self.0)?;
-        Ok((CpuStorage::F32(out), Shape::from((m, self.0.n))))
+        let a = self.round(&x[start..end], m, width)?;
+        let out = matmul(&a, m, self.weight)?;
+        Ok((CpuStorage::F32(out), Shape::from((m, self.weight.n))))
     }
 }
 
@@ -593,6 +670,16 @@ mod tests {
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()
+    }
+
+    /// `x @ w.T` through the op's plain input path.
+    fn plain(x: &[f32], m: usize, w: &PackedWeight) -> candle_core::Result<Vec<f32>> {
+        let op = AmxLinear {
+            weight: w,
+            input: Input::Plain,
+        };
+        let width = x.len().checked_div(m).unwrap_or(w.k);
+        matmul(&op.round(x, m, width)?, m, w)
     }
 
     fn round(v: f32) -> f32 {
@@ -633,7 +720,7 @@ mod tests {
             let w = values(n * k, 2 + n as u64);
             let wb: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
             let packed = PackedWeight::pack(&wb, n, k).unwrap();
-            let got = matmul(&x, m, &packed).unwrap();
+            let got = plain(&x, m, &packed).unwrap();
             assert_eq!(got.len(), m * n);
             for i in 0..m {
                 for j in 0..n {
@@ -723,6 +810,70 @@ mod tests {
         }
     }
 
+    /// The fused input stages give what the stage in f32 followed by the plain GEMM gives.
+    #[test]
+    fn fused_norm_and_swiglu_inputs_match_the_unfused_ones() {
+        if !amx_or_skip() {
+            return;
+        }
+        let (m, n, k) = (45, 70, 96);
+        let w: Vec<half::bf16> = values(n * k, 3)
+            .iter()
+            .map(|&v| half::bf16::from_f32(v))
+            .collect();
+        let packed = PackedWeight::pack(&w, n, k).unwrap();
+        let run = |x: &[f32], input: Input| {
+            let op = AmxLinear {
+                weight: &packed,
+                input,
+            };
+            matmul(&op.round(x, m, x.len() / m).unwrap(), m, &packed).unwrap()
+        };
+        let close = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-2 * (1.0 + y.abs()))
+        };
+        let x = values(m * k, 4);
+        let norm_w = values(k, 5);
+        let normed: Vec<f32> = x
+            .chunks(k)
+            .flat_map(|row| {
+                let ms = row.iter().map(|v| v * v).sum::<f32>() / k as f32;
+                let inv = 1.0 / (ms + 1e-6).sqrt();
+                row.iter()
+                    .zip(&norm_w)
+                    .map(move |(v, w)| v * inv * w)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(close(
+            &run(&x, Input::RmsNorm(&norm_w, 1e-6)),
+            &run(&normed, Input::Plain)
+        ));
+        let gate_up = values(m * 2 * k, 6);
+        let act: Vec<f32> = gate_up
+            .chunks(2 * k)
+            .flat_map(|row| {
+                let (g, u) = row.split_at(k);
+                g.iter()
+                    .zip(u)
+                    .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(close(
+            &run(&gate_up, Input::SwiGlu),
+            &run(&act, Input::Plain)
+        ));
+        // Widths that do not fit the layer are errors, not panics.
+        let op = AmxLinear {
+            weight: &packed,
+            input: Input::SwiGlu,
+        };
+        assert!(op.round(&x, m, k).is_err());
+    }
+
     #[test]
     fn rounding_matches_half() {
         for v in values(10_000, 7).into_iter().chain([
@@ -743,6 +894,6 @@ mod tests {
         let wb = vec![half::bf16::ZERO; 6];
         assert!(PackedWeight::pack(&wb, 4, 2).is_err());
         let packed = PackedWeight::pack(&wb, 3, 2).unwrap();
-        assert!(matmul(&[0.0; 5], 2, &packed).is_err());
+        assert!(plain(&[0.0; 5], 2, &packed).is_err());
     }
 }

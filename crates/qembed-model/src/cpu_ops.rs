@@ -122,7 +122,7 @@ unsafe fn matmul(
 /// are clamped to the finite range: below -87.3 the result is ~1e-38 instead of a
 /// denormal, which no softmax or SiLU here can tell apart from 0.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // Adding 1.5 * 2^23 rounds to an integer in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
@@ -162,7 +162,7 @@ fn causal_softmax_impl(s: &mut [f32], keys: usize, r0: usize) {
 /// A sum in 16 independent lanes, so that it vectorises (a plain f32 sum is a chain of
 /// dependent adds the compiler may not reorder).
 #[inline(always)]
-fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub(crate) fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 16];
     let chunks = x.chunks_exact(16);
     let rest: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();

@@ -114,12 +114,25 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             #[cfg(amx)]
-            Weight::Amx(packed) => x
-                .to_dtype(DType::F32)?
-                .contiguous()?
-                .apply_op1_no_bwd(&crate::amx::AmxLinear(packed))?,
+            Weight::Amx(weight) => return self.amx(x, weight, crate::amx::Input::Plain),
             Weight::Dense(w) => Self::dense(x, w)?,
         };
+        self.add_bias(y)
+    }
+
+    /// The GEMM on AMX tiles, `input` applied to the rows of `x` on the way in.
+    #[cfg(amx)]
+    fn amx(
+        &self,
+        x: &Tensor,
+        weight: &crate::amx::PackedWeight,
+        input: crate::amx::Input,
+    ) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        self.add_bias(x.apply_op1_no_bwd(&crate::amx::AmxLinear { weight, input })?)
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -373,8 +386,7 @@ impl Qwen3Embedding {
         cu_seqlens: &[usize],
     ) -> Result<Tensor> {
         let eps = self.cfg.rms_norm_eps as f32;
-        let h = self.rms_norm(x, &l.input_norm)?;
-        let qkv = l.qkv.forward(&h)?;
+        let qkv = self.norm_linear(x, &l.input_norm, &l.qkv)?;
         let attn = match rope {
             Rope::Host(cos, sin) => qkv.apply_op1_no_bwd(&QkvAttention {
                 heads: self.local.heads,
@@ -393,8 +405,29 @@ impl Qwen3Embedding {
         };
         let x = self.residual(x, &self.reduce(l.o_proj.forward(&attn)?)?)?;
 
-        let h = self.rms_norm(&x, &l.post_attention_norm)?;
-        let gate_up = l.gate_up.forward(&h)?;
+        let gate_up = self.norm_linear(&x, &l.post_attention_norm, &l.gate_up)?;
+        self.residual(&x, &self.reduce(self.swiglu_linear(&gate_up, &l.down)?)?)
+    }
+
+    /// `linear(rms_norm(x))`. On AMX the norm is applied while the GEMM rounds its
+    /// input to bf16, so the normed activations are never written in f32.
+    fn norm_linear(&self, x: &Tensor, norm: &Tensor, linear: &Linear) -> Result<Tensor> {
+        #[cfg(amx)]
+        if let Weight::Amx(weight) = &linear.weight {
+            let w = norm.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            let eps = self.cfg.rms_norm_eps as f32;
+            return linear.amx(x, weight, crate::amx::Input::RmsNorm(&w, eps));
+        }
+        linear.forward(&self.rms_norm(x, norm)?)
+    }
+
+    /// `linear(silu(gate) * up)` from the fused gate/up projection; on AMX, SwiGLU is
+    /// applied while the GEMM rounds its input.
+    fn swiglu_linear(&self, gate_up: &Tensor, linear: &Linear) -> Result<Tensor> {
+        #[cfg(amx)]
+        if let Weight::Amx(weight) = &linear.weight {
+            return linear.amx(gate_up, weight, crate::amx::Input::SwiGlu);
+        }
         let act = if self.fused_cpu {
             gate_up.apply_op1_no_bwd(&SwiGlu)?
         } else {
@@ -403,7 +436,7 @@ impl Qwen3Embedding {
             let up = gate_up.narrow(1, inter, inter)?;
             (candle_nn::Activation::Silu.forward(&gate)? * up)?
         };
-        self.residual(&x, &self.reduce(l.down.forward(&act)?)?)
+        linear.forward(&act)
     }
 
     /// RMSNorm of each token's row: our parallel kernel on CPU, candle's elsewhere.
