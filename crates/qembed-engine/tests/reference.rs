@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use qembed_engine::{
     DTypeChoice, Embedder, EngineError, Input, LoadOptions, OutputOptions, Qwen3Tokenizer,
 };
+use qembed_testkit::{cosine, FIXTURES};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -29,13 +30,6 @@ struct Case {
     embedding: Vec<f32>,
 }
 
-const FIXTURES: [&str; 4] = [
-    "qwen3-tiny-gqa",
-    "qwen3-tiny-mqa",
-    "qwen3-tiny-f16",
-    "qwen3-tiny-tp4",
-];
-
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -47,14 +41,6 @@ fn fixture(name: &str) -> PathBuf {
 fn reference(name: &str) -> Reference {
     let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 fn load(name: &str, dtype: DTypeChoice, max_length: Option<usize>) -> Embedder {

@@ -5,8 +5,8 @@
 
 use qembed_model::cuda::NcclGroup;
 use qembed_model::{DType, Device, PackedBatch, Qwen3Embedding};
+use qembed_testkit::{cosine, fixture, FIXTURES};
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
 
 #[derive(Deserialize)]
 struct Reference {
@@ -20,38 +20,18 @@ struct Case {
     raw: Vec<f32>,
 }
 
-/// Head sizes 32 (gqa, f16) and 16 (mqa, tp4): all run the fused attention kernel in
-/// f16/bf16; f32 on CUDA takes candle's attention (the kernel is f16/bf16 only).
-const FIXTURES: [&str; 4] = [
-    "qwen3-tiny-gqa",
-    "qwen3-tiny-mqa",
-    "qwen3-tiny-f16",
-    "qwen3-tiny-tp4",
-];
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models")
-        .join(name)
-}
-
 fn reference(name: &str) -> Reference {
     let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("these tests need a CUDA GPU (device 0)")
 }
 
+/// Every fixture on cuda:0 against transformers. Head sizes 32 (gqa, f16) and 16 (mqa,
+/// tp4): all run the fused attention kernel in f16/bf16; f32 on CUDA takes candle's
+/// attention (the kernel is f16/bf16 only).
 fn check_parity(dtype: DType, threshold: f64) {
     let dev = gpu();
     for name in FIXTURES {

@@ -2,9 +2,8 @@
 //! fixture checkpoints in `models/` (see `models/generate.py`). Token ids come from the
 //! reference file, so this isolates the model from tokenisation.
 
-use std::path::{Path, PathBuf};
-
 use qembed_model::{DType, Device, ModelError, PackedBatch, Qwen3Embedding};
+use qembed_testkit::{cosine, fixture, FIXTURES};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -19,30 +18,9 @@ struct Case {
     raw: Vec<f32>,
 }
 
-const FIXTURES: [&str; 4] = [
-    "qwen3-tiny-gqa",
-    "qwen3-tiny-mqa",
-    "qwen3-tiny-f16",
-    "qwen3-tiny-tp4",
-];
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models")
-        .join(name)
-}
-
 fn reference(name: &str) -> Reference {
     let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 /// Runs every case of every fixture as one mixed-length packed batch, and returns the

@@ -1,10 +1,11 @@
 //! Tensor parallelism proven on CPU: TP ranks on threads of one process, joined by the
 //! in-process all-reduce, give what one rank gives (and what transformers gives).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use qembed_model::{DType, Device, LocalGroup, ModelError, PackedBatch, Qwen3Embedding};
+use qembed_testkit::{cosine, fixture};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -16,19 +17,6 @@ struct Reference {
 struct Case {
     input_ids: Vec<u32>,
     raw: Vec<f32>,
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models")
-        .join(name)
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 /// Runs `batch` on `size` ranks, one thread each; returns every rank's output.
