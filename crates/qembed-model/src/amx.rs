@@ -16,7 +16,8 @@
 //! allow) over the whole K, then stores it once. A task takes a strip of output
 //! columns sized so its packed weights stay in L2 and walks down the rows.
 //!
-//! Set `QEMBED_AMX=0` to turn it off (e.g. to compare against MKL or candle).
+//! Set `QEMBED_AMX=0` (or `false`, `off`) to turn it off, e.g. to compare against MKL or
+//! candle.
 
 use std::arch::asm;
 use std::marker::PhantomData;
@@ -27,7 +28,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
-use crate::cpu_ops::{causal_softmax, exp, multiversion, sum_map, SyncPtr};
+use crate::cpu_ops::{causal_softmax, inv_rms, multiversion, silu_mul, SyncPtr};
 
 /// A 64-byte, 64-byte-aligned run of 32 bf16 values (their bits): a tile row.
 #[repr(C, align(64))]
@@ -46,10 +47,18 @@ const TASK_WEIGHT_BYTES: usize = 512 << 10;
 const TASK_STRIPS: usize = 8;
 
 /// Whether linear layers with bf16 weights run on AMX: the CPU has AMX-BF16, Linux
-/// granted this process the tile state, and `QEMBED_AMX` is not `0`.
+/// granted this process the tile state, and `QEMBED_AMX` is not `0`/`false`/`off`.
 pub fn available() -> bool {
     static AMX: OnceLock<bool> = OnceLock::new();
-    *AMX.get_or_init(|| std::env::var("QEMBED_AMX").map_or(true, |v| v != "0") && detect())
+    *AMX.get_or_init(|| {
+        let off = std::env::var("QEMBED_AMX").is_ok_and(|v| {
+            matches!(
+                v.to_ascii_lowercase().as_str(),
+                "0" | "false" | "off" | "no"
+            )
+        });
+        !off && detect()
+    })
 }
 
 fn detect() -> bool {
@@ -267,7 +276,10 @@ fn slots(bits: &mut [u16]) -> &mut [MaybeUninit<u16>] {
 /// `m` rows of bf16 activations, `kp` values each (zero-padded from `k`), in whole
 /// 32-row strips (the rows past `m` are zero): `row(r, dst)` writes row `r < m`, all of
 /// `dst` (`kp` values). In parallel.
-fn round_rows(
+///
+/// # Safety
+/// `row` must write every element of the `dst` it is given.
+unsafe fn round_rows(
     m: usize,
     kp: usize,
     row: impl Fn(usize, &mut [MaybeUninit<u16>]) + Sync,
@@ -293,7 +305,7 @@ fn round_rows(
             }
         });
     // SAFETY: every line of the first rows * lines_per_row was written above (`row`
-    // writes all of its row, round_row pads).
+    // writes all of its row, the caller's contract; round_row pads).
     unsafe { a.set_len(rows * lines_per_row) };
     a
 }
@@ -302,7 +314,7 @@ fn round_rows(
 /// f32 RMSNorm rounded afterwards, in one pass.
 #[inline(always)]
 fn round_norm_row_impl(dst: &mut [MaybeUninit<u16>], x: &[f32], w: &[f32], eps: f32) {
-    let inv = 1.0 / (sum_map(x, |v| v * v) / x.len() as f32 + eps).sqrt();
+    let inv = inv_rms(x, eps);
     for ((d, &v), &w) in dst.iter_mut().zip(x).zip(w) {
         d.write(bf16_bits(v * inv * w));
     }
@@ -317,7 +329,7 @@ multiversion!(fn round_norm_row(dst: &mut [MaybeUninit<u16>], x: &[f32], w: &[f3
 #[inline(always)]
 fn round_swiglu_row_impl(dst: &mut [MaybeUninit<u16>], gate: &[f32], up: &[f32]) {
     for ((d, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
-        d.write(bf16_bits(g / (1.0 + exp(-g)) * u));
+        d.write(bf16_bits(silu_mul(g, u)));
     }
     for d in &mut dst[gate.len()..] {
         d.write(0);
@@ -332,8 +344,11 @@ multiversion!(fn round_swiglu_row(dst: &mut [MaybeUninit<u16>], gate: &[f32], up
 struct TileConfig([u8; 64]);
 
 /// Tile state loaded on this thread for the guard's lifetime; released on drop so that
-/// context switches stop saving 8 KiB of tile registers. Neither `Send` nor `Sync`:
-/// tile registers belong to the thread that configured them.
+/// context switches stop saving 8 KiB of tile registers. The tile registers carry data
+/// from one `asm!` block to the next (zero, multiply-accumulate, store): Rust cannot
+/// name them as operands or clobbers, and that is sound because the compiler never
+/// allocates tile registers itself and nothing between the blocks calls out. Neither
+/// `Send` nor `Sync`: tile registers belong to the thread that configured them.
 struct Tiles(PhantomData<*const ()>);
 
 impl Tiles {
@@ -619,20 +634,23 @@ impl AmxLinear<'_> {
         if width != expected || x.len() != m * width {
             candle_core::bail!("amx linear: input rows of {width}, weight width {k}");
         }
-        Ok(match self.input {
-            Input::Plain => round_rows(m, kp, |r, dst| round_row(dst, &x[r * k..][..k], 1.0)),
-            Input::RmsNorm(w, eps) => {
-                if w.len() != k {
-                    candle_core::bail!("amx linear: norm weight of {} for rows of {k}", w.len());
-                }
-                round_rows(m, kp, |r, dst| {
-                    round_norm_row(dst, &x[r * k..][..k], w, eps)
-                })
+        if let Input::RmsNorm(w, _) = self.input {
+            if w.len() != k {
+                candle_core::bail!("amx linear: norm weight of {} for rows of {k}", w.len());
             }
-            Input::SwiGlu => round_rows(m, kp, |r, dst| {
-                let (gate, up) = x[r * 2 * k..][..2 * k].split_at(k);
-                round_swiglu_row(dst, gate, up)
-            }),
+        }
+        // SAFETY: each row function writes its whole `dst` (values, then zero padding).
+        Ok(unsafe {
+            match self.input {
+                Input::Plain => round_rows(m, kp, |r, dst| round_row(dst, &x[r * k..][..k], 1.0)),
+                Input::RmsNorm(w, eps) => round_rows(m, kp, |r, dst| {
+                    round_norm_row(dst, &x[r * k..][..k], w, eps)
+                }),
+                Input::SwiGlu => round_rows(m, kp, |r, dst| {
+                    let (gate, up) = x[r * 2 * k..][..2 * k].split_at(k);
+                    round_swiglu_row(dst, gate, up)
+                }),
+            }
         })
     }
 }
@@ -686,9 +704,6 @@ mod tests {
         half::bf16::from_f32(v).to_f32()
     }
 
-    /// Against an f64 product of the same bf16-rounded values, over shapes with every
-    /// kind of tail: rows not a multiple of 32 (and of 16), columns not a multiple of 32,
-    /// K not a multiple of 32, and a single row.
     /// Whether to run the AMX tests: skipped on CPUs without AMX, unless
     /// `QEMBED_REQUIRE_AMX` is set (CI sets it where /proc/cpuinfo lists amx_bf16).
     fn amx_or_skip() -> bool {
@@ -703,6 +718,9 @@ mod tests {
         false
     }
 
+    /// Against an f64 product of the same bf16-rounded values, over shapes with every
+    /// kind of tail: rows not a multiple of 32 (and of 16), columns not a multiple of 32,
+    /// K not a multiple of 32, a single row and none.
     #[test]
     fn matches_a_reference_product_on_ragged_shapes() {
         if !amx_or_skip() {

@@ -35,6 +35,7 @@ pub(crate) struct QkvAttention<'a> {
     pub block: usize,
     /// Scores and weighted values as bf16 products on AMX tiles (`crate::amx`), for
     /// models whose linear layers are bf16 anyway; f32 GEMMs otherwise.
+    #[cfg_attr(not(amx), allow(dead_code))]
     pub amx: bool,
 }
 
@@ -42,7 +43,8 @@ pub(crate) struct QkvAttention<'a> {
 /// buffer behind it (attention's (sequence, head) tiles, a GEMM's column ranges).
 #[derive(Clone, Copy)]
 pub(crate) struct SyncPtr(pub(crate) *mut f32);
-// SAFETY: only used to write disjoint (sequence, head) tiles of one buffer; see below.
+// SAFETY: only used to write disjoint regions of one buffer (attention's (sequence,
+// head) tiles, a GEMM's (rows, columns) blocks), as each user documents.
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
@@ -122,7 +124,7 @@ unsafe fn matmul(
 /// are clamped to the finite range: below -87.3 the result is ~1e-38 instead of a
 /// denormal, which no softmax or SiLU here can tell apart from 0.
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // Adding 1.5 * 2^23 rounds to an integer in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
@@ -162,7 +164,7 @@ fn causal_softmax_impl(s: &mut [f32], keys: usize, r0: usize) {
 /// A sum in 16 independent lanes, so that it vectorises (a plain f32 sum is a chain of
 /// dependent adds the compiler may not reorder).
 #[inline(always)]
-pub(crate) fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 16];
     let chunks = x.chunks_exact(16);
     let rest: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
@@ -208,6 +210,7 @@ macro_rules! multiversion {
     };
 }
 
+#[cfg(amx)]
 pub(crate) use multiversion;
 
 multiversion!(pub(crate) fn causal_softmax(s: &mut [f32], keys: usize, r0: usize) => causal_softmax_impl);
@@ -238,16 +241,28 @@ multiversion!(fn norm_rotate(heads: &mut [f32], w: &[f32], cos: &[f32], sin: &[f
 #[inline(always)]
 fn swiglu_impl(out: &mut [MaybeUninit<f32>], gate: &[f32], up: &[f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        o.write(g / (1.0 + exp(-g)) * u);
+        o.write(silu_mul(g, u));
     }
 }
 
 multiversion!(fn swiglu_row(out: &mut [MaybeUninit<f32>], gate: &[f32], up: &[f32]) => swiglu_impl);
 
+/// `1 / rms(x)` as transformers computes it: `rsqrt(mean(x^2) + eps)`.
+#[inline(always)]
+pub(crate) fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    1.0 / (sum_map(x, |v| v * v) / x.len() as f32 + eps).sqrt()
+}
+
+/// SwiGLU of one gate and up value: `silu(g) * u`.
+#[inline(always)]
+pub(crate) fn silu_mul(g: f32, u: f32) -> f32 {
+    g / (1.0 + exp(-g)) * u
+}
+
 /// `x * w / rms(x)` of one row (as transformers: `x * rsqrt(mean(x^2) + eps) * w`).
 #[inline(always)]
 fn rms_row_impl(out: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], eps: f32) {
-    let inv = 1.0 / (sum_map(x, |v| v * v) / x.len() as f32 + eps).sqrt();
+    let inv = inv_rms(x, eps);
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(w) {
         o.write(v * inv * w);
     }
@@ -288,8 +303,9 @@ unsafe fn par_rows(
 /// Rows of work per rayon task in the element-wise ops: a few hundred KiB of f32.
 const ROWS_PER_TASK: usize = 64;
 
-/// RMSNorm of each row of `[tokens, width]` by a `[width]` weight, in parallel (candle's
-/// runs on one thread, a tenth of a bf16 forward pass once the GEMMs were fast).
+/// RMSNorm of each row of `[tokens, width]` by a `[width]` weight: vectorised rows in
+/// rayon tasks of many rows, and no zero-filled output (candle's op zero-fills, then
+/// runs one scalar task per row).
 pub(crate) struct RmsNorm {
     pub eps: f32,
 }
@@ -462,11 +478,6 @@ impl CustomOp1 for QkvAttention<'_> {
         let (h, d) = (self.heads, self.head_dim);
         let mut out = vec![0f32; tokens * h * d];
         let ptr = SyncPtr(out.as_mut_ptr());
-        let work: Vec<(usize, usize, usize)> = self
-            .cu_seqlens
-            .windows(2)
-            .flat_map(|w| (0..h).map(move |head| (w[0], w[1] - w[0], head)))
-            .collect();
         #[cfg(amx)]
         if self.amx && crate::amx::available() {
             // One task per (sequence, kv head): its keys and values are packed once for
@@ -483,8 +494,12 @@ impl CustomOp1 for QkvAttention<'_> {
             });
             return Ok((CpuStorage::F32(out), Shape::from((tokens, h * d))));
         }
+        let mut work: Vec<(usize, usize, usize)> = self
+            .cu_seqlens
+            .windows(2)
+            .flat_map(|w| (0..h).map(move |head| (w[0], w[1] - w[0], head)))
+            .collect();
         // Longest sequences first, so a long one does not start last and run alone.
-        let mut work = work;
         work.sort_by_key(|&(_, len, _)| std::cmp::Reverse(len));
         work.into_par_iter()
             .for_each(|item| self.head_attention(&qkv, width, item, ptr));

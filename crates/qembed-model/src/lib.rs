@@ -5,7 +5,7 @@
 //! vectors, and everything else lives in `qembed-engine`.
 
 #[cfg(amx)]
-pub mod amx;
+mod amx;
 mod config;
 mod cpu_ops;
 #[cfg(feature = "cuda")]

@@ -40,8 +40,9 @@ pub struct Qwen3Embedding {
     act_dtype: DType,
     device: Device,
     attention_block: usize,
-    /// On CPU, attention and SwiGLU run as fused kernels (`cpu_ops`) instead of candle
-    /// ops; the candle path stays for other devices and as the fused kernels' reference.
+    /// On CPU, norms, attention and SwiGLU run as fused kernels (`cpu_ops`) instead of
+    /// candle ops; the candle path stays for other devices and as the fused kernels'
+    /// reference. (bf16 layers on AMX always take the AMX path, which fuses its own.)
     fused_cpu: bool,
     /// This rank's share: attention heads, kv heads, MLP columns (all of them at TP=1).
     local: Local,
@@ -299,8 +300,9 @@ impl Qwen3Embedding {
         self
     }
 
-    /// Turns the fused CPU kernels off (candle ops throughout) or back on where they
-    /// apply (CPU, f32 activations): for comparing the two paths.
+    /// Turns the fused CPU kernels off (candle ops between the GEMMs) or back on where
+    /// they apply (CPU, f32 activations): for comparing the two paths. Linear layers
+    /// packed for AMX (bf16 on AMX CPUs) keep their AMX GEMMs either way.
     pub fn with_fused_cpu_ops(mut self, on: bool) -> Self {
         self.fused_cpu = on && self.device.is_cpu() && self.act_dtype == DType::F32;
         self
