@@ -1,0 +1,85 @@
+//! Causal attention with both products on tiles.
+
+use super::*;
+
+/// Causal attention of the query heads that share `kv_head`, over one sequence
+/// (`start`, `len` tokens), from the normed and rotated fused qkv rows (`width` wide):
+/// the scores and the weighted values are bf16 products on AMX tiles with f32
+/// accumulation, the softmax is f32 (as PyTorch's bf16 attention). Writes those heads'
+/// columns of the sequence's rows of `out` (`[tokens, H * D]`).
+///
+/// Keys and values are packed once for the whole group of query heads; query rows are
+/// taken `block` at a time, each seeing only the keys up to its own position.
+pub(crate) fn group_attention(
+    qkv: &[f32],
+    width: usize,
+    (h, kv, d): (usize, usize, usize),
+    (start, len, kv_head): (usize, usize, usize),
+    block: usize,
+    out: SyncPtr,
+) {
+    let seq = &qkv[start * width..(start + len) * width];
+    let keys_at = (h + kv_head) * d;
+    let values_at = (h + kv + kv_head) * d;
+    // Keys as the weights of a [len, d] layer (scores = q k^T); values transposed, as
+    // those of a [d, len] one (out = p v).
+    let kpack = PackedWeight::pack_rows(&seq[keys_at..], (len, d), width);
+    let vpack = PackedWeight::pack_columns(&seq[values_at..], (d, len), width);
+    let kp_d = d.next_multiple_of(K_STEP);
+    let block = block.clamp(1, len);
+    let strip_rows = block.next_multiple_of(BLOCK_ROWS);
+    let mut qa = vec![Line([0; 32]); strip_rows * kp_d / 32];
+    let mut pa = vec![Line([0; 32]); strip_rows * len.next_multiple_of(K_STEP) / 32];
+    let mut scores = vec![0f32; block * len];
+    let scale = 1.0 / (d as f32).sqrt();
+    let group = h / kv;
+    let tiles = Tiles::configure();
+    for head in kv_head * group..(kv_head + 1) * group {
+        let mut r0 = 0;
+        while r0 < len {
+            let rows = block.min(len - r0);
+            // Causal: rows r0..r0+rows see keys 0..r0+rows, nothing later.
+            let keys = r0 + rows;
+            let qa_bits = lines_mut(&mut qa);
+            for (i, dst) in qa_bits.chunks_exact_mut(kp_d).take(rows).enumerate() {
+                let q = &seq[(r0 + i) * width + head * d..][..d];
+                round_row(slots(dst), q, scale);
+            }
+            let s = &mut scores[..rows * keys];
+            // SAFETY: qa holds whole strips of kp_d-wide rows; kpack has kp_d lines a
+            // panel; s is rows x keys and this task's own scratch.
+            unsafe {
+                tiles.product(
+                    lines(&qa),
+                    kp_d,
+                    rows,
+                    &kpack,
+                    0..keys.div_ceil(BLOCK_COLS),
+                    kp_d / K_STEP,
+                    (s.as_mut_ptr(), keys, keys),
+                )
+            };
+            causal_softmax(s, keys, r0);
+            let kp_keys = keys.next_multiple_of(K_STEP);
+            let pa_bits = lines_mut(&mut pa);
+            for (dst, p) in pa_bits.chunks_exact_mut(kp_keys).zip(s.chunks_exact(keys)) {
+                round_row(slots(dst), p, 1.0);
+            }
+            // SAFETY: pa holds whole strips of kp_keys-wide rows (kp_keys <= vpack's kp);
+            // the destination (rows start+r0.., columns head*D..+D, row stride H*D)
+            // belongs to this (sequence, head) alone.
+            unsafe {
+                tiles.product(
+                    lines(&pa),
+                    kp_keys,
+                    rows,
+                    &vpack,
+                    0..d.div_ceil(BLOCK_COLS),
+                    kp_keys / K_STEP,
+                    (out.at((start + r0) * h * d + head * d), h * d, d),
+                )
+            };
+            r0 += rows;
+        }
+    }
+}
