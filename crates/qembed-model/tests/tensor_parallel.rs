@@ -19,6 +19,20 @@ struct Case {
     raw: Vec<f32>,
 }
 
+/// Fixture `name`'s reference cases as one packed batch, and what one rank in `dtype`
+/// gives for it.
+fn single_rank(name: &str, dtype: DType) -> (Reference, PackedBatch, Vec<Vec<f32>>) {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    let r: Reference = serde_json::from_str(&text).unwrap();
+    let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
+    let batch = PackedBatch::new(&ids);
+    let single = Qwen3Embedding::load(&fixture(name), dtype, &Device::Cpu)
+        .unwrap()
+        .embed(&batch)
+        .unwrap();
+    (r, batch, single)
+}
+
 /// Runs `batch` on `size` ranks, one thread each; returns every rank's output.
 fn run_tp(
     dir: &Path,
@@ -48,14 +62,7 @@ fn tp_equals_single_rank_on_every_fixture_that_divides() {
         ("qwen3-tiny-f16", vec![2]),
         ("qwen3-tiny-tp4", vec![2, 4]),
     ] {
-        let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
-        let r: Reference = serde_json::from_str(&text).unwrap();
-        let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
-        let batch = PackedBatch::new(&ids);
-        let single = Qwen3Embedding::load(&fixture(name), DType::F32, &Device::Cpu)
-            .unwrap()
-            .embed(&batch)
-            .unwrap();
+        let (r, batch, single) = single_rank(name, DType::F32);
         for size in sizes {
             let ranks = run_tp(&fixture(name), DType::F32, size, &batch).unwrap();
             let mut worst = 1.0f64;
@@ -76,14 +83,7 @@ fn tp_equals_single_rank_on_every_fixture_that_divides() {
 #[test]
 fn tp_in_bf16_equals_single_rank() {
     let name = "qwen3-tiny-tp4";
-    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
-    let r: Reference = serde_json::from_str(&text).unwrap();
-    let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
-    let batch = PackedBatch::new(&ids);
-    let single = Qwen3Embedding::load(&fixture(name), DType::BF16, &Device::Cpu)
-        .unwrap()
-        .embed(&batch)
-        .unwrap();
+    let (r, batch, single) = single_rank(name, DType::BF16);
     let ranks = run_tp(&fixture(name), DType::BF16, 4, &batch).unwrap();
     let (mut vs_one, mut vs_ref) = (1.0f64, 1.0f64);
     for out in &ranks {

@@ -40,10 +40,9 @@ pub(crate) fn group_attention(
             let rows = block.min(len - r0);
             // Causal: rows r0..r0+rows see keys 0..r0+rows, nothing later.
             let keys = r0 + rows;
-            let qa_bits = lines_mut(&mut qa);
-            for (i, dst) in qa_bits.chunks_exact_mut(kp_d).take(rows).enumerate() {
+            for (i, dst) in slots(&mut qa).chunks_exact_mut(kp_d).take(rows).enumerate() {
                 let q = &seq[(r0 + i) * width + head * d..][..d];
-                round_row(slots(dst), q, scale);
+                round_row(dst, q, scale);
             }
             let s = &mut scores[..rows * keys];
             // SAFETY: qa holds whole strips of kp_d-wide rows; kpack has kp_d lines a
@@ -61,9 +60,11 @@ pub(crate) fn group_attention(
             };
             causal_softmax(s, keys, r0);
             let kp_keys = keys.next_multiple_of(K_STEP);
-            let pa_bits = lines_mut(&mut pa);
-            for (dst, p) in pa_bits.chunks_exact_mut(kp_keys).zip(s.chunks_exact(keys)) {
-                round_row(slots(dst), p, 1.0);
+            for (dst, p) in slots(&mut pa)
+                .chunks_exact_mut(kp_keys)
+                .zip(s.chunks_exact(keys))
+            {
+                round_row(dst, p, 1.0);
             }
             // SAFETY: pa holds whole strips of kp_keys-wide rows (kp_keys <= vpack's kp);
             // the destination (rows start+r0.., columns head*D..+D, row stride H*D)

@@ -37,7 +37,7 @@ mod tiles;
 
 pub(crate) use attention::group_attention;
 pub(crate) use pack::PackedWeight;
-use round::{bf16_bits, round_norm_row, round_row, round_rows, round_swiglu_row, slots};
+use round::{bf16_bits, round_norm_row, round_row, round_rows, round_swiglu_row};
 use tiles::Tiles;
 
 /// A 64-byte, 64-byte-aligned run of 32 bf16 values (their bits): a tile row.
@@ -149,8 +149,11 @@ fn matmul(a: &[Line], m: usize, w: &PackedWeight) -> candle_core::Result<Vec<f32
     Ok(out)
 }
 
-fn lines_mut(lines: &mut [Line]) -> &mut [u16] {
-    // SAFETY: Line is repr(C) [u16; 32] with no padding.
+/// Initialised lines as writable-only bf16 slots for [`round_row`] (sound: only valid
+/// `u16`s are ever written through them).
+fn slots(lines: &mut [Line]) -> &mut [MaybeUninit<u16>] {
+    // SAFETY: Line is repr(C) [u16; 32] with no padding, and MaybeUninit<u16> has
+    // u16's layout.
     unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), lines.len() * 32) }
 }
 

@@ -27,13 +27,6 @@ fn round_row_impl(dst: &mut [MaybeUninit<u16>], src: &[f32], scale: f32) {
 
 multiversion!(pub(super) fn round_row(dst: &mut [MaybeUninit<u16>], src: &[f32], scale: f32) => round_row_impl);
 
-/// Initialised bf16 bits seen as writable-only slots for [`round_row`] (sound: only
-/// valid `u16`s are ever written through it).
-pub(super) fn slots(bits: &mut [u16]) -> &mut [MaybeUninit<u16>] {
-    // SAFETY: MaybeUninit<u16> has u16's layout; writes through it keep values valid.
-    unsafe { &mut *(bits as *mut [u16] as *mut [MaybeUninit<u16>]) }
-}
-
 /// `m` rows of bf16 activations, `kp` values each (zero-padded from `k`), in whole
 /// 32-row strips (the rows past `m` are zero): `row(r, dst)` writes row `r < m`, all of
 /// `dst` (`kp` values). In parallel.
