@@ -1,31 +1,7 @@
 //! `qembed`: Qwen3-Embedding from the command line.
 
-mod api;
-mod embed_cmd;
-mod error;
-mod metrics;
-mod routes;
-mod serve;
-
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(name = "qembed", version, about = "Qwen3-Embedding inference")]
-struct Cli {
-    /// Log as JSON lines instead of text (to stderr).
-    #[arg(long, global = true, env = "QEMBED_JSON_LOGS")]
-    json_logs: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Embed JSON Lines from stdin or a file; one JSON line out per input, in order.
-    Embed(embed_cmd::EmbedArgs),
-    /// Serve OpenAI-compatible /v1/embeddings over HTTP.
-    Serve(serve::ServeArgs),
-}
+use clap::Parser;
+use qembed_server::{embed_cmd, serve, Cli, Command};
 
 fn main() -> std::process::ExitCode {
     // Before any thread exists: forward passes reuse freed activation memory.

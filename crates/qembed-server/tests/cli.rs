@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use qembed_testkit::{cosine, fixture};
+use qembed_testkit::{cosine, fixture, Case, Reference};
 use serde::Deserialize;
 
 fn qembed(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
@@ -22,21 +22,6 @@ fn qembed(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
         .write_all(stdin.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
-}
-
-#[derive(Deserialize)]
-struct Reference {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    text: String,
-    instruction: Option<String>,
-    dimensions: Option<usize>,
-    max_length: Option<usize>,
-    input_ids: Vec<u32>,
-    embedding: Vec<f32>,
 }
 
 #[derive(Deserialize)]
@@ -59,15 +44,10 @@ fn parse_output(out: &Output) -> Vec<OutLine> {
         .collect()
 }
 
-fn reference(name: &str) -> Reference {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
-        .unwrap()
-}
-
 #[test]
 fn embeds_jsonl_in_order_matching_transformers() {
     for name in ["qwen3-tiny-gqa", "qwen3-tiny-mqa"] {
-        let r = reference(name);
+        let r = Reference::load(name);
         let cases: Vec<&Case> = r
             .cases
             .iter()
@@ -101,7 +81,7 @@ fn embeds_jsonl_in_order_matching_transformers() {
 
 #[test]
 fn dimensions_and_default_instruction_flags() {
-    let r = reference("qwen3-tiny-gqa");
+    let r = Reference::load("qwen3-tiny-gqa");
     let c = r
         .cases
         .iter()
