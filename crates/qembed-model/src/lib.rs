@@ -1,5 +1,6 @@
-//! Qwen3-Embedding in candle: config, weights and a padding-free batched forward pass
-//! that returns each sequence's last-token hidden state.
+//! Qwen3-Embedding and Qwen3-Reranker in candle: config, weights, a padding-free
+//! batched forward pass that returns each sequence's last-token hidden state, and the
+//! reranker's yes/no score head on top of it.
 //!
 //! This crate knows nothing of HTTP, queues or tokenizers: it maps packed token ids to
 //! vectors, and everything else lives in `qembed-engine`.
@@ -11,6 +12,7 @@ mod cpu_ops;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
+mod head;
 mod memory;
 #[cfg(feature = "mkl")]
 pub mod mkl;
@@ -22,6 +24,7 @@ mod weights;
 pub use candle_core::{DType, Device};
 pub use config::Qwen3Config;
 pub use error::{ModelError, Result};
+pub use head::ScoreHead;
 pub use memory::retain_freed_memory;
 pub use packed::PackedBatch;
 pub use qwen3::Qwen3Embedding;

@@ -7,16 +7,23 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::api::{openai, service};
-use crate::error::ApiError;
+use crate::api::{cohere, jina, openai, service, tei, vllm};
+use crate::error::{ApiError, Family};
 use crate::middleware;
 use crate::state::AppState;
 
 /// The router over `state`: API routes behind the key check, probes and metrics open.
+/// Embedding and rerank routes are all mounted; the one of the other task answers 400
+/// naming `--task`.
 pub fn app(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/embeddings", post(openai::embeddings))
+        .route("/v1/rerank", post(jina::rerank))
+        .route("/v2/rerank", post(cohere::rerank))
+        .route("/rerank", post(tei::rerank))
+        .route("/v1/score", post(vllm::score_route))
+        .route("/score", post(vllm::score_route))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{*id}", get(openai::model))
         .route("/info", get(service::info))
@@ -41,9 +48,10 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 async fn unknown_route(req: Request) -> ApiError {
-    ApiError::not_found(req.uri().path())
+    let path = req.uri().path();
+    ApiError::not_found(path).in_family(Family::of_path(path))
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::method_not_allowed()
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::method_not_allowed().in_family(Family::of_path(req.uri().path()))
 }

@@ -2,7 +2,7 @@
 //! cannot drift apart in names, defaults or environment variables.
 
 use clap::Args;
-use qembed_engine::{DTypeChoice, DeviceSpec, LoadOptions};
+use qembed_engine::{DTypeChoice, DeviceSpec, LoadOptions, Task};
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
@@ -19,8 +19,9 @@ pub struct ModelArgs {
     /// joined by NCCL. On CPU the ranks share the cores: to check a sharding, not for speed.
     #[arg(long, env = "QEMBED_TENSOR_PARALLEL", default_value_t = 1)]
     pub tensor_parallel: usize,
-    /// Token limit per input, end-of-text token included (default: the model's, at most
-    /// 32768).
+    /// Token limit per input, end-of-text token included; for a reranker, per pair with
+    /// its template (default: the model's, at most 32768 for embeddings and 8192 for
+    /// rerankers).
     #[arg(long, alias = "max-length", env = "QEMBED_MAX_INPUT_TOKENS")]
     pub max_input_tokens: Option<usize>,
     /// Most tokens in one forward pass.
@@ -37,6 +38,7 @@ impl ModelArgs {
             dtype: self.dtype,
             max_length: self.max_input_tokens,
             max_batch_tokens: self.max_batch_tokens,
+            ..LoadOptions::default()
         }
     }
 }
@@ -46,6 +48,11 @@ impl ModelArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// What the checkpoint is served for: `embed` (vectors, /v1/embeddings) or `rerank`
+    /// (Qwen3-Reranker scores, /v1/rerank and friends). Both kinds of checkpoint are
+    /// `Qwen3ForCausalLM`, so the config cannot tell.
+    #[arg(long, env = "QEMBED_TASK", default_value = "embed")]
+    pub task: Task,
     #[arg(long, env = "QEMBED_HOST", default_value = "0.0.0.0")]
     pub host: String,
     /// Port to listen on (0 picks a free one; the address is logged).
@@ -99,7 +106,11 @@ fn parse_prompt(s: &str) -> std::result::Result<(String, String), String> {
 
 /// The command line, for the binary and for tests that build a server in-process.
 #[derive(clap::Parser)]
-#[command(name = "qembed", version, about = "Qwen3-Embedding inference")]
+#[command(
+    name = "qembed",
+    version,
+    about = "Qwen3-Embedding and Qwen3-Reranker inference"
+)]
 pub struct Cli {
     /// Log as JSON lines instead of text (to stderr).
     #[arg(long, global = true, env = "QEMBED_JSON_LOGS")]
@@ -112,7 +123,10 @@ pub struct Cli {
 pub enum Command {
     /// Embed JSON Lines from stdin or a file; one JSON line out per input, in order.
     Embed(crate::embed_cmd::EmbedArgs),
-    /// Serve OpenAI-compatible /v1/embeddings over HTTP.
+    /// Score JSON Lines of documents against `--query` with a Qwen3-Reranker; one JSON
+    /// line out per document, in order.
+    Rerank(crate::rerank_cmd::RerankArgs),
+    /// Serve embeddings (OpenAI) or rerank scores (Cohere, Jina, TEI, vLLM) over HTTP.
     Serve(ServeArgs),
 }
 

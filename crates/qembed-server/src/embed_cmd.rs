@@ -55,7 +55,7 @@ struct OutputLine<'a> {
 
 pub fn run(args: EmbedArgs) -> Result<()> {
     // Read and parse everything first: a bad line fails the run before any model work.
-    let parsed = parse_lines(&read_lines(&args)?)?;
+    let parsed = parse_lines(&read_lines(args.input.as_deref())?)?;
 
     let dir = resolve_model(&args.model.model_path)?;
     let embedder = Embedder::load(&dir, &args.model.load_options())
@@ -91,8 +91,9 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_lines(args: &EmbedArgs) -> Result<Vec<String>> {
-    let reader: Box<dyn BufRead> = match &args.input {
+/// The lines of `input` (stdin when `None`), each checked to be UTF-8.
+pub fn read_lines(input: Option<&std::path::Path>) -> Result<Vec<String>> {
+    let reader: Box<dyn BufRead> = match input {
         Some(p) => Box::new(std::io::BufReader::new(
             std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
         )),

@@ -1,6 +1,6 @@
 //! The `qembed` server as a library: the command line (`args`), the HTTP application
 //! (`app(state) -> Router`, one module per API family under `api`), start-up and drain
-//! (`serve`), and `qembed embed`. The binary is a thin `main` over it, and tests build
+//! (`serve`), `qembed embed` and `qembed rerank`. The binary is a thin `main` over it, and tests build
 //! the router in-process.
 
 pub mod api;
@@ -10,6 +10,7 @@ pub mod embed_cmd;
 pub mod error;
 pub mod metrics;
 pub mod middleware;
+pub mod rerank_cmd;
 pub mod serve;
 pub mod state;
 

@@ -1,7 +1,7 @@
-//! `qembed`: Qwen3-Embedding from the command line.
+//! `qembed`: Qwen3-Embedding and Qwen3-Reranker from the command line.
 
 use clap::Parser;
-use qembed_server::{embed_cmd, serve, Cli, Command};
+use qembed_server::{embed_cmd, rerank_cmd, serve, Cli, Command};
 
 fn main() -> std::process::ExitCode {
     // Before any thread exists: forward passes reuse freed activation memory.
@@ -9,11 +9,12 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
-        Command::Embed(_) => "warn",
+        Command::Embed(_) | Command::Rerank(_) => "warn",
     };
     init_logging(cli.json_logs, default_level);
     let result = match cli.command {
         Command::Embed(args) => embed_cmd::run(args),
+        Command::Rerank(args) => rerank_cmd::run(args),
         Command::Serve(args) => serve::run(args),
     };
     match result {

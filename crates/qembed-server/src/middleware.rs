@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Family};
 use crate::state::AppState;
 
 /// Counts, times and labels every response, and stamps it with colour and fingerprint
@@ -90,21 +90,50 @@ pub async fn require_api_key(
     let Some(key) = state.args.api_key.as_deref() else {
         return next.run(req).await;
     };
+    let family = Family::of_path(req.uri().path());
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     match given {
         None => ApiError::unauthorized("Missing API key: send it as `Authorization: Bearer KEY`")
+            .in_family(family)
             .into_response(),
-        Some(g) if !constant_time_eq(g.trim().as_bytes(), key.as_bytes()) => {
-            ApiError::unauthorized("Incorrect API key provided").into_response()
+        Some(g) if !constant_time_eq(g.as_bytes(), key.as_bytes()) => {
+            ApiError::unauthorized("Incorrect API key provided")
+                .in_family(family)
+                .into_response()
         }
         Some(_) => next.run(req).await,
     }
 }
 
+/// The credentials of a `Bearer` authorization header. The scheme name is
+/// case-insensitive (RFC 9110 §11.1): `bearer KEY` is as good as `Bearer KEY`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer k1", "bearer k1", "BEARER  k1 ", "  Bearer k1"] {
+            assert_eq!(bearer_token(v), Some("k1"), "{v:?}");
+        }
+        for v in ["Basic k1", "Bearer", "Bearer ", "Bearerk1", ""] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+    }
 }

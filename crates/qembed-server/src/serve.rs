@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use qembed_engine::{fingerprint, resolve_model, Batcher, BatcherConfig, Embedder, Input};
+use qembed_engine::{
+    fingerprint, resolve_model, Batcher, BatcherConfig, Embedder, Input, LoadOptions, Pair, Task,
+};
 
 use crate::app::app;
 use crate::args::ServeArgs;
@@ -66,23 +68,35 @@ async fn serve(args: ServeArgs) -> Result<()> {
 pub fn load_and_warm(state: &AppState) -> Result<()> {
     let args = &state.args;
     let dir = resolve_model(&args.model.model_path)?;
-    let opts = args.model.load_options();
+    let opts = LoadOptions {
+        task: args.task,
+        ..args.model.load_options()
+    };
     let started = Instant::now();
     let embedder = Arc::new(
         Embedder::load(&dir, &opts)
             .with_context(|| format!("loading model from {}", dir.display()))?,
     );
-    let fingerprint = fingerprint(&dir)?;
+    let fingerprint = fingerprint(&dir, args.task)?;
     let dtype = format!("{:?}", embedder.model().dtype()).to_lowercase();
-    // Warm-up: one real forward pass before turning ready.
-    let warm = embedder.tokenize(
-        Input {
-            text: "warm-up",
-            instruction: None,
-        },
-        true,
-    )?;
-    embedder.embed_ids(&[warm])?;
+    // Warm-up: one real forward pass (and score) before turning ready.
+    match args.task {
+        Task::Embed => {
+            let input = Input {
+                text: "warm-up",
+                instruction: None,
+            };
+            embedder.embed_ids(&[embedder.tokenize(input, true)?])?;
+        }
+        Task::Rerank => {
+            let pair = Pair {
+                query: "warm-up",
+                document: "warm-up",
+                instruction: None,
+            };
+            embedder.rerank(&[pair], true)?;
+        }
+    }
     let batcher = Batcher::spawn(
         embedder.clone(),
         BatcherConfig {
@@ -97,10 +111,16 @@ pub fn load_and_warm(state: &AppState) -> Result<()> {
     state
         .metrics
         .model_info
-        .with_label_values(&[&state.color, &state.served_names[0], &fingerprint, &dtype])
+        .with_label_values(&[
+            &state.color,
+            &state.served_names[0],
+            &fingerprint,
+            &dtype,
+            &args.task.to_string(),
+        ])
         .set(1);
     tracing::info!(
-        model = %dir.display(), %fingerprint, %dtype, secs = started.elapsed().as_secs_f64(),
+        model = %dir.display(), task = %args.task, %fingerprint, %dtype, secs = started.elapsed().as_secs_f64(),
         "model loaded and warmed; ready"
     );
     let _ = state.loaded.set(Loaded {

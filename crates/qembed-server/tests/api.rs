@@ -150,9 +150,13 @@ async fn bad_inputs_get_openai_errors_and_the_server_keeps_serving() {
         .await;
     assert_eq!(r.status, 413);
     assert_error_shape(&r.body);
-    let r = t.get("/v2/nothing").await;
+    let r = t.get("/v1/nothing").await;
     assert_eq!(r.status, 404);
     assert_error_shape(&r.body);
+    // Unknown routes answer in the shape of the API family their path belongs to.
+    let r = t.get("/v2/nothing").await;
+    assert_eq!(r.status, 404);
+    assert!(r.body["message"].is_string(), "Cohere's shape: {}", r.text);
     let r = t.get(url).await;
     assert_eq!(r.status, 405);
     assert_error_shape(&r.body);

@@ -70,6 +70,56 @@ impl Reference {
     }
 }
 
+/// The reranker fixtures `models/generate.py` makes: one with tied embeddings (like
+/// Qwen3-Reranker-0.6B), one with its own `lm_head` (like 4B and 8B).
+pub const RERANK_FIXTURES: [&str; 2] = ["qwen3-rerank-tied", "qwen3-rerank-head"];
+
+/// A reranker fixture's `reference.json`: the model card's transformers scoring.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RerankReference {
+    pub yes_id: u32,
+    pub no_id: u32,
+    pub prefix_ids: Vec<u32>,
+    pub suffix_ids: Vec<u32>,
+    pub default_instruction: String,
+    pub max_length: usize,
+    pub groups: Vec<RerankGroup>,
+}
+
+/// One query with its documents, as the card scored them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RerankGroup {
+    pub name: String,
+    pub query: String,
+    /// `None`: the card's default instruction.
+    pub instruction: Option<String>,
+    /// Token limit of the pairs (`None`: the card's 8192).
+    pub max_length: Option<usize>,
+    pub documents: Vec<String>,
+    /// prefix + body + suffix ids per document, as the card built them.
+    pub input_ids: Vec<Vec<u32>>,
+    /// `l_yes - l_no` per document.
+    pub logits: Vec<f32>,
+    /// `sigmoid(l_yes - l_no)` per document.
+    pub scores: Vec<f32>,
+}
+
+impl RerankReference {
+    /// Loads `models/<name>/reference.json`; panics with the path on any problem.
+    pub fn load(name: &str) -> Self {
+        let r: Self = read_json(&fixture(name).join("reference.json"));
+        for g in &r.groups {
+            let n = g.documents.len();
+            assert!(
+                n > 0 && g.input_ids.len() == n && g.logits.len() == n && g.scores.len() == n,
+                "{name}/{}: documents, ids, logits and scores differ in number",
+                g.name
+            );
+        }
+        r
+    }
+}
+
 /// Parses a JSON file into `T`, panicking with the path (test code only).
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
     let text =
@@ -94,6 +144,12 @@ mod tests {
             let r = super::Reference::load(name);
             assert_eq!(r.cases.len(), 46, "{name}");
             assert!(r.plain().count() > 0, "{name}");
+        }
+        for name in super::RERANK_FIXTURES {
+            assert!(
+                super::RerankReference::load(name).groups.len() >= 6,
+                "{name}"
+            );
         }
         let a = [1.0, 2.0, -3.0];
         assert!((super::cosine(&a, &[2.0, 4.0, -6.0]) - 1.0).abs() < 1e-12);

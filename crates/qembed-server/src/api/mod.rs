@@ -1,13 +1,20 @@
-//! The API families the server speaks, one module each, and what their handlers share:
-//! the 503 gate, body errors, instruction choice and tokenisation off the executor.
+//! The API families the server speaks, one module each (OpenAI embeddings; rerank in
+//! Jina/Cohere v1, Cohere v2, TEI and vLLM shapes, with their shared core in `rerank`;
+//! qembed's own service routes), and what their handlers share: the 503 gate, body
+//! errors, instruction choice and tokenisation off the executor.
 
+pub mod cohere;
+pub mod jina;
 pub mod openai;
+pub mod rerank;
 pub mod service;
+pub mod tei;
+pub mod vllm;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use qembed_engine::Input;
+use qembed_engine::{EngineError, Input, Task};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -26,6 +33,17 @@ pub fn serving(state: &AppState, arrival: Arrival) -> AppResult<&Loaded> {
         .loaded
         .get()
         .ok_or_else(|| ApiError::unavailable("The model is still loading"))
+}
+
+/// The loaded model if it serves embeddings; a 400 naming `--task` on a reranker.
+pub fn embedder(loaded: &Loaded) -> AppResult<()> {
+    match loaded.embedder.task() {
+        Task::Embed => Ok(()),
+        loaded_task => Err(ApiError::wrong_task(&EngineError::WrongTask {
+            wanted: Task::Embed,
+            loaded: loaded_task,
+        })),
+    }
 }
 
 /// The request body, with axum's rejections (413 above the limit) in OpenAI's shape.

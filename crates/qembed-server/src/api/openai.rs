@@ -14,7 +14,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{
-    body, instruction_for, opt_string, parse_json_object, prepare, serving, type_name, AppResult,
+    body, embedder, instruction_for, opt_string, parse_json_object, prepare, serving, type_name,
+    AppResult,
 };
 use crate::error::ApiError;
 use crate::middleware::Arrival;
@@ -239,6 +240,7 @@ pub async fn embeddings(
     raw: Result<Bytes, BytesRejection>,
 ) -> AppResult<Response> {
     let loaded = serving(&state, arrival)?;
+    embedder(loaded)?;
     let slot = loaded.batcher.admit()?;
     let req = parse_embedding_request(&body(raw)?)?;
     let model = match req.model {

@@ -14,7 +14,9 @@ use qembed_engine::postprocess;
 use serde_json::json;
 
 use super::openai::{self, Inputs};
-use super::{body, instruction_for, opt_string, parse_json_object, prepare, serving, AppResult};
+use super::{
+    body, embedder, instruction_for, opt_string, parse_json_object, prepare, serving, AppResult,
+};
 use crate::error::ApiError;
 use crate::middleware::Arrival;
 use crate::state::AppState;
@@ -43,6 +45,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value>
         "default_instruction": state.args.default_instruction,
         "prompts": state.prompts,
         "ready": state.is_ready(),
+        "task": state.args.task.to_string(),
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }
@@ -54,6 +57,7 @@ pub async fn tokenize(
     raw: Result<Bytes, BytesRejection>,
 ) -> AppResult<Json<serde_json::Value>> {
     let loaded = serving(&state, arrival)?;
+    embedder(loaded)?;
     let obj = parse_json_object(&body(raw)?)?;
     let input = openai::parse_input(obj.get("input"))?;
     if matches!(input, Inputs::Tokens(_)) {
