@@ -358,9 +358,9 @@ async fn blue_green_switch_and_rollback_under_load() {
     let (rb_start, rb_end) = (rel(t1), rel(t1 + rolled));
     let grace = 0.5;
     let expect = |s: &Sample| -> Option<&'static str> {
-        if s.sent_at + s.latency_ms / 1000.0 < switch_start {
+        if s.done_at() < switch_start {
             Some("blue")
-        } else if s.sent_at > switch_end + grace && s.sent_at + s.latency_ms / 1000.0 < rb_start {
+        } else if s.sent_at > switch_end + grace && s.done_at() < rb_start {
             Some("green")
         } else if s.sent_at > rb_end + grace {
             Some("blue")
