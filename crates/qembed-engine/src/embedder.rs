@@ -223,21 +223,25 @@ impl Embedder {
     /// The ids the reranker sees for `pair` (template included, no EOS), truncated at
     /// the end of the body to the length limit when `truncate`, else refused.
     pub fn tokenize_pair(&self, pair: Pair<'_>, truncate: bool) -> Result<Vec<u32>> {
-        self.tokenize_pair_capped(pair, truncate, None)
+        self.tokenize_pair_capped(pair, truncate, None, None)
     }
 
     /// As [`tokenize_pair`](Self::tokenize_pair), with the document first cut to
-    /// `max_document_tokens` tokens (Cohere's `max_tokens_per_doc`).
+    /// `max_document_tokens` tokens (Cohere's `max_tokens_per_doc`) and the pair held to
+    /// `max_length` when that is below the model's limit (vLLM's
+    /// `truncate_prompt_tokens`).
     pub fn tokenize_pair_capped(
         &self,
         pair: Pair<'_>,
         truncate: bool,
         max_document_tokens: Option<usize>,
+        max_length: Option<usize>,
     ) -> Result<Vec<u32>> {
+        let limit = max_length.map_or(self.max_length, |m| m.min(self.max_length));
         self.reranking()?.template.encode(
             &self.tokenizer,
             pair,
-            self.max_length,
+            limit,
             truncate,
             max_document_tokens,
         )

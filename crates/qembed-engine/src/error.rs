@@ -18,6 +18,8 @@ pub enum EngineError {
     EmptyInput,
     #[error("input has {tokens} tokens (with the end-of-text token), more than the limit of {max}; shorten it or enable truncation")]
     TooLong { tokens: usize, max: usize },
+    #[error("the pair has {tokens} tokens with the reranker's template, more than the limit of {max}; shorten it or enable truncation")]
+    PairTooLong { tokens: usize, max: usize },
     #[error("dimensions must be between {min} and {max}, got {got}")]
     Dimensions { got: usize, min: usize, max: usize },
     #[error("this server runs the {loaded} task (`--task {loaded}`); the request needs `--task {wanted}`")]
@@ -43,6 +45,7 @@ impl EngineError {
             EngineError::EmptyInput
                 | EngineError::InvalidToken { .. }
                 | EngineError::TooLong { .. }
+                | EngineError::PairTooLong { .. }
                 | EngineError::Dimensions { .. }
                 | EngineError::Tokenize(_)
                 | EngineError::WrongTask { .. }

@@ -109,7 +109,7 @@ impl RerankTemplate {
         }
         if body.len() > room {
             if !truncate {
-                return Err(EngineError::TooLong {
+                return Err(EngineError::PairTooLong {
                     tokens: body.len() + self.overhead(),
                     max: max_length,
                 });

@@ -194,8 +194,8 @@ fn over_long_pairs_are_cut_or_refused() {
         .find(|p| m.tokenize_pair(*p, true).unwrap().len() == max)
         .expect("a truncated document in the group");
     match m.tokenize_pair(long, false) {
-        Err(EngineError::TooLong { tokens, max: m }) => assert!(tokens > max && m == max),
-        other => panic!("expected TooLong, got {other:?}"),
+        Err(EngineError::PairTooLong { tokens, max: m }) => assert!(tokens > max && m == max),
+        other => panic!("expected PairTooLong, got {other:?}"),
     }
     let empty = Pair {
         document: "",

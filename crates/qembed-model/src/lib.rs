@@ -25,7 +25,7 @@ pub use candle_core::{DType, Device};
 pub use config::Qwen3Config;
 pub use error::{ModelError, Result};
 pub use head::ScoreHead;
-pub use memory::retain_freed_memory;
+pub use memory::{release_freed_memory, retain_freed_memory};
 pub use packed::PackedBatch;
 pub use qwen3::Qwen3Embedding;
 pub use tp::{AllReduce, LocalGroup};

@@ -86,12 +86,36 @@ pub struct ServeArgs {
     /// Most inputs in one request.
     #[arg(long, env = "QEMBED_MAX_CLIENT_BATCH_SIZE", default_value_t = 2048)]
     pub max_client_batch_size: usize,
+    /// Most tokens queued or computing at once, over all requests (default: 64 batches of
+    /// --max-batch-tokens). Past it, 429; a request larger than it alone, 413.
+    #[arg(long, env = "QEMBED_MAX_QUEUED_TOKENS")]
+    pub max_queued_tokens: Option<usize>,
     /// How long an idle worker waits to fill a batch.
     #[arg(long, env = "QEMBED_BATCH_WAIT_MS", default_value_t = 2)]
     pub batch_wait_ms: u64,
     /// Largest request body in bytes; larger gets 413.
     #[arg(long, env = "QEMBED_MAX_BODY_BYTES", default_value_t = 32 << 20)]
     pub max_body_bytes: usize,
+    /// Seconds a client has to send a request's whole body once its headers arrived;
+    /// slower gets 408.
+    #[arg(long, env = "QEMBED_BODY_READ_TIMEOUT", default_value_t = 30)]
+    pub body_read_timeout: u64,
+    /// Seconds from the first byte of a request to its complete head; slower clients are
+    /// disconnected (slow-loris).
+    #[arg(long, env = "QEMBED_HEADER_READ_TIMEOUT", default_value_t = 10)]
+    pub header_read_timeout: u64,
+    /// Seconds an idle keep-alive connection stays open. Keep it above the upstream
+    /// keep-alive of the proxy in front (nginx: 60 s), so the proxy closes first.
+    #[arg(long, env = "QEMBED_KEEP_ALIVE_TIMEOUT", default_value_t = 75)]
+    pub keep_alive_timeout: u64,
+    /// Most open client connections (default: the file limit less 64). At the cap the
+    /// connection idle longest is closed to make room.
+    #[arg(long, env = "QEMBED_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds without a request after which memory freed by a burst is returned to the
+    /// OS (0: never; the process then keeps its peak).
+    #[arg(long, env = "QEMBED_MEMORY_TRIM_AFTER", default_value_t = 2)]
+    pub memory_trim_after: u64,
     /// Seconds to let in-flight requests finish after SIGTERM before exiting anyway.
     #[arg(long, env = "QEMBED_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,

@@ -161,8 +161,10 @@ impl ApiError {
             EngineError::Dimensions { .. } => {
                 Self::invalid(e.to_string(), Some("dimensions")).with_code("invalid_dimensions")
             }
-            EngineError::TooLong { .. } => Self::invalid(format!("{param}: {e}"), Some(param))
-                .with_code("context_length_exceeded"),
+            EngineError::TooLong { .. } | EngineError::PairTooLong { .. } => {
+                Self::invalid(format!("{param}: {e}"), Some(param))
+                    .with_code("context_length_exceeded")
+            }
             EngineError::InvalidToken { .. } => {
                 Self::invalid(format!("{param}: {e}"), Some(param)).with_code("invalid_token")
             }
@@ -176,7 +178,12 @@ impl ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
-            SubmitError::Overloaded(_) => ApiError::overloaded(e.to_string()),
+            SubmitError::Overloaded(_) | SubmitError::QueueFull { .. } => {
+                ApiError::overloaded(e.to_string())
+            }
+            SubmitError::TooManyTokens { .. } => ApiError::invalid(e.to_string(), None)
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+                .with_code("too_many_tokens"),
             SubmitError::WorkerGone => ApiError::unavailable(&e.to_string()),
             SubmitError::Engine(e) => ApiError::from_engine(e, "input"),
             SubmitError::Internal(m) => ApiError::internal(m),

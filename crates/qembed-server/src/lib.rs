@@ -8,6 +8,7 @@ pub mod app;
 pub mod args;
 pub mod embed_cmd;
 pub mod error;
+pub mod listen;
 pub mod metrics;
 pub mod middleware;
 pub mod rerank_cmd;

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub batch_compute: Histogram,
     pub queue_depth: IntGauge,
     pub in_flight: IntGauge,
+    pub queued_tokens: IntGauge,
     pub tokens: IntCounter,
     pub rerank_pairs: IntCounter,
     pub ready: IntGauge,
@@ -80,6 +81,10 @@ impl Metrics {
         )?;
         let queue_depth = IntGauge::new("qembed_queue_depth", "Requests queued or computing")?;
         let in_flight = IntGauge::new("qembed_in_flight_requests", "HTTP requests being served")?;
+        let queued_tokens = IntGauge::new(
+            "qembed_queued_tokens",
+            "Tokens queued or computing (bounded by --max-queued-tokens)",
+        )?;
         let tokens = IntCounter::new("qembed_tokens_total", "Tokens through the model")?;
         let rerank_pairs = IntCounter::new(
             "qembed_rerank_pairs_total",
@@ -99,6 +104,7 @@ impl Metrics {
         registry.register(Box::new(batch_compute.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(queued_tokens.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(rerank_pairs.clone()))?;
         registry.register(Box::new(ready.clone()))?;
@@ -114,6 +120,7 @@ impl Metrics {
             batch_compute,
             queue_depth,
             in_flight,
+            queued_tokens,
             tokens,
             rerank_pairs,
             ready,

@@ -32,6 +32,7 @@ pub async fn observe(State(state): State<Arc<AppState>>, mut req: Request, next:
         .insert(Arrival::new(state.draining.load(Ordering::SeqCst)));
     let mut resp = next.run(req).await;
     drop(in_flight);
+    state.answered.fetch_add(1, Ordering::Relaxed);
     let m = &state.metrics;
     m.latency
         .with_label_values(&[&route])
@@ -79,6 +80,28 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// Refuses a body declared larger than `--max-body-bytes` at once, from its
+/// `Content-Length`, before a byte of it is read (handlers still count what arrives,
+/// for bodies sent without a length).
+pub async fn limit_declared_body(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let limit = state.args.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => crate::api::too_large(limit)
+            .in_family(Family::of_path(req.uri().path()))
+            .into_response(),
+        _ => next.run(req).await,
     }
 }
 

@@ -12,6 +12,7 @@ use qembed_engine::{
 
 use crate::app::app;
 use crate::args::ServeArgs;
+use crate::listen::{self, Limits};
 use crate::state::{AppState, Loaded};
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -26,8 +27,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if args.model.max_batch_tokens == 0
         || args.max_batch_requests == 0
         || args.max_concurrent_requests == 0
+        || args.max_queued_tokens == Some(0)
+        || args.max_connections == Some(0)
+        || args.header_read_timeout == 0
+        || args.keep_alive_timeout == 0
     {
-        bail!("--max-batch-tokens, --max-batch-requests and --max-concurrent-requests must be positive");
+        bail!("--max-batch-tokens, --max-batch-requests, --max-concurrent-requests, --max-queued-tokens, --max-connections and the timeouts must be positive");
     }
     let state = Arc::new(AppState::new(args).context("registering metrics")?);
 
@@ -48,10 +53,22 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let app = app(state.clone());
     let shutdown_state = state.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(state.args.header_read_timeout),
+        keep_alive_timeout: Duration::from_secs(state.args.keep_alive_timeout),
+        max_connections: state
+            .args
+            .max_connections
+            .unwrap_or_else(listen::default_max_connections),
+    };
+    tracing::info!(?limits, "connection limits");
+    let server = listen::serve(listener, app, limits, async move {
         drain(shutdown_state).await;
     });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(server);
+    if state.args.memory_trim_after > 0 {
+        tokio::spawn(trim_when_idle(state.clone()));
+    }
 
     match loader.await {
         Ok(Ok(())) => {}
@@ -103,6 +120,9 @@ pub fn load_and_warm(state: &AppState) -> Result<()> {
             max_batch_tokens: args.model.max_batch_tokens,
             max_batch_requests: args.max_batch_requests,
             max_concurrent_requests: args.max_concurrent_requests,
+            max_queued_tokens: args.max_queued_tokens.unwrap_or_else(|| {
+                BatcherConfig::default_max_queued_tokens(args.model.max_batch_tokens)
+            }),
             batch_wait: Duration::from_millis(args.batch_wait_ms),
         },
         state.metrics.clone(),
@@ -134,6 +154,29 @@ pub fn load_and_warm(state: &AppState) -> Result<()> {
     Ok(())
 }
 
+/// Returns freed memory to the OS once no request has arrived or run for
+/// `--memory-trim-after` seconds after some work: a burst's peak (hostile bodies, a
+/// large batch) is not held for good, and a busy server keeps its warm pages.
+async fn trim_when_idle(state: Arc<AppState>) {
+    let quiet = Duration::from_secs(state.args.memory_trim_after);
+    let tick = (quiet / 4).max(Duration::from_millis(250));
+    let mut trimmed_at = state.answered.load(Ordering::Relaxed);
+    let (mut last_seen, mut since) = (trimmed_at, Instant::now());
+    loop {
+        tokio::time::sleep(tick).await;
+        let seen = state.answered.load(Ordering::Relaxed);
+        if seen != last_seen || state.metrics.in_flight.get() > 0 {
+            (last_seen, since) = (seen, Instant::now());
+            continue;
+        }
+        if seen != trimmed_at && since.elapsed() >= quiet {
+            trimmed_at = seen;
+            let _ = tokio::task::spawn_blocking(qembed_model::release_freed_memory).await;
+            tracing::debug!("idle: freed memory returned to the OS");
+        }
+    }
+}
+
 /// Resolves when the server should stop accepting connections: after SIGTERM/SIGINT,
 /// once in-flight requests have finished or the shutdown timeout has passed.
 async fn drain(state: Arc<AppState>) {
@@ -144,10 +187,16 @@ async fn drain(state: Arc<AppState>) {
     state.metrics.ready.set(0);
     tracing::info!("signal received: not ready, draining in-flight requests");
     let deadline = Instant::now() + Duration::from_secs(state.args.shutdown_timeout);
-    while state.metrics.in_flight.get() > 0 && Instant::now() < deadline {
+    // Requests whose bodies are still arriving are not waited for: a client that stalls
+    // mid-body must not hold the shutdown (a body that completes joins the count).
+    let waiting = || {
+        let reading = state.reading_bodies.load(Ordering::SeqCst) as i64;
+        (state.metrics.in_flight.get() - reading).max(0)
+    };
+    while waiting() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left = state.metrics.in_flight.get();
+    let left = waiting();
     if left > 0 {
         tracing::warn!(
             left,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use qembed_engine::{Batcher, Embedder};
@@ -28,6 +28,11 @@ pub struct AppState {
     pub color: String,
     pub loaded: OnceLock<Loaded>,
     pub draining: AtomicBool,
+    /// Requests still receiving their bodies: the drain does not wait for them (a
+    /// stalled client must not hold a shutdown; the body timeout ends them anyway).
+    pub reading_bodies: AtomicUsize,
+    /// Responses sent, for the idle memory trim to see that work happened.
+    pub answered: AtomicU64,
     pub metrics: Arc<Metrics>,
     /// Unix time of start-up, the `created` of /v1/models entries.
     pub created_unix: u64,
@@ -47,6 +52,8 @@ impl AppState {
             color: args.color.clone().unwrap_or_default(),
             loaded: OnceLock::new(),
             draining: AtomicBool::new(false),
+            reading_bodies: AtomicUsize::new(0),
+            answered: AtomicU64::new(0),
             metrics: Arc::new(Metrics::new()?),
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -56,8 +63,23 @@ impl AppState {
         })
     }
 
+    /// Counts one body being read until the guard is dropped.
+    pub fn reading_body(&self) -> ReadingBody<'_> {
+        self.reading_bodies.fetch_add(1, Ordering::SeqCst);
+        ReadingBody(self)
+    }
+
     pub fn is_ready(&self) -> bool {
         self.loaded.get().is_some() && !self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// A body being read; see [`AppState::reading_body`].
+pub struct ReadingBody<'a>(&'a AppState);
+
+impl Drop for ReadingBody<'_> {
+    fn drop(&mut self) {
+        self.0.reading_bodies.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -316,6 +316,29 @@ async fn overload_gets_429_with_retry_after() {
     assert_eq!(ok + refused, 40);
 }
 
+/// The queued-token budget: a request larger than all of it gets 413 naming the flag (in
+/// the route's error shape), and the server goes on serving requests that fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_queued_token_budget_gets_413() {
+    let t = TestApp::start(MODEL, &["--max-queued-tokens", "500"]).await;
+    let body = json!({"input": vec![long_text(300); 3], "truncate": true});
+    let r = t.post("/v1/embeddings", &body).await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    let e = assert_error_shape(&r.body);
+    assert_eq!(e["code"], json!("too_many_tokens"));
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-queued-tokens"),
+        "{e:?}"
+    );
+    let r = t.post("/v1/embeddings", &json!({"input": ["short"]})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let m = t.get("/metrics").await.text;
+    assert_eq!(metric(&m, "qembed_queued_tokens"), Some(0.0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_is_required_on_api_routes_only() {
     let t = TestApp::start(MODEL, &["--api-key", "s3cret"]).await;

@@ -155,3 +155,36 @@ async fn abandoned_requests_do_not_hold_up_drain() {
     let status = s.wait(Duration::from_secs(20)).expect("did not exit");
     assert!(status.success(), "{status:?}");
 }
+
+/// A client that stops half-way through its body does not hold the drain: SIGTERM exits
+/// 0 at once instead of waiting out the shutdown timeout (and exiting 1), while a
+/// request whose body is complete is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_does_not_hold_the_drain() {
+    use std::io::Write;
+    let mut s = start(&["--shutdown-timeout", "20", "--body-read-timeout", "60"]).await;
+    let addr = s.base.strip_prefix("http://").unwrap().to_string();
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stalled,
+        "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"input\": ["
+    )
+    .unwrap();
+    let c = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The scrape and the stalled request.
+    while in_flight_gauge(&scrape(&c, &s).await) != 2.0 {
+        assert!(Instant::now() < deadline, "stalled request never seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    s.sigterm();
+    let status = s.wait(Duration::from_secs(15)).expect("did not exit");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drain took {:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+}

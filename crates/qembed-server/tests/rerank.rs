@@ -170,6 +170,26 @@ async fn every_group_of_both_fixtures_and_paired_lists() {
     }
 }
 
+/// vLLM's `truncate_prompt_tokens` cuts pairs as the card's `max_length` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_prompt_tokens_is_the_cards_max_length() {
+    let t = reranker(&[]).await;
+    let r = RerankReference::load(TIED);
+    let g = r.groups.iter().find(|g| g.max_length.is_some()).unwrap();
+    let v = t
+        .post(
+            "/v1/score",
+            &json!({"text_1": g.query, "text_2": g.documents, "truncate_prompt_tokens": g.max_length}),
+        )
+        .await;
+    assert_eq!(v.status, 200, "{}", v.text);
+    for (item, want) in v.body["data"].as_array().unwrap().iter().zip(&g.scores) {
+        close(&item["score"], *want, "truncated pair");
+    }
+    let tokens: usize = g.input_ids.iter().map(Vec::len).sum();
+    assert_eq!(v.body["usage"]["total_tokens"], json!(tokens));
+}
+
 /// The server's instruction defaults: `--default-instruction`, then `--prompt` by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_and_named_instructions() {
@@ -222,6 +242,13 @@ async fn a_thousand_documents_are_split_across_batches() {
         .map(|i| g.input_ids[i % g.documents.len()].len())
         .sum();
     assert!(tokens > 4096 * 10, "the request needs many forward passes");
+    // The batcher ran them as passes within the budget, each one counted.
+    let passes = metric(&m, "qembed_batch_tokens_count").unwrap();
+    assert!(
+        passes >= tokens.div_ceil(4096) as f64,
+        "{passes} passes for {tokens} tokens"
+    );
+    assert_eq!(metric(&m, "qembed_batch_tokens_sum"), Some(tokens as f64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,6 +345,18 @@ async fn bad_input_gets_each_familys_error_shape() {
         let err = assert_error_shape(&r.body);
         assert_eq!(err["param"], json!(param), "{route} {body}: {}", r.text);
     }
+    // vLLM's truncate_prompt_tokens: must be -1 or positive.
+    let r = t
+        .post(
+            "/v1/score",
+            &json!({"text_1": "q", "text_2": "a", "truncate_prompt_tokens": 0}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(
+        assert_error_shape(&r.body)["param"],
+        json!("truncate_prompt_tokens")
+    );
     // Over-long input is cut by default (the card's behaviour).
     let ok = t
         .post("/v1/rerank", &json!({"query": "q", "documents": [long]}))

@@ -18,7 +18,21 @@ impl Server {
     /// is read from the log line the server prints) and waits until /ready answers 200.
     /// Blocking: call it from a test thread or `spawn_blocking`.
     pub fn start(bin: &Path, model: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(bin)
+        Self::start_under(&[], bin, model, args)
+    }
+
+    /// As [`start`](Self::start), run through `wrapper` (a command that execs its
+    /// arguments, e.g. `prlimit --nofile=256 --`), so the pid is still the server's.
+    pub fn start_under(wrapper: &[&str], bin: &Path, model: &Path, args: &[&str]) -> Server {
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .args([
                 "serve",
                 "--host",

@@ -8,15 +8,13 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
 use super::rerank::{
-    admit, documents, instruction, model_name, one_query, opt_positive, ranked, required_string,
+    admit, instruction, model_name, one_query, positive, ranked, required, required_documents,
     response_id, score, Admitted,
 };
 use super::AppResult;
@@ -27,28 +25,24 @@ use crate::state::AppState;
 pub async fn rerank(
     State(state): State<Arc<AppState>>,
     Extension(arrival): Extension<Arrival>,
-    raw: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
-    let answer = match admit(&state, arrival, raw) {
+    let answer = match admit(&state, arrival, request).await {
         Ok(admitted) => respond(&state, admitted).await,
         Err(e) => Err(e),
     };
     answer.unwrap_or_else(|e| e.in_family(Family::Cohere).into_response())
 }
 
-async fn respond(state: &AppState, a: Admitted<'_>) -> AppResult<Response> {
-    let obj = &a.body;
-    model_name(state, obj)?;
-    let query = required_string(obj, "query")?;
-    let docs = documents(
-        obj.get("documents"),
-        "documents",
-        state.args.max_client_batch_size,
-    )?;
-    let top_n = opt_positive(obj, "top_n")?;
+async fn respond(state: &AppState, mut a: Admitted<'_>) -> AppResult<Response> {
+    let f = &mut a.body;
+    model_name(state, &f.model)?;
+    let query = required(f.query.take(), "query")?;
+    let docs = required_documents(f.documents.take(), "documents")?;
+    let top_n = positive(f.top_n, "top_n")?;
     let mut input = one_query(query, docs, "documents");
-    input.max_tokens_per_doc = opt_positive(obj, "max_tokens_per_doc")?;
-    input.instruction = instruction(state, obj)?;
+    input.max_tokens_per_doc = positive(f.max_tokens_per_doc, "max_tokens_per_doc")?;
+    input.instruction = instruction(state, f)?;
     let scored = score(state, a.loaded, &a.slot, input).await?;
     let scores = scored.scores(false);
     let results: Vec<_> = ranked(&scores, top_n)

@@ -9,16 +9,14 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
 use super::rerank::{
-    admit, documents, instruction, model_name, one_query, opt_bool, opt_positive, ranked,
-    required_string, response_id, score, Admitted,
+    admit, instruction, model_name, one_query, positive, ranked, required, required_documents,
+    response_id, score, Admitted,
 };
 use super::AppResult;
 use crate::middleware::Arrival;
@@ -27,28 +25,24 @@ use crate::state::AppState;
 pub async fn rerank(
     State(state): State<Arc<AppState>>,
     Extension(arrival): Extension<Arrival>,
-    raw: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> AppResult<Response> {
-    let admitted = admit(&state, arrival, raw)?;
+    let admitted = admit(&state, arrival, request).await?;
     respond(&state, admitted).await
 }
 
 /// The Jina/Cohere v1 answer to an admitted request (also `/rerank` with `documents`).
-pub async fn respond(state: &AppState, a: Admitted<'_>) -> AppResult<Response> {
-    let obj = &a.body;
-    let model = model_name(state, obj)?;
-    let query = required_string(obj, "query")?;
-    let docs = documents(
-        obj.get("documents"),
-        "documents",
-        state.args.max_client_batch_size,
-    )?;
-    let top_n = opt_positive(obj, "top_n")?;
-    let return_documents = opt_bool(obj, "return_documents")?.unwrap_or(true);
-    let raw_scores = opt_bool(obj, "raw_scores")?.unwrap_or(false);
+pub async fn respond(state: &AppState, mut a: Admitted<'_>) -> AppResult<Response> {
+    let f = &mut a.body;
+    let model = model_name(state, &f.model)?;
+    let query = required(f.query.take(), "query")?;
+    let docs = required_documents(f.documents.take(), "documents")?;
+    let top_n = positive(f.top_n, "top_n")?;
+    let return_documents = f.return_documents.unwrap_or(true);
+    let raw_scores = f.raw_scores.unwrap_or(false);
     let mut input = one_query(query, docs, "documents");
-    input.truncate = opt_bool(obj, "truncate")?.unwrap_or(true);
-    input.instruction = instruction(state, obj)?;
+    input.truncate = f.truncate.unwrap_or(true);
+    input.instruction = instruction(state, f)?;
     let scored = score(state, a.loaded, &a.slot, input).await?;
     let scores = scored.scores(raw_scores);
     let results: Vec<_> = ranked(&scores, top_n)

@@ -5,22 +5,22 @@
 
 pub mod cohere;
 pub mod jina;
+pub mod json;
 pub mod openai;
 pub mod rerank;
 pub mod service;
 pub mod tei;
 pub mod vllm;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
+use http_body_util::BodyExt;
 use qembed_engine::{EngineError, Input, Task};
-use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::middleware::Arrival;
 use crate::state::{AppState, Loaded};
-use openai::Inputs;
+use json::Inputs;
 
 pub type AppResult<T> = Result<T, ApiError>;
 
@@ -46,17 +46,52 @@ pub fn embedder(loaded: &Loaded) -> AppResult<()> {
     }
 }
 
-/// The request body, with axum's rejections (413 above the limit) in OpenAI's shape.
-pub fn body(body: Result<Bytes, BytesRejection>) -> AppResult<Bytes> {
-    body.map_err(|r| {
-        let status = r.status();
-        let err = ApiError::invalid(r.body_text(), None).with_status(status);
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            err.with_code("request_too_large")
-        } else {
-            err
+/// Reads a request body, called only once the request holds its admission slot (so a
+/// flood of bodies is refused before any is buffered): at most `--max-body-bytes`
+/// (413 past it, without reading the rest) within `--body-read-timeout` (408).
+pub async fn read_body(state: &AppState, body: Body) -> AppResult<Bytes> {
+    let limit = state.args.max_body_bytes;
+    let timeout = std::time::Duration::from_secs(state.args.body_read_timeout);
+    let _reading = state.reading_body();
+    let read = async {
+        let mut body = body;
+        // One allocation of the declared size, not a doubling vector (2x the body).
+        let declared = usize::try_from(http_body::Body::size_hint(&body).lower()).unwrap_or(0);
+        let mut buf = Vec::with_capacity(declared.min(limit));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::invalid(format!("Failed to read the request body: {e}"), None)
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(too_large(limit));
+                }
+                buf.extend_from_slice(&data);
+            }
         }
-    })
+        Ok(Bytes::from(buf))
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::invalid(
+            format!(
+                "The request body did not arrive within {} s",
+                timeout.as_secs()
+            ),
+            None,
+        )
+        .with_status(StatusCode::REQUEST_TIMEOUT)
+        .with_code("request_timeout")
+    })?
+}
+
+/// 413 for a body over `limit` bytes.
+pub fn too_large(limit: usize) -> ApiError {
+    ApiError::invalid(
+        format!("The request body is larger than the limit of {limit} bytes"),
+        None,
+    )
+    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    .with_code("request_too_large")
 }
 
 /// Instruction for text inputs: the request's, else its named prompt, else the default.
@@ -123,44 +158,4 @@ pub async fn prepare(
     });
     task.await
         .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))?
-}
-
-pub fn parse_json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid(
-            format!("We could not parse the JSON body of your request: {e}"),
-            None,
-        )
-        .with_code("invalid_json")
-    })?;
-    match value {
-        Value::Object(m) => Ok(m),
-        _ => Err(ApiError::invalid(
-            "The request body must be a JSON object",
-            None,
-        )),
-    }
-}
-
-/// A string field that may be absent or null; any other type is an error naming it.
-pub fn opt_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(v) => Err(ApiError::invalid(
-            format!("'{key}' must be a string, got {}", type_name(v)),
-            Some(key),
-        )),
-    }
-}
-
-pub fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }

@@ -1,49 +1,41 @@
-//! OpenAI's `/v1/embeddings` and `/v1/models`: the request parsed by hand from JSON so
-//! that every malformed field gets its own message and `param`, as OpenAI's API does.
+//! OpenAI's `/v1/embeddings` and `/v1/models`. The request is parsed straight into
+//! typed fields (`json`), so every malformed field gets its own message and `param`, as
+//! OpenAI's API does, and no hostile body costs more than its own size.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use qembed_engine::postprocess;
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use super::{
-    body, embedder, instruction_for, opt_string, parse_json_object, prepare, serving, type_name,
-    AppResult,
-};
+use super::json::{parse, Inputs};
+use super::{embedder, instruction_for, prepare, read_body, serving, AppResult};
 use crate::error::ApiError;
 use crate::middleware::Arrival;
 use crate::state::AppState;
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Inputs {
-    Texts(Vec<String>),
-    Tokens(Vec<Vec<u32>>),
-}
-
-impl Inputs {
-    pub fn len(&self) -> usize {
-        match self {
-            Inputs::Texts(t) => t.len(),
-            Inputs::Tokens(t) => t.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EncodingFormat {
     Float,
     Base64,
+}
+
+/// The fields of a `/v1/embeddings` body, as sent (unknown fields are skipped).
+#[derive(Deserialize)]
+struct Raw {
+    input: Option<Inputs>,
+    model: Option<String>,
+    encoding_format: Option<String>,
+    dimensions: Option<u64>,
+    instruction: Option<String>,
+    prompt_name: Option<String>,
+    truncate: Option<bool>,
+    #[allow(dead_code)]
+    user: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,10 +52,16 @@ pub struct EmbeddingRequest {
     pub truncate: Option<bool>,
 }
 
-pub fn parse_embedding_request(body: &[u8]) -> Result<EmbeddingRequest, ApiError> {
-    let obj = parse_json_object(body)?;
-    let input = parse_input(obj.get("input"))?;
-    let encoding_format = match opt_string(&obj, "encoding_format")?.as_deref() {
+/// Parses a `/v1/embeddings` body with at most `max_inputs` inputs.
+pub fn parse_embedding_request(
+    body: &[u8],
+    max_inputs: usize,
+) -> Result<EmbeddingRequest, ApiError> {
+    let raw: Raw = parse(body, max_inputs)?;
+    let input = raw
+        .input
+        .ok_or_else(|| ApiError::invalid("'input' is a required property", Some("input")))?;
+    let encoding_format = match raw.encoding_format.as_deref() {
         None | Some("float") => EncodingFormat::Float,
         Some("base64") => EncodingFormat::Base64,
         Some(other) => {
@@ -73,124 +71,23 @@ pub fn parse_embedding_request(body: &[u8]) -> Result<EmbeddingRequest, ApiError
             ))
         }
     };
-    let dimensions = match obj.get("dimensions") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .and_then(|d| usize::try_from(d).ok())
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        format!("'dimensions' must be a positive integer, got {v}"),
-                        Some("dimensions"),
-                    )
-                })?,
-        ),
-    };
-    let truncate = match obj.get("truncate") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(v) => {
-            return Err(ApiError::invalid(
-                format!("'truncate' must be a boolean, got {v}"),
-                Some("truncate"),
-            ))
-        }
-    };
-    opt_string(&obj, "user")?;
+    let dimensions = raw
+        .dimensions
+        .map(|d| {
+            usize::try_from(d).map_err(|_| {
+                ApiError::invalid(format!("'dimensions' {d} is too large"), Some("dimensions"))
+            })
+        })
+        .transpose()?;
     Ok(EmbeddingRequest {
         input,
-        model: opt_string(&obj, "model")?,
+        model: raw.model,
         encoding_format,
         dimensions,
-        instruction: opt_string(&obj, "instruction")?,
-        prompt_name: opt_string(&obj, "prompt_name")?,
-        truncate,
+        instruction: raw.instruction,
+        prompt_name: raw.prompt_name,
+        truncate: raw.truncate,
     })
-}
-
-/// `input`: a string, an array of strings, an array of token ids, or an array of arrays
-/// of token ids.
-pub fn parse_input(value: Option<&Value>) -> Result<Inputs, ApiError> {
-    let bad = |m: String| ApiError::invalid(m, Some("input"));
-    match value {
-        None | Some(Value::Null) => Err(bad("'input' is a required property".into())),
-        Some(Value::String(s)) => {
-            if s.is_empty() {
-                return Err(bad("'input' must not be an empty string".into()));
-            }
-            Ok(Inputs::Texts(vec![s.clone()]))
-        }
-        Some(Value::Array(items)) => {
-            if items.is_empty() {
-                return Err(bad("'input' must not be an empty array".into()));
-            }
-            match &items[0] {
-                Value::String(_) => {
-                    let mut texts = Vec::with_capacity(items.len());
-                    for (i, item) in items.iter().enumerate() {
-                        match item {
-                            Value::String(s) if s.is_empty() => {
-                                return Err(bad(format!("input[{i}] is an empty string")))
-                            }
-                            Value::String(s) => texts.push(s.clone()),
-                            v => {
-                                return Err(bad(format!(
-                                    "input[{i}] is {}, but input[0] is a string: arrays must not mix types",
-                                    type_name(v)
-                                )))
-                            }
-                        }
-                    }
-                    Ok(Inputs::Texts(texts))
-                }
-                Value::Number(_) => Ok(Inputs::Tokens(vec![token_ids(items, "input")?])),
-                Value::Array(_) => {
-                    let mut seqs = Vec::with_capacity(items.len());
-                    for (i, item) in items.iter().enumerate() {
-                        let param = format!("input[{i}]");
-                        match item {
-                            Value::Array(ids) if ids.is_empty() => {
-                                return Err(bad(format!("{param} is an empty array of tokens")))
-                            }
-                            Value::Array(ids) => seqs.push(token_ids(ids, &param)?),
-                            v => {
-                                return Err(bad(format!(
-                                    "{param} is {}, but input[0] is an array of tokens",
-                                    type_name(v)
-                                )))
-                            }
-                        }
-                    }
-                    Ok(Inputs::Tokens(seqs))
-                }
-                v => Err(bad(format!(
-                    "'input' must be a string or an array of strings or token ids, got an array of {}",
-                    type_name(v)
-                ))),
-            }
-        }
-        Some(v) => Err(bad(format!(
-            "'input' must be a string or an array, got {}",
-            type_name(v)
-        ))),
-    }
-}
-
-fn token_ids(items: &[Value], param: &str) -> Result<Vec<u32>, ApiError> {
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.as_u64()
-                .and_then(|id| u32::try_from(id).ok())
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        format!("{param}[{i}] must be a non-negative integer token id, got {v}"),
-                        Some("input"),
-                    )
-                })
-        })
-        .collect()
 }
 
 #[derive(Serialize)]
@@ -237,27 +134,19 @@ pub struct Usage {
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
     Extension(arrival): Extension<Arrival>,
-    raw: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> AppResult<Response> {
     let loaded = serving(&state, arrival)?;
     embedder(loaded)?;
     let slot = loaded.batcher.admit()?;
-    let req = parse_embedding_request(&body(raw)?)?;
+    let body = read_body(&state, request.into_body()).await?;
+    let req = parse_embedding_request(&body, state.args.max_client_batch_size)?;
+    drop(body);
     let model = match req.model {
         Some(m) if !state.served_names.contains(&m) => return Err(ApiError::model_not_found(&m)),
         Some(m) => m,
         None => state.served_names[0].clone(),
     };
-    if req.input.len() > state.args.max_client_batch_size {
-        return Err(ApiError::invalid(
-            format!(
-                "'input' has {} items, more than the limit of {}",
-                req.input.len(),
-                state.args.max_client_batch_size
-            ),
-            Some("input"),
-        ));
-    }
     loaded
         .embedder
         .check_dimensions(req.dimensions)
@@ -330,27 +219,7 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<EmbeddingRequest, ApiError> {
-        parse_embedding_request(s.as_bytes())
-    }
-
-    #[test]
-    fn accepts_the_four_input_shapes() {
-        assert_eq!(
-            parse(r#"{"input":"a"}"#).unwrap().input,
-            Inputs::Texts(vec!["a".into()])
-        );
-        assert_eq!(
-            parse(r#"{"input":["a","b"]}"#).unwrap().input,
-            Inputs::Texts(vec!["a".into(), "b".into()])
-        );
-        assert_eq!(
-            parse(r#"{"input":[1,2]}"#).unwrap().input,
-            Inputs::Tokens(vec![vec![1, 2]])
-        );
-        assert_eq!(
-            parse(r#"{"input":[[1],[2,3]]}"#).unwrap().input,
-            Inputs::Tokens(vec![vec![1], vec![2, 3]])
-        );
+        parse_embedding_request(s.as_bytes(), 8)
     }
 
     #[test]
@@ -371,14 +240,22 @@ mod tests {
     fn errors_name_the_parameter() {
         for (body, param) in [
             (r#"{"input":[]}"#, "input"),
+            (r#"{}"#, "input"),
             (r#"{"input":["a", 1]}"#, "input"),
             (r#"{"input":[-1]}"#, "input"),
+            (
+                r#"{"input":["a","a","a","a","a","a","a","a","a"]}"#,
+                "input",
+            ),
             (
                 r#"{"input":"a","encoding_format":"int8"}"#,
                 "encoding_format",
             ),
             (r#"{"input":"a","dimensions":1.5}"#, "dimensions"),
+            (r#"{"input":"a","dimensions":-1}"#, "dimensions"),
             (r#"{"input":"a","model":7}"#, "model"),
+            (r#"{"input":"a","user":7}"#, "user"),
+            (r#"{"input":"a","truncate":"yes"}"#, "truncate"),
         ] {
             assert_eq!(
                 parse(body).unwrap_err().param.as_deref(),
@@ -386,5 +263,8 @@ mod tests {
                 "{body}"
             );
         }
+        let ok = parse(r#"{"input":"a","dimensions":32,"encoding_format":"base64"}"#).unwrap();
+        assert_eq!(ok.dimensions, Some(32));
+        assert_eq!(ok.encoding_format, EncodingFormat::Base64);
     }
 }

@@ -4,14 +4,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::extract::Request;
 use qembed_engine::rerank::sigmoid;
 use qembed_engine::{Admission, EngineError, Pair, Task};
-use serde_json::{Map, Value};
+use serde::Deserialize;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-
-use super::{body, instruction_for, opt_string, parse_json_object, serving, type_name, AppResult};
+use super::json::{self, parse, Documents};
+use super::{instruction_for, read_body, serving, AppResult};
 use crate::error::ApiError;
 use crate::middleware::Arrival;
 use crate::state::{AppState, Loaded};
@@ -30,6 +29,9 @@ pub struct RerankInput {
     pub truncate: bool,
     /// Cohere's `max_tokens_per_doc`: each document cut to this many tokens first.
     pub max_tokens_per_doc: Option<usize>,
+    /// vLLM's `truncate_prompt_tokens`: each pair held to this many tokens (at most
+    /// `--max-input-tokens`).
+    pub max_length: Option<usize>,
 }
 
 /// Each pair's `l_yes - l_no`, in input order, the tokens the model read, and the
@@ -51,24 +53,54 @@ impl Scored {
     }
 }
 
-/// A rerank request let in: the model (a reranker), its queue slot, its JSON body.
+/// The fields of every rerank API's body, as sent; each family reads its own (a
+/// `/rerank` body with `texts` is TEI's, with `documents` Jina's). Unknown fields are
+/// skipped; the lists stop at `--max-client-batch-size`.
+#[derive(Deserialize)]
+pub struct RerankFields {
+    pub model: Option<String>,
+    pub query: Option<String>,
+    #[serde(default, deserialize_with = "json::documents_field")]
+    pub documents: Option<Documents>,
+    #[serde(default, deserialize_with = "json::texts_field")]
+    pub texts: Option<Documents>,
+    #[serde(default, deserialize_with = "json::text_1_field")]
+    pub text_1: Option<Documents>,
+    #[serde(default, deserialize_with = "json::text_2_field")]
+    pub text_2: Option<Documents>,
+    pub top_n: Option<u64>,
+    pub return_documents: Option<bool>,
+    pub return_text: Option<bool>,
+    pub raw_scores: Option<bool>,
+    pub truncate: Option<bool>,
+    pub truncation_direction: Option<String>,
+    pub max_tokens_per_doc: Option<u64>,
+    pub truncate_prompt_tokens: Option<i64>,
+    pub instruction: Option<String>,
+    pub instruct: Option<String>,
+    pub prompt_name: Option<String>,
+}
+
+/// A rerank request let in: the model (a reranker), its queue slot, its fields.
 pub struct Admitted<'a> {
     pub loaded: &'a Loaded,
     pub slot: Admission,
-    pub body: Map<String, Value>,
+    pub body: RerankFields,
 }
 
 /// The gates every rerank route passes, cheapest first: 503 while loading or
-/// draining, 400 on an embedding server, 429 past the admission limit, then the body.
-pub fn admit(
+/// draining, 400 on an embedding server, 429 past the admission limit; only then is
+/// the body read and parsed.
+pub async fn admit(
     state: &AppState,
     arrival: Arrival,
-    raw: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> AppResult<Admitted<'_>> {
     let loaded = serving(state, arrival)?;
     reranker(loaded)?;
     let slot = loaded.batcher.admit()?;
-    let body = parse_json_object(&body(raw)?)?;
+    let bytes = read_body(state, request.into_body()).await?;
+    let body = parse(&bytes, state.args.max_client_batch_size)?;
     Ok(Admitted { loaded, slot, body })
 }
 
@@ -81,6 +113,7 @@ pub fn one_query(query: String, documents: Vec<String>, field: &'static str) -> 
         instruction: None,
         truncate: true,
         max_tokens_per_doc: None,
+        max_length: None,
     }
 }
 
@@ -96,17 +129,17 @@ pub fn reranker(loaded: &Loaded) -> AppResult<()> {
 }
 
 /// The `model` field: a served name, or absent (the first one).
-pub fn model_name(state: &AppState, obj: &Map<String, Value>) -> AppResult<String> {
-    match opt_string(obj, "model")? {
-        Some(m) if !state.served_names.contains(&m) => Err(ApiError::model_not_found(&m)),
-        Some(m) => Ok(m),
+pub fn model_name(state: &AppState, model: &Option<String>) -> AppResult<String> {
+    match model {
+        Some(m) if !state.served_names.contains(m) => Err(ApiError::model_not_found(m)),
+        Some(m) => Ok(m.clone()),
         None => Ok(state.served_names[0].clone()),
     }
 }
 
 /// A required, non-empty string field.
-pub fn required_string(obj: &Map<String, Value>, key: &str) -> AppResult<String> {
-    match opt_string(obj, key)? {
+pub fn required(value: Option<String>, key: &str) -> AppResult<String> {
+    match value {
         Some(s) if !s.is_empty() => Ok(s),
         Some(_) => Err(ApiError::invalid(
             format!("'{key}' must not be empty"),
@@ -119,110 +152,29 @@ pub fn required_string(obj: &Map<String, Value>, key: &str) -> AppResult<String>
     }
 }
 
-/// A list of documents: strings or `{"text": string}` objects, at least one, at most
-/// `max`, none empty.
-pub fn documents(value: Option<&Value>, field: &'static str, max: usize) -> AppResult<Vec<String>> {
-    let items = match value {
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid(
-                format!("'{field}' is a required property"),
-                Some(field),
-            ))
-        }
-        Some(Value::Array(items)) => items,
-        Some(v) => {
-            return Err(ApiError::invalid(
-                format!("'{field}' must be an array, got {}", type_name(v)),
-                Some(field),
-            ))
-        }
-    };
-    if items.is_empty() {
-        return Err(ApiError::invalid(
-            format!("'{field}' must not be empty"),
-            Some(field),
-        ));
-    }
-    if items.len() > max {
-        return Err(ApiError::invalid(
-            format!(
-                "'{field}' has {} items, more than the limit of {max}",
-                items.len()
-            ),
-            Some(field),
-        ));
-    }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let text = match item {
-                Value::String(s) => s,
-                Value::Object(o) => match o.get("text") {
-                    Some(Value::String(s)) => s,
-                    _ => {
-                        return Err(ApiError::invalid(
-                            format!(
-                                "{field}[{i}] must be a string or an object with a string 'text'"
-                            ),
-                            Some(field),
-                        ))
-                    }
-                },
-                v => {
-                    return Err(ApiError::invalid(
-                        format!(
-                            "{field}[{i}] must be a string or {{\"text\": ...}}, got {}",
-                            type_name(v)
-                        ),
-                        Some(field),
-                    ))
-                }
-            };
-            if text.is_empty() {
-                return Err(ApiError::invalid(
-                    format!("{field}[{i}] is an empty string"),
-                    Some(field),
-                ));
-            }
-            Ok(text.clone())
-        })
-        .collect()
+/// A required list of documents.
+pub fn required_documents(value: Option<Documents>, key: &str) -> AppResult<Vec<String>> {
+    value
+        .map(|Documents(d)| d)
+        .ok_or_else(|| ApiError::invalid(format!("'{key}' is a required property"), Some(key)))
 }
 
-/// An optional boolean field.
-pub fn opt_bool(obj: &Map<String, Value>, key: &str) -> AppResult<Option<bool>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => Err(ApiError::invalid(
-            format!("'{key}' must be a boolean, got {}", type_name(v)),
+/// An optional count that must be at least 1 (`top_n`, `max_tokens_per_doc`).
+pub fn positive(value: Option<u64>, key: &str) -> AppResult<Option<usize>> {
+    match value {
+        None => Ok(None),
+        Some(n) if n >= 1 => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+        Some(n) => Err(ApiError::invalid(
+            format!("'{key}' must be a positive integer, got {n}"),
             Some(key),
         )),
     }
 }
 
-/// An optional positive integer field.
-pub fn opt_positive(obj: &Map<String, Value>, key: &str) -> AppResult<Option<usize>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
-            Some(n) if n >= 1 => Ok(Some(n)),
-            _ => Err(ApiError::invalid(
-                format!("'{key}' must be a positive integer, got {v}"),
-                Some(key),
-            )),
-        },
-    }
-}
-
 /// The request's task: `instruction` (or its alias `instruct`), else its
 /// `prompt_name`, else `--default-instruction`; `None` leaves the card's default.
-pub fn instruction(state: &AppState, obj: &Map<String, Value>) -> AppResult<Option<String>> {
-    let given = match (
-        opt_string(obj, "instruction")?,
-        opt_string(obj, "instruct")?,
-    ) {
+pub fn instruction(state: &AppState, f: &mut RerankFields) -> AppResult<Option<String>> {
+    let given = match (f.instruction.take(), f.instruct.take()) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "Give 'instruction' or its alias 'instruct', not both",
@@ -231,7 +183,7 @@ pub fn instruction(state: &AppState, obj: &Map<String, Value>) -> AppResult<Opti
         }
         (a, b) => a.or(b),
     };
-    instruction_for(state, given, opt_string(obj, "prompt_name")?)
+    instruction_for(state, given, f.prompt_name.take())
 }
 
 /// Tokenises every pair (on a blocking thread), runs them through the batcher and
@@ -256,7 +208,12 @@ pub async fn score(
                     instruction: input.instruction.as_deref(),
                 };
                 embedder
-                    .tokenize_pair_capped(pair, input.truncate, input.max_tokens_per_doc)
+                    .tokenize_pair_capped(
+                        pair,
+                        input.truncate,
+                        input.max_tokens_per_doc,
+                        input.max_length,
+                    )
                     .map_err(|e| ApiError::from_engine(e, &format!("{field}[{i}]")))
             })
             .collect::<AppResult<Vec<_>>>()?;
@@ -312,23 +269,5 @@ mod tests {
         assert_eq!(ranked(&[0.1, 0.9, 0.5, 0.9], None), vec![1, 3, 2, 0]);
         assert_eq!(ranked(&[0.1, 0.9, 0.5], Some(2)), vec![1, 2]);
         assert_eq!(ranked(&[0.1, 0.9], Some(5)), vec![1, 0]);
-    }
-
-    #[test]
-    fn documents_are_strings_or_text_objects() {
-        let v = serde_json::json!(["a", {"text": "b"}]);
-        assert_eq!(documents(Some(&v), "documents", 8).unwrap(), ["a", "b"]);
-        for bad in [
-            serde_json::json!([]),
-            serde_json::json!("a"),
-            serde_json::json!(["a", 1]),
-            serde_json::json!([{"content": "a"}]),
-            serde_json::json!(["a", ""]),
-            serde_json::json!(["a", "b", "c"]),
-        ] {
-            let err = documents(Some(&bad), "documents", 2).unwrap_err();
-            assert_eq!(err.param.as_deref(), Some("documents"), "{bad}");
-        }
-        assert!(documents(None, "documents", 2).is_err());
     }
 }

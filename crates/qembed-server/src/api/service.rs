@@ -4,19 +4,16 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use qembed_engine::postprocess;
+use serde::Deserialize;
 use serde_json::json;
 
-use super::openai::{self, Inputs};
-use super::{
-    body, embedder, instruction_for, opt_string, parse_json_object, prepare, serving, AppResult,
-};
+use super::json::{parse, Inputs};
+use super::{embedder, instruction_for, prepare, read_body, serving, AppResult};
 use crate::error::ApiError;
 use crate::middleware::Arrival;
 use crate::state::AppState;
@@ -50,33 +47,37 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value>
     }))
 }
 
+/// A `/tokenize` body.
+#[derive(Deserialize)]
+struct TokenizeRequest {
+    input: Option<Inputs>,
+    instruction: Option<String>,
+    prompt_name: Option<String>,
+}
+
 /// The token ids the model would see for each input (instruction and EOS included).
+/// Admitted like an embedding request: tokenising is work, and its body is bounded.
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     Extension(arrival): Extension<Arrival>,
-    raw: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> AppResult<Json<serde_json::Value>> {
     let loaded = serving(&state, arrival)?;
     embedder(loaded)?;
-    let obj = parse_json_object(&body(raw)?)?;
-    let input = openai::parse_input(obj.get("input"))?;
+    let _slot = loaded.batcher.admit()?;
+    let body = read_body(&state, request.into_body()).await?;
+    let req: TokenizeRequest = parse(&body, state.args.max_client_batch_size)?;
+    drop(body);
+    let input = req
+        .input
+        .ok_or_else(|| ApiError::invalid("'input' is a required property", Some("input")))?;
     if matches!(input, Inputs::Tokens(_)) {
         return Err(ApiError::invalid(
             "'input' must be text for /tokenize",
             Some("input"),
         ));
     }
-    if input.len() > state.args.max_client_batch_size {
-        return Err(ApiError::invalid(
-            "'input' has too many items",
-            Some("input"),
-        ));
-    }
-    let instruction = instruction_for(
-        &state,
-        opt_string(&obj, "instruction")?,
-        opt_string(&obj, "prompt_name")?,
-    )?;
+    let instruction = instruction_for(&state, req.instruction, req.prompt_name)?;
     let seqs = prepare(loaded, input, instruction, false, true).await?;
     let data: Vec<_> = seqs
         .iter()
@@ -120,6 +121,10 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Some(l) = state.loaded.get() {
         state.metrics.queue_depth.set(l.batcher.in_flight() as i64);
+        state
+            .metrics
+            .queued_tokens
+            .set(l.batcher.queued_tokens() as i64);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -8,17 +8,15 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
 use super::rerank::{
-    admit, documents, instruction, one_query, opt_bool, ranked, required_string, score, Admitted,
+    admit, instruction, one_query, ranked, required, required_documents, score, Admitted,
 };
-use super::{jina, opt_string, AppResult};
+use super::{jina, AppResult};
 use crate::error::{ApiError, Family};
 use crate::middleware::Arrival;
 use crate::state::AppState;
@@ -26,14 +24,14 @@ use crate::state::AppState;
 pub async fn rerank(
     State(state): State<Arc<AppState>>,
     Extension(arrival): Extension<Arrival>,
-    raw: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
-    let admitted = match admit(&state, arrival, raw) {
+    let admitted = match admit(&state, arrival, request).await {
         Ok(a) => a,
         Err(e) => return e.in_family(Family::Tei).into_response(),
     };
     // vLLM serves Jina's shape at /rerank too: tell them apart by the documents' field.
-    if !admitted.body.contains_key("texts") && admitted.body.contains_key("documents") {
+    if admitted.body.texts.is_none() && admitted.body.documents.is_some() {
         return jina::respond(&state, admitted)
             .await
             .unwrap_or_else(IntoResponse::into_response);
@@ -43,13 +41,13 @@ pub async fn rerank(
         .unwrap_or_else(|e| e.in_family(Family::Tei).into_response())
 }
 
-async fn respond(state: &AppState, a: Admitted<'_>) -> AppResult<Response> {
-    let obj = &a.body;
-    let query = required_string(obj, "query")?;
-    let docs = documents(obj.get("texts"), "texts", state.args.max_client_batch_size)?;
-    let raw_scores = opt_bool(obj, "raw_scores")?.unwrap_or(false);
-    let return_text = opt_bool(obj, "return_text")?.unwrap_or(false);
-    match opt_string(obj, "truncation_direction")?.as_deref() {
+async fn respond(state: &AppState, mut a: Admitted<'_>) -> AppResult<Response> {
+    let f = &mut a.body;
+    let query = required(f.query.take(), "query")?;
+    let docs = required_documents(f.texts.take(), "texts")?;
+    let raw_scores = f.raw_scores.unwrap_or(false);
+    let return_text = f.return_text.unwrap_or(false);
+    match f.truncation_direction.as_deref() {
         None | Some("right") | Some("Right") => {}
         Some("left") | Some("Left") => {
             return Err(ApiError::invalid(
@@ -65,8 +63,8 @@ async fn respond(state: &AppState, a: Admitted<'_>) -> AppResult<Response> {
         }
     }
     let mut input = one_query(query, docs, "texts");
-    input.truncate = opt_bool(obj, "truncate")?.unwrap_or(false);
-    input.instruction = instruction(state, obj)?;
+    input.truncate = f.truncate.unwrap_or(false);
+    input.instruction = instruction(state, f)?;
     let scored = score(state, a.loaded, &a.slot, input).await?;
     let scores = scored.scores(raw_scores);
     let results: Vec<_> = ranked(&scores, None)

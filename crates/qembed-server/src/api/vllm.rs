@@ -5,18 +5,17 @@
 //! truncate_prompt_tokens?, instruction? | instruct?, prompt_name?, raw_scores?}` →
 //! `{id, object: "list", created, model, data: [{index, object: "score", score}],
 //! usage}`. One `text_1` is scored against every `text_2`; two lists of one length
-//! pair up index by index.
+//! pair up index by index. `truncate_prompt_tokens` holds each pair to that many
+//! tokens, cut at the end of the body.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::rerank::{admit, documents, instruction, model_name, opt_bool, response_id, score};
+use super::rerank::{admit, instruction, model_name, required_documents, response_id, score};
 use super::rerank::{Admitted, RerankInput};
 use super::AppResult;
 use crate::error::ApiError;
@@ -26,30 +25,17 @@ use crate::state::AppState;
 pub async fn score_route(
     State(state): State<Arc<AppState>>,
     Extension(arrival): Extension<Arrival>,
-    raw: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> AppResult<Response> {
-    let admitted = admit(&state, arrival, raw)?;
+    let admitted = admit(&state, arrival, request).await?;
     respond(&state, admitted).await
 }
 
-/// `text_1` or `text_2`: one string, or a list of them.
-fn texts(
-    obj: &serde_json::Map<String, Value>,
-    key: &'static str,
-    max: usize,
-) -> AppResult<Vec<String>> {
-    match obj.get(key) {
-        Some(Value::String(s)) => documents(Some(&json!([s])), key, max),
-        other => documents(other, key, max),
-    }
-}
-
-async fn respond(state: &AppState, a: Admitted<'_>) -> AppResult<Response> {
-    let obj = &a.body;
-    let model = model_name(state, obj)?;
-    let max = state.args.max_client_batch_size;
-    let queries = texts(obj, "text_1", max)?;
-    let seconds = texts(obj, "text_2", max)?;
+async fn respond(state: &AppState, mut a: Admitted<'_>) -> AppResult<Response> {
+    let f = &mut a.body;
+    let model = model_name(state, &f.model)?;
+    let queries = required_documents(f.text_1.take(), "text_1")?;
+    let seconds = required_documents(f.text_2.take(), "text_2")?;
     let documents: Vec<(usize, String)> = match queries.len() {
         1 => seconds.into_iter().map(|d| (0, d)).collect(),
         n if n == seconds.len() => seconds.into_iter().enumerate().collect(),
@@ -63,25 +49,28 @@ async fn respond(state: &AppState, a: Admitted<'_>) -> AppResult<Response> {
             ))
         }
     };
-    if !matches!(obj.get("truncate_prompt_tokens"), None | Some(Value::Null))
-        && !obj["truncate_prompt_tokens"].is_i64()
-    {
-        return Err(ApiError::invalid(
-            "'truncate_prompt_tokens' must be an integer",
-            Some("truncate_prompt_tokens"),
-        ));
-    }
     let input = RerankInput {
         queries,
         documents,
         field: "text_2",
-        instruction: instruction(state, obj)?,
-        // Over-long pairs are cut at --max-input-tokens (the card's behaviour) whether
-        // or not truncate_prompt_tokens is given.
+        instruction: instruction(state, f)?,
+        // Over-long pairs are cut at the end of the body (the card's way), at
+        // `truncate_prompt_tokens` when given (-1: the model's limit), else at
+        // --max-input-tokens.
         truncate: true,
         max_tokens_per_doc: None,
+        max_length: match f.truncate_prompt_tokens {
+            None | Some(-1) => None,
+            Some(n) if n >= 1 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            Some(n) => {
+                return Err(ApiError::invalid(
+                    format!("'truncate_prompt_tokens' must be -1 or a positive integer, got {n}"),
+                    Some("truncate_prompt_tokens"),
+                ))
+            }
+        },
     };
-    let raw_scores = opt_bool(obj, "raw_scores")?.unwrap_or(false);
+    let raw_scores = f.raw_scores.unwrap_or(false);
     let scored = score(state, a.loaded, &a.slot, input).await?;
     let data: Vec<_> = scored
         .scores(raw_scores)
