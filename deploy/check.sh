@@ -50,6 +50,10 @@ for phase in ("prePromotionAnalysis", "postPromotionAnalysis"):
 print("argo manifests consistent:", sorted(kinds))
 PYCHECK
 
+echo "-- the reranker golden set example is make-rerank-golden.py's output for its fixture"
+"$PY" golden/make-rerank-golden.py --from-reference ../models/qwen3-rerank-head/reference.json \
+  | diff - golden/rerank.example.jsonl
+
 echo "-- grafana dashboard and rollout example parse"
 "$PY" -c "import json; d=json.load(open('grafana/qembed-dashboard.json')); assert d['panels']"
 "$PY" -c "import tomllib; tomllib.load(open('rollout.example.toml','rb'))"

@@ -1,4 +1,5 @@
-//! A load generator for any OpenAI-compatible `/v1/embeddings` endpoint.
+//! A load generator for any OpenAI-compatible `/v1/embeddings` endpoint, or any of
+//! qembed's rerank routes (`api`: one generated query against the request's inputs).
 //!
 //! Every run is bounded twice, by a request count and by a duration, so a mistake in a
 //! test or a CI script cannot turn into an endless flood. Closed loop (N clients each
@@ -8,6 +9,7 @@
 //! not from when a free slot let it go: a server that falls behind shows up as growing
 //! response times (see `report`).
 
+mod api;
 mod report;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+pub use api::{Api, BadAnswer, RerankApi, RERANK_ROUTES};
 pub use report::{Report, Sample};
 
 /// How long each input is, in words (the fixture tokenizers give about one to two
@@ -32,6 +35,8 @@ pub enum Lengths {
 pub struct LoadConfig {
     /// The endpoint, e.g. `http://127.0.0.1:30000/v1/embeddings`.
     pub url: String,
+    /// The request shape `url` expects (see `Api::from_route`).
+    pub api: Api,
     pub model: Option<String>,
     pub api_key: Option<String>,
     /// Concurrent clients (closed loop), or most requests in flight (open loop).
@@ -40,8 +45,11 @@ pub struct LoadConfig {
     pub rate: Option<f64>,
     pub max_requests: usize,
     pub max_duration: Duration,
+    /// Texts to embed, or documents to rank, per request.
     pub inputs_per_request: usize,
     pub lengths: Lengths,
+    /// Words in a rerank request's query (the documents follow `lengths`).
+    pub query_words: usize,
     pub dimensions: Option<usize>,
     pub timeout: Duration,
     pub seed: u64,
@@ -53,6 +61,7 @@ impl Default for LoadConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:30000/v1/embeddings".into(),
+            api: Api::Embeddings,
             model: None,
             api_key: None,
             concurrency: 8,
@@ -61,6 +70,7 @@ impl Default for LoadConfig {
             max_duration: Duration::from_secs(30),
             inputs_per_request: 1,
             lengths: Lengths::Fixed(128),
+            query_words: 8,
             dimensions: None,
             timeout: Duration::from_secs(30),
             seed: 1,
@@ -221,11 +231,15 @@ impl Shared {
         let input: Vec<String> = (0..self.cfg.inputs_per_request)
             .map(|i| make_text(&mut rng, &self.cfg.lengths, n * 1000 + i as u64))
             .collect();
-        let mut body = json!({"input": input, "truncate": true});
+        let query = match self.cfg.api {
+            Api::Embeddings => String::new(),
+            Api::Rerank(_) => make_text(&mut rng, &Lengths::Fixed(self.cfg.query_words), n),
+        };
+        let mut body = self.cfg.api.load_body(&query, &input);
         if let Some(m) = &self.cfg.model {
             body["model"] = json!(m);
         }
-        if let Some(d) = self.cfg.dimensions {
+        if let (Api::Embeddings, Some(d)) = (self.cfg.api, self.cfg.dimensions) {
             body["dimensions"] = json!(d);
         }
         let mut req = self.client.post(&self.cfg.url).json(&body);
@@ -244,10 +258,7 @@ impl Shared {
                     .map(str::to_string);
                 // The body must arrive whole for the request to count as served.
                 match resp.json::<serde_json::Value>().await {
-                    Ok(v) => {
-                        let tokens = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize;
-                        (status, color, tokens)
-                    }
+                    Ok(v) => (status, color, self.cfg.api.tokens(&v)),
                     Err(_) => (0, color, 0),
                 }
             }

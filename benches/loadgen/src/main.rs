@@ -1,21 +1,29 @@
-//! `qembed-load`: drive an OpenAI-compatible /v1/embeddings endpoint and report QPS,
-//! tokens/s, latency percentiles and error rate.
+//! `qembed-load`: drive an OpenAI-compatible /v1/embeddings endpoint, or one of
+//! qembed's rerank routes, and report QPS, tokens/s, latency percentiles and error rate.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use qembed_loadgen::{run, Lengths, LoadConfig};
+use qembed_loadgen::{run, Api, Lengths, LoadConfig, RERANK_ROUTES};
 
 #[derive(Parser)]
 #[command(
     name = "qembed-load",
-    about = "Bounded load generator for /v1/embeddings"
+    about = "Bounded load generator for /v1/embeddings and the rerank routes"
 )]
 struct Args {
-    /// Base URL of the server (the path /v1/embeddings is appended).
+    /// Base URL of the server (`--route` is appended).
     #[arg(long, default_value = "http://127.0.0.1:30000")]
     url: String,
+    /// The route, which sets the request shape: /v1/embeddings, /embeddings, or a
+    /// rerank route (/v1/rerank, /v2/rerank, /rerank, /v1/score, /score: one query
+    /// against `--inputs` documents).
+    #[arg(long, default_value = "/v1/embeddings")]
+    route: String,
+    /// Words in a rerank request's query.
+    #[arg(long, default_value_t = 8)]
+    query_words: usize,
     #[arg(long)]
     model: Option<String>,
     #[arg(long, env = "QEMBED_API_KEY", hide_env_values = true)]
@@ -32,7 +40,7 @@ struct Args {
     /// ...or after this many seconds, whichever comes first.
     #[arg(long, default_value_t = 30.0)]
     duration: f64,
-    /// Inputs per request.
+    /// Inputs per request (documents, for a rerank route).
     #[arg(long, default_value_t = 1)]
     inputs: usize,
     /// Words per input: `N`, or `LO:HI` for uniform lengths.
@@ -74,8 +82,23 @@ async fn main() -> Result<()> {
     if !(args.duration > 0.0 && args.duration.is_finite()) {
         bail!("--duration must be a positive number of seconds");
     }
+    let Some(api) = Api::from_route(&args.route) else {
+        bail!(
+            "--route {}: not a route qembed serves requests on (/v1/embeddings, /embeddings, {})",
+            args.route,
+            RERANK_ROUTES.join(", ")
+        );
+    };
+    if matches!(api, Api::Rerank(_)) && args.dimensions.is_some() {
+        bail!(
+            "--dimensions is for embeddings; {} scores documents",
+            args.route
+        );
+    }
     let cfg = LoadConfig {
-        url: format!("{}/v1/embeddings", args.url.trim_end_matches('/')),
+        url: format!("{}{}", args.url.trim_end_matches('/'), args.route),
+        api,
+        query_words: args.query_words,
         model: args.model.clone(),
         api_key: args.api_key.clone(),
         concurrency: args.concurrency,

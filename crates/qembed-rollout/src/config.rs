@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use qembed_loadgen::{RerankApi, RERANK_ROUTES};
 use serde::Deserialize;
 
 use crate::secret::{self, Secret};
@@ -66,10 +67,11 @@ impl Color {
     }
 }
 
-/// The client contract: the `model` names clients put in their requests and the API key
-/// they send. A colour that answers these with 4xx would fail every client after the
-/// switch, however well it embeds for the controller.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The client contract: the `model` names clients put in their requests, the API key
+/// they send and, for a reranker, the route they call. A colour that answers these
+/// with 4xx would fail every client after the switch, however well it embeds or ranks
+/// for the controller.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Clients {
     /// Every `model` value clients send; empty: clients send no `model`.
@@ -82,6 +84,27 @@ pub struct Clients {
     inline_api_key: Option<String>,
     #[serde(skip)]
     pub api_key: Option<Secret>,
+    /// The rerank route clients call on a reranker colour (`/v1/rerank`, `/v2/rerank`,
+    /// `/rerank`, `/v1/score` or `/score`): its contract probe, golden set and load
+    /// go there, in that API's shape.
+    pub rerank_route: String,
+    /// `rerank_route`'s shape, from `Config::load`.
+    #[serde(skip)]
+    pub rerank_api: RerankApi,
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Self {
+            model_names: Vec::new(),
+            api_key_env: None,
+            api_key_file: None,
+            inline_api_key: None,
+            api_key: None,
+            rerank_route: "/v1/rerank".into(),
+            rerank_api: RerankApi::JinaV1,
+        }
+    }
 }
 
 impl Clients {
@@ -135,18 +158,28 @@ fn default_keepalive() -> u32 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Verify {
-    /// JSON Lines of `{"text", "instruction"?, "dimensions"?, "embedding"}` (optional).
+    /// JSON Lines (optional): for an embedding colour `{"text", "instruction"?,
+    /// "dimensions"?, "embedding"}`, for a reranker `{"query", "documents",
+    /// "instruction"?, "scores"}`.
     pub golden_set: Option<PathBuf>,
     pub golden_min_cosine: f64,
+    /// Largest |score - golden score| a reranker may show on any document. 1e-3 holds
+    /// for a colour served in the dtype the golden set was made in (f32 against
+    /// transformers' f32: ~1e-6); f16 against an f32 golden set needs ~5e-3, bf16 ~2e-2.
+    pub golden_max_score_error: f64,
     pub load_requests: usize,
     pub load_duration_s: f64,
     pub load_concurrency: usize,
-    /// Words per generated input (about one to two tokens each).
+    /// Words per generated input (about one to two tokens each); for a reranker, per
+    /// document.
     pub load_words: usize,
+    /// For a reranker: documents per load request, each scored against one query.
+    pub load_documents: usize,
     pub max_p99_ms: f64,
     pub max_error_rate: f64,
     pub min_qps: f64,
-    /// Probe texts embedded by both colours when fingerprints differ.
+    /// Probe texts embedded by both colours when fingerprints differ (embeddings only:
+    /// a reranker's scores are not stored, so there is no space to stay compatible with).
     pub probe_texts: Vec<String>,
     pub compat_min_cosine: f64,
     pub timeout_s: f64,
@@ -157,10 +190,12 @@ impl Default for Verify {
         Self {
             golden_set: None,
             golden_min_cosine: 0.999,
+            golden_max_score_error: 1e-3,
             load_requests: 500,
             load_duration_s: 20.0,
             load_concurrency: 8,
             load_words: 256,
+            load_documents: 8,
             max_p99_ms: 500.0,
             max_error_rate: 0.001,
             min_qps: 50.0,
@@ -235,6 +270,13 @@ impl Config {
             );
         }
         let c = &mut cfg.clients;
+        c.rerank_api = RerankApi::from_route(&c.rerank_route).with_context(|| {
+            format!(
+                "[clients] rerank_route = {:?} is not a rerank route (one of {})",
+                c.rerank_route,
+                RERANK_ROUTES.join(", ")
+            )
+        })?;
         c.api_key = secret::resolve(
             "[clients]",
             c.inline_api_key.as_deref(),
@@ -250,6 +292,11 @@ impl Config {
                 c.api_key_env.as_deref(),
                 c.api_key_file.as_deref(),
             )?;
+        }
+        let v = &cfg.verify;
+        let e = v.golden_max_score_error;
+        if e.is_nan() || e < 0.0 || v.load_documents == 0 {
+            bail!("verify.golden_max_score_error must be >= 0 and verify.load_documents >= 1");
         }
         if let Some(n) = &cfg.nginx {
             if n.test.is_empty() || n.reload.is_empty() {
@@ -295,6 +342,29 @@ mod tests {
         let cfg = Config::load(&path).unwrap();
         assert_eq!(cfg.clients.models(), vec![None]);
         assert_eq!(cfg.watch.client_error_statuses, vec![401, 403, 404, 422]);
+        assert_eq!(cfg.clients.rerank_api, RerankApi::JinaV1);
+        assert_eq!(cfg.verify.golden_max_score_error, 1e-3);
         assert!(cfg.nginx.unwrap().url.is_some());
+    }
+
+    #[test]
+    fn rerank_route_must_be_one_qembed_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |route: &str| {
+            let p = dir.path().join("r.toml");
+            std::fs::write(
+                &p,
+                format!(
+                    "[colors.blue]\nurl = \"http://a:1\"\n[colors.green]\nurl = \"http://b:2\"\n\
+                     [clients]\nrerank_route = {route:?}\n"
+                ),
+            )
+            .unwrap();
+            p
+        };
+        let cfg = Config::load(&write("/v1/score")).unwrap();
+        assert_eq!(cfg.clients.rerank_api, RerankApi::Score);
+        let err = Config::load(&write("/v1/embeddings")).unwrap_err();
+        assert!(format!("{err:#}").contains("not a rerank route"), "{err:#}");
     }
 }

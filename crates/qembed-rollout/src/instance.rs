@@ -3,10 +3,12 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use qembed_loadgen::RerankApi;
 use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::secret::Secret;
+use crate::task::Task;
 
 pub struct Instance {
     pub name: String,
@@ -54,6 +56,7 @@ pub struct Info {
     pub model_id: String,
     pub fingerprint: String,
     pub hidden_size: usize,
+    pub task: Task,
 }
 
 /// An API answer: its status and JSON body, whatever the status.
@@ -68,14 +71,29 @@ impl Answer {
         (200..300).contains(&self.status)
     }
 
-    /// OpenAI-style `error.code` or `error.message`, for a log line.
+    /// The error an answer carries, for a log line: OpenAI's `error.code` and
+    /// `error.message`, TEI's `error` and `error_type`, or Cohere's `message`.
     pub fn error_text(&self) -> String {
-        let e = &self.body["error"];
+        let b = &self.body;
+        let e = &b["error"];
         match (e["code"].as_str(), e["message"].as_str()) {
             (Some(c), Some(m)) => format!("{c}: {m}"),
             (None, Some(m)) => m.to_string(),
-            _ => self.body.to_string().chars().take(200).collect(),
+            _ => match (e.as_str(), b["error_type"].as_str(), b["message"].as_str()) {
+                (Some(m), Some(t), _) => format!("{t}: {m}"),
+                (Some(m), None, _) | (None, _, Some(m)) => m.to_string(),
+                _ => b.to_string().chars().take(200).collect(),
+            },
         }
+    }
+
+    /// A rerank answer's score per document, in the order sent; an error for any
+    /// non-2xx.
+    pub fn scores(&self, api: RerankApi, documents: usize) -> Result<Vec<f64>> {
+        if !self.success() {
+            bail!("answered {}: {}", self.status, self.error_text());
+        }
+        Ok(api.scores(&self.body, documents)?)
     }
 
     /// The vectors of an embeddings answer; an error for any non-2xx.
@@ -101,6 +119,14 @@ pub struct EmbedRequest<'a> {
     pub texts: &'a [String],
     pub instruction: Option<&'a str>,
     pub dimensions: Option<usize>,
+}
+
+/// One rerank request's content.
+#[derive(Debug, Clone)]
+pub struct RerankRequest<'a> {
+    pub query: &'a str,
+    pub documents: &'a [String],
+    pub instruction: Option<&'a str>,
 }
 
 impl Instance {
@@ -146,6 +172,7 @@ impl Instance {
             model_id: s("model_id"),
             fingerprint: s("fingerprint"),
             hidden_size: v["hidden_size"].as_u64().unwrap_or(0) as usize,
+            task: Task::parse(v["task"].as_str()).with_context(|| self.name.clone())?,
         })
     }
 
@@ -178,6 +205,18 @@ impl Instance {
             body["dimensions"] = json!(d);
         }
         self.post(caller, "/v1/embeddings", body).await
+    }
+
+    /// Scores `documents` against `query` on `route`, in that route's shape.
+    pub async fn rerank(
+        &self,
+        caller: &Caller,
+        route: &str,
+        api: RerankApi,
+        req: &RerankRequest<'_>,
+    ) -> Result<Answer> {
+        let body = api.body(req.query, req.documents, req.instruction);
+        self.post(caller, route, body).await
     }
 
     pub async fn metrics(&self) -> Result<String> {

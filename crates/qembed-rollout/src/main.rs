@@ -2,10 +2,11 @@
 //!
 //! Exit codes a script can rely on:
 //! 0 done; 1 error (config, I/O, nginx; nothing was moved); 2 verify failed, nothing
-//! switched; 3 switched, then rolled back by the watch; 4 refused (re-index needed, or
-//! retire before the keep period); 5 a rollback was due (asked for, or the watch broke)
-//! and could not be carried out: traffic is still on the colour it was meant to leave;
-//! 6 the upstream include and the colour nginx really serves disagree.
+//! switched; 3 switched, then rolled back by the watch; 4 refused (re-index needed, a
+//! change of task between embed and rerank, or retire before the keep period); 5 a
+//! rollback was due (asked for, or the watch broke) and could not be carried out:
+//! traffic is still on the colour it was meant to leave; 6 the upstream include and
+//! the colour nginx really serves disagree.
 
 mod config;
 mod instance;
@@ -14,10 +15,12 @@ mod nginx;
 mod secret;
 mod state;
 mod switch;
+mod task;
 mod traffic;
 mod verify;
 mod watch;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -66,12 +69,13 @@ enum Cmd {
         #[arg(long)]
         color: String,
     },
-    /// Run the gates on a colour, called as the clients call it: ready, client contract,
-    /// golden set, load, vector-space compatibility.
+    /// Run the gates on a colour, called as the clients call it: ready, task, client
+    /// contract, golden set, load, vector-space compatibility (embeddings only).
     Verify {
         #[arg(long)]
         color: String,
-        /// Accept a colour whose vectors differ from the active colour's.
+        /// Accept a colour whose vectors differ from the active colour's (never a
+        /// change of task; no effect on rerankers, which store nothing).
         #[arg(long)]
         allow_reindex: bool,
         /// The colour serving now, for the compatibility check (default: from nginx).
@@ -108,6 +112,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: journald, an Argo analysis job's log or a
+        // CI script reading `key=value` fields get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -180,12 +187,15 @@ async fn status(cfg: &Config) -> Outcome {
         let ready = inst.ready().await;
         let info = inst.info().await.ok();
         println!(
-            "{name:6} {:9} ready={ready:<5} model={} dims={} fingerprint={} url={}",
+            "{name:6} {:9} ready={ready:<5} task={} model={} dims={} fingerprint={} url={}",
             if cur.active() == Some(name) {
                 "ACTIVE"
             } else {
                 "idle"
             },
+            info.as_ref()
+                .map(|i| i.task.to_string())
+                .unwrap_or("-".into()),
             info.as_ref().map(|i| i.model_id.as_str()).unwrap_or("-"),
             info.as_ref().map(|i| i.hidden_size).unwrap_or(0),
             info.as_ref().map(|i| i.fingerprint.as_str()).unwrap_or("-"),
@@ -220,9 +230,19 @@ fn init(cfg: &Config, color: &str) -> Result<()> {
     Ok(())
 }
 
-/// Verify, turning the outcome into a stop or a go. Returns the compatibility verdict.
+/// Verify, turning the outcome into a stop or a go.
 async fn gate(cfg: &Config, color: &str, active: Option<&str>, allow_reindex: bool) -> Outcome {
     let out = verify::verify(cfg, color, active).await?;
+    if let Compat::TaskChange { from, to } = &out.compat {
+        return Ok(Err(Stop(
+            EXIT_REFUSED,
+            format!(
+                "verify {color}: REFUSED: {color} serves {to} and the active colour serves \
+                 {from}; every client of the active colour would get 400. No flag overrides \
+                 this: run the {to} model as its own service and move clients to it"
+            ),
+        )));
+    }
     if !out.passed {
         return Ok(Err(Stop(
             EXIT_VERIFY_FAILED,
@@ -240,6 +260,23 @@ async fn gate(cfg: &Config, color: &str, active: Option<&str>, allow_reindex: bo
             )));
         }
         tracing::warn!("--allow-reindex given: proceeding; stored vectors MUST be re-indexed");
+    }
+    if let Compat::Unverified(why) = &out.compat {
+        if !allow_reindex {
+            return Ok(Err(Stop(
+                EXIT_REFUSED,
+                format!(
+                    "verify {color}: cannot compare with the active colour ({why}), so this \
+                     switch might change the task; pass --allow-reindex to switch anyway"
+                ),
+            )));
+        }
+        tracing::warn!(
+            "--allow-reindex given: proceeding without knowing the active colour's task"
+        );
+    }
+    if allow_reindex && matches!(out.compat, Compat::NotApplicable { .. }) {
+        tracing::info!("--allow-reindex has no effect on a reranker: nothing stored to re-index");
     }
     tracing::info!(color, "verify: PASSED");
     Ok(Ok(()))

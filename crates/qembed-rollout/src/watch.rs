@@ -1,5 +1,7 @@
-//! After a switch: watch the new colour's own metrics and say when it breaks. 5xx share
-//! and p99 are judged per interval. Client errors (401, 403, 404, 422 by default) are
+//! After a switch: watch the new colour's own metrics and say when it breaks. Every
+//! API route clients send work to is counted: embeddings and all five rerank routes
+//! (whichever a colour serves; the other task's stay at zero). 5xx share and p99 are
+//! judged per interval. Client errors (401, 403, 404, 422 by default) are
 //! judged since the switch against the old colour's share of the same statuses before
 //! it: a colour that rejects what clients send (another served model name, a key they
 //! lack) answers 4xx, never 5xx, and would pass a 5xx-only watch with every client
@@ -11,8 +13,16 @@ use std::time::{Duration, Instant};
 use crate::config::Watch;
 use crate::instance::Instance;
 
-/// The API routes whose requests are watched.
-const ROUTES: &[&str] = &["/v1/embeddings", "/embeddings"];
+/// The API routes whose requests are watched: qembed's `route` label values.
+const ROUTES: &[&str] = &[
+    "/v1/embeddings",
+    "/embeddings",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/rerank",
+    "/v1/score",
+    "/score",
+];
 
 /// Totals from one scrape of the watched routes' metrics.
 #[derive(Debug, Clone, Default)]
@@ -272,6 +282,31 @@ qembed_request_duration_seconds_bucket{route="/v1/embeddings",le="+Inf"} 110
             "qembed_requests_total{{route=\"/v1/embeddings\",status=\"200\"}} {ok}\n\
              qembed_requests_total{{route=\"/embeddings\",status=\"404\"}} {not_found}\n"
         ))
+    }
+
+    /// A reranker's routes are all counted, summed together; others are not.
+    #[test]
+    fn rerank_routes_are_watched() {
+        let m = r#"qembed_requests_total{route="/v1/rerank",status="200"} 10
+qembed_requests_total{route="/v2/rerank",status="200"} 5
+qembed_requests_total{route="/rerank",status="422"} 1
+qembed_requests_total{route="/v1/score",status="404"} 3
+qembed_requests_total{route="/score",status="500"} 1
+qembed_requests_total{route="/info",status="200"} 9
+qembed_request_duration_seconds_bucket{route="/v1/rerank",le="0.1"} 10
+qembed_request_duration_seconds_bucket{route="/v1/score",le="0.1"} 2
+qembed_request_duration_seconds_bucket{route="/v1/score",le="+Inf"} 4
+qembed_request_duration_seconds_bucket{route="/v1/rerank",le="+Inf"} 10
+"#;
+        let s = parse(m);
+        assert_eq!((s.requests, s.server_errors()), (20.0, 1.0));
+        assert_eq!((s.count(404), s.count(422)), (3.0, 1.0));
+        assert_eq!(s.buckets, vec![(0.1, 12.0), (f64::INFINITY, 14.0)]);
+        assert_eq!(
+            p99_ms(&Snapshot::default(), &s),
+            Some(f64::INFINITY),
+            "2 of 14 above 100 ms"
+        );
     }
 
     #[test]

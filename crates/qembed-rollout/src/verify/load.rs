@@ -1,28 +1,38 @@
 //! The load gate: a bounded closed-loop run straight at the colour, as the clients
-//! (their model name, their key), against the p99, error-rate and QPS thresholds.
+//! (their model name, their key, their route for the colour's task), against the p99,
+//! error-rate and QPS thresholds. A reranker's requests each score `load_documents`
+//! documents of `load_words` words against one short query.
 
 use std::time::Duration;
 
 use anyhow::Result;
-use qembed_loadgen::{Lengths, LoadConfig};
+use qembed_loadgen::{Api, Lengths, LoadConfig};
 
 use crate::config::Config;
 use crate::instance::{Caller, Instance};
+use crate::task::Task;
 
 pub async fn check(
     cfg: &Config,
+    task: Task,
     inst: &Instance,
     caller: &Caller,
     timeout: Duration,
 ) -> Result<bool> {
     let v = &cfg.verify;
+    let (route, api) = task.client_route(cfg);
     let load = LoadConfig {
-        url: format!("{}/v1/embeddings", inst.base),
+        url: format!("{}{route}", inst.base),
+        api,
         model: caller.model.clone(),
         api_key: caller.key.as_ref().map(|k| k.expose().to_string()),
         concurrency: v.load_concurrency,
         max_requests: v.load_requests,
         max_duration: Duration::from_secs_f64(v.load_duration_s),
+        inputs_per_request: match api {
+            Api::Embeddings => 1,
+            Api::Rerank(_) => v.load_documents,
+        },
         lengths: Lengths::Fixed(v.load_words),
         timeout,
         ..LoadConfig::default()
@@ -34,6 +44,7 @@ pub async fn check(
         && report.qps >= v.min_qps;
     tracing::info!(
         requests = report.requests,
+        inputs_per_request = load.inputs_per_request,
         qps = report.qps,
         p99_ms = report.p99_ms,
         error_rate = report.error_rate,
@@ -41,7 +52,7 @@ pub async fn check(
         max_p99_ms = v.max_p99_ms,
         min_qps = v.min_qps,
         max_error_rate = v.max_error_rate,
-        "gate load ({}): {}",
+        "gate load (POST {route}, {}): {}",
         caller.describe(),
         if ok { "ok" } else { "FAIL" }
     );

@@ -170,9 +170,24 @@ pub async fn wait_ready(url: &str, color: Option<&str>) {
     }
 }
 
+/// The bench's load gate: `[verify]` lines every config gets unless `Cfg::load`.
+pub const LOAD_GATE: &str = "load_requests = 200
+load_duration_s = 10.0
+load_concurrency = 4
+load_words = 64
+# Rerankers only: documents per load request (a pair with the reranker's template is
+# about twice an embedding input's tokens).
+load_documents = 1
+max_p99_ms = 500.0
+max_error_rate = 0.001
+# Other work shares the test machine's cores: this gate only has to show the load ran.
+min_qps = 20.0";
+
 /// Extra lines for a rollout config written by `Env::config`.
 #[derive(Default)]
 pub struct Cfg<'a> {
+    /// Replaces the bench's load gate lines (`LOAD_GATE`) when not empty.
+    pub load: &'a str,
     pub verify: &'a str,
     pub watch: &'a str,
     pub blue: &'a str,
@@ -220,6 +235,7 @@ impl Env {
                     .join(", ")
             )
         };
+        let load = if c.load.is_empty() { LOAD_GATE } else { c.load };
         let watch = if c.watch.is_empty() {
             "window_s = 2.0\ninterval_s = 0.5"
         } else {
@@ -245,14 +261,7 @@ keepalive = 8
 url = "{nginx_url}"
 
 [verify]
-load_requests = 200
-load_duration_s = 10.0
-load_concurrency = 4
-load_words = 64
-max_p99_ms = 500.0
-max_error_rate = 0.001
-# Other work shares the test machine's cores: this gate only has to show the load ran.
-min_qps = 20.0
+{load}
 {verify_extra}
 
 [watch]
@@ -269,6 +278,7 @@ min_qps = 20.0
             test = cmd(&["-t"]),
             reload = cmd(&["-s", "reload"]),
             nginx_url = self.nginx_url,
+            load = load,
             verify_extra = c.verify,
             tail = c.tail,
         );
