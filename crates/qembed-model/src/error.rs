@@ -37,6 +37,9 @@ pub enum ModelError {
         file: PathBuf,
         dtype: String,
     },
+    /// The CPU GEMM kernel asked for (`QEMBED_CPU_KERNEL`) cannot run here.
+    #[error("CPU kernel: {0}")]
+    CpuKernel(String),
     #[error("tensor parallelism: {0}")]
     TensorParallel(String),
     #[error("invalid input: {0}")]
