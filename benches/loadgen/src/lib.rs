@@ -4,15 +4,19 @@
 //! test or a CI script cannot turn into an endless flood. Closed loop (N clients each
 //! sending as soon as their last answer came back) measures capacity; open loop (a fixed
 //! arrival rate, whatever the latency) measures latency at a given load, as production
-//! traffic behaves.
+//! traffic behaves. In open loop a request's latency runs from the moment it was due,
+//! not from when a free slot let it go: a server that falls behind shows up as growing
+//! response times (see `report`).
 
-use std::collections::BTreeMap;
+mod report;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde_json::json;
+
+pub use report::{Report, Sample};
 
 /// How long each input is, in words (the fixture tokenizers give about one to two
 /// tokens a word; the report counts real tokens from the server's `usage`).
@@ -62,112 +66,6 @@ impl Default for LoadConfig {
             seed: 1,
             stop: None,
         }
-    }
-}
-
-/// One request as the client saw it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Sample {
-    /// Seconds from the start of the run to the request being sent.
-    pub sent_at: f64,
-    pub latency_ms: f64,
-    /// HTTP status, or 0 when no response came (connection refused, reset, timeout).
-    pub status: u16,
-    /// `x-qembed-color` of the instance that answered, if any.
-    pub color: Option<String>,
-    pub tokens: usize,
-}
-
-impl Sample {
-    pub fn ok(&self) -> bool {
-        self.status == 200
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub requests: usize,
-    pub ok: usize,
-    pub failed: usize,
-    pub error_rate: f64,
-    pub duration_s: f64,
-    pub qps: f64,
-    pub tokens_per_s: f64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    pub by_status: BTreeMap<String, usize>,
-    pub by_color: BTreeMap<String, usize>,
-}
-
-impl Report {
-    pub fn from_samples(samples: &[Sample], duration: Duration) -> Self {
-        let mut lat: Vec<f64> = samples
-            .iter()
-            .filter(|s| s.ok())
-            .map(|s| s.latency_ms)
-            .collect();
-        lat.sort_by(|a, b| a.total_cmp(b));
-        let pct = |p: f64| -> f64 {
-            if lat.is_empty() {
-                return 0.0;
-            }
-            let rank = ((p / 100.0) * lat.len() as f64).ceil() as usize;
-            lat[rank.clamp(1, lat.len()) - 1]
-        };
-        let ok = samples.iter().filter(|s| s.ok()).count();
-        let mut by_status = BTreeMap::new();
-        let mut by_color = BTreeMap::new();
-        for s in samples {
-            *by_status.entry(s.status.to_string()).or_insert(0) += 1;
-            let c = s.color.clone().unwrap_or_else(|| "-".into());
-            *by_color.entry(c).or_insert(0) += 1;
-        }
-        let secs = duration.as_secs_f64().max(1e-9);
-        let tokens: usize = samples.iter().filter(|s| s.ok()).map(|s| s.tokens).sum();
-        Self {
-            requests: samples.len(),
-            ok,
-            failed: samples.len() - ok,
-            error_rate: if samples.is_empty() {
-                0.0
-            } else {
-                (samples.len() - ok) as f64 / samples.len() as f64
-            },
-            duration_s: secs,
-            qps: ok as f64 / secs,
-            tokens_per_s: tokens as f64 / secs,
-            p50_ms: pct(50.0),
-            p95_ms: pct(95.0),
-            p99_ms: pct(99.0),
-            max_ms: lat.last().copied().unwrap_or(0.0),
-            by_status,
-            by_color,
-        }
-    }
-
-    /// A few lines for a terminal.
-    pub fn table(&self) -> String {
-        format!(
-            "requests {} ok {} failed {} ({:.3}%) in {:.1}s\n\
-             qps {:.1}  tokens/s {:.0}\n\
-             latency ms: p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}\n\
-             status {:?}  color {:?}",
-            self.requests,
-            self.ok,
-            self.failed,
-            self.error_rate * 100.0,
-            self.duration_s,
-            self.qps,
-            self.tokens_per_s,
-            self.p50_ms,
-            self.p95_ms,
-            self.p99_ms,
-            self.max_ms,
-            self.by_status,
-            self.by_color
-        )
     }
 }
 
@@ -249,8 +147,9 @@ pub async fn run(cfg: &LoadConfig) -> Result<(Report, Vec<Sample>), LoadError> {
             for _ in 0..cfg.concurrency {
                 let shared = shared.clone();
                 tasks.spawn(async move {
+                    // A client is due again as soon as its last answer came back.
                     while let Some(n) = shared.claim(deadline) {
-                        shared.one(n).await;
+                        shared.one(n, Instant::now()).await;
                     }
                 });
             }
@@ -261,19 +160,21 @@ pub async fn run(cfg: &LoadConfig) -> Result<(Report, Vec<Sample>), LoadError> {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             loop {
-                tick.tick().await;
+                // The instant this arrival was due. With `Burst`, ticks missed while the
+                // loop waited for a slot come back at once, each with its own due time.
+                let due = tick.tick().await.into_std();
                 let Some(n) = shared.claim(deadline) else {
                     break;
                 };
-                // At the in-flight cap an arrival waits: recorded latency then includes
-                // that wait, as a real client's would.
+                // At the in-flight cap an arrival waits for a slot; its response time
+                // runs from `due`, so that wait is counted as a real client's would be.
                 let permit = match slots.clone().acquire_owned().await {
                     Ok(p) => p,
                     Err(_) => break,
                 };
                 let shared = shared.clone();
                 tasks.spawn(async move {
-                    shared.one(n).await;
+                    shared.one(n, due).await;
                     drop(permit);
                 });
             }
@@ -314,7 +215,8 @@ impl Shared {
         Some(*next - 1)
     }
 
-    async fn one(&self, n: u64) {
+    /// Sends request `n`, which was due at `due` (at or before now).
+    async fn one(&self, n: u64, due: Instant) {
         let mut rng = Rng(self.cfg.seed ^ n.wrapping_mul(0x2545_F491_4F6C_DD1D));
         let input: Vec<String> = (0..self.cfg.inputs_per_request)
             .map(|i| make_text(&mut rng, &self.cfg.lengths, n * 1000 + i as u64))
@@ -331,7 +233,7 @@ impl Shared {
             req = req.bearer_auth(k);
         }
         let sent = Instant::now();
-        let sent_at = sent.duration_since(self.start).as_secs_f64();
+        let since_start = |t: Instant| t.saturating_duration_since(self.start).as_secs_f64();
         let (status, color, tokens) = match req.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -351,40 +253,16 @@ impl Shared {
             }
             Err(_) => (0, None, 0),
         };
+        let done = Instant::now();
         let sample = Sample {
-            sent_at,
-            latency_ms: sent.elapsed().as_secs_f64() * 1000.0,
+            scheduled_at: since_start(due),
+            sent_at: since_start(sent),
+            latency_ms: done.saturating_duration_since(due).as_secs_f64() * 1000.0,
+            service_ms: done.saturating_duration_since(sent).as_secs_f64() * 1000.0,
             status,
             color,
             tokens,
         };
         lock(&self.samples).push(sample);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample(ms: f64, status: u16) -> Sample {
-        Sample {
-            sent_at: 0.0,
-            latency_ms: ms,
-            status,
-            color: None,
-            tokens: 10,
-        }
-    }
-
-    #[test]
-    fn percentiles_and_error_rate() {
-        let mut s: Vec<Sample> = (1..=100).map(|i| sample(i as f64, 200)).collect();
-        s.push(sample(1.0, 500));
-        let r = Report::from_samples(&s, Duration::from_secs(2));
-        assert_eq!((r.p50_ms, r.p99_ms, r.max_ms), (50.0, 99.0, 100.0));
-        assert_eq!((r.ok, r.failed), (100, 1));
-        assert!((r.qps - 50.0).abs() < 1e-9);
-        assert!((r.error_rate - 1.0 / 101.0).abs() < 1e-12);
-        assert_eq!(r.by_status["500"], 1);
     }
 }

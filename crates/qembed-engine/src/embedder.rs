@@ -2,11 +2,12 @@
 
 use std::path::Path;
 
-use qembed_model::{DType, PackedBatch};
+use qembed_model::{DType, PackedBatch, ScoreHead};
 
 use crate::backend::{Backend, DeviceSpec};
 
 use crate::postprocess::{check_dimensions, finish};
+use crate::rerank::{Pair, RerankTemplate, RERANK_MAX_LENGTH};
 use crate::tokenize::{format_query, Qwen3Tokenizer};
 use crate::{EngineError, Result};
 
@@ -52,13 +53,48 @@ impl DTypeChoice {
     }
 }
 
+/// What a checkpoint is served for. Qwen3-Embedding and Qwen3-Reranker checkpoints
+/// have the same architecture (`Qwen3ForCausalLM`), so the config cannot tell; the
+/// operator says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Task {
+    /// Last-token hidden state, normalised: a vector per text.
+    #[default]
+    Embed,
+    /// The yes/no head over a (query, document) template: a score per pair.
+    Rerank,
+}
+
+impl std::str::FromStr for Task {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "embed" | "embedding" | "embeddings" => Ok(Self::Embed),
+            "rerank" | "reranker" | "score" => Ok(Self::Rerank),
+            other => Err(format!("unknown task `{other}` (embed, rerank)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Embed => "embed",
+            Self::Rerank => "rerank",
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// Embeddings or reranker scores.
+    pub task: Task,
     pub device: DeviceSpec,
     /// Ranks of a tensor-parallel group (1: no tensor parallelism).
     pub tensor_parallel: usize,
     pub dtype: DTypeChoice,
-    /// Token limit per input including the EOS; default from the config, capped at 32k.
+    /// Token limit per input including the EOS (embeddings) or the template (rerank);
+    /// default from the config, capped at 32k for embeddings and 8192 for rerank.
     pub max_length: Option<usize>,
     /// Upper bound on tokens per forward pass (bounds activation memory).
     pub max_batch_tokens: usize,
@@ -67,6 +103,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
+            task: Task::Embed,
             device: DeviceSpec::Cpu,
             tensor_parallel: 1,
             dtype: DTypeChoice::Auto,
@@ -104,14 +141,37 @@ pub struct Embedder {
     tokenizer: Qwen3Tokenizer,
     max_length: usize,
     max_batch_tokens: usize,
+    /// The reranker's template and head when the task is `Rerank`.
+    rerank: Option<Reranking>,
+}
+
+/// What a reranker adds to the forward pass: its input template and its score head.
+struct Reranking {
+    template: RerankTemplate,
+    head: ScoreHead,
 }
 
 impl Embedder {
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let tokenizer = Qwen3Tokenizer::from_dir(dir)?;
         let dtype = opts.dtype.resolve(opts.device);
+        // The head needs only the config and two rows of the checkpoint: check it before
+        // the (slow) model load, so a checkpoint that cannot rerank fails at once.
+        let rerank = match opts.task {
+            Task::Embed => None,
+            Task::Rerank => {
+                let cfg = qembed_model::Qwen3Config::from_file(&dir.join("config.json"))?;
+                let template = RerankTemplate::new(&tokenizer)?;
+                let head = ScoreHead::load(dir, &cfg, template.yes, template.no)?;
+                Some(Reranking { template, head })
+            }
+        };
         let model = Backend::load(dir, opts.device, dtype, opts.tensor_parallel)?;
         let positions = model.config().max_position_embeddings;
+        let cap = match opts.task {
+            Task::Embed => MAX_LENGTH_CAP,
+            Task::Rerank => RERANK_MAX_LENGTH,
+        };
         let max_length = match opts.max_length {
             Some(0) => return Err(EngineError::Setting("max length must be positive".into())),
             Some(n) if n > positions => {
@@ -120,8 +180,16 @@ impl Embedder {
                 )))
             }
             Some(n) => n,
-            None => positions.min(MAX_LENGTH_CAP),
+            None => positions.min(cap),
         };
+        if let Some(r) = &rerank {
+            if max_length <= r.template.overhead() {
+                return Err(EngineError::Setting(format!(
+                    "max length {max_length} leaves no room for a pair after the reranker template's {} tokens",
+                    r.template.overhead()
+                )));
+            }
+        }
         if opts.max_batch_tokens == 0 {
             return Err(EngineError::Setting(
                 "max batch tokens must be positive".into(),
@@ -132,7 +200,68 @@ impl Embedder {
             tokenizer,
             max_length,
             max_batch_tokens: opts.max_batch_tokens,
+            rerank,
         })
+    }
+
+    /// What this model serves.
+    pub fn task(&self) -> Task {
+        if self.rerank.is_some() {
+            Task::Rerank
+        } else {
+            Task::Embed
+        }
+    }
+
+    fn reranking(&self) -> Result<&Reranking> {
+        self.rerank.as_ref().ok_or(EngineError::WrongTask {
+            wanted: Task::Rerank,
+            loaded: Task::Embed,
+        })
+    }
+
+    /// The ids the reranker sees for `pair` (template included, no EOS), truncated at
+    /// the end of the body to the length limit when `truncate`, else refused.
+    pub fn tokenize_pair(&self, pair: Pair<'_>, truncate: bool) -> Result<Vec<u32>> {
+        self.tokenize_pair_capped(pair, truncate, None)
+    }
+
+    /// As [`tokenize_pair`](Self::tokenize_pair), with the document first cut to
+    /// `max_document_tokens` tokens (Cohere's `max_tokens_per_doc`).
+    pub fn tokenize_pair_capped(
+        &self,
+        pair: Pair<'_>,
+        truncate: bool,
+        max_document_tokens: Option<usize>,
+    ) -> Result<Vec<u32>> {
+        self.reranking()?.template.encode(
+            &self.tokenizer,
+            pair,
+            self.max_length,
+            truncate,
+            max_document_tokens,
+        )
+    }
+
+    /// `l_yes - l_no` for a pooled hidden state from [`embed_ids`](Self::embed_ids) of
+    /// a tokenised pair; [`crate::rerank::sigmoid`] turns it into the relevance score.
+    pub fn logit(&self, hidden: &[f32]) -> Result<f32> {
+        Ok(self.reranking()?.head.logit(hidden)?)
+    }
+
+    /// Tokenises and scores `pairs` (all checked before any compute), in order: each
+    /// pair's `l_yes - l_no` with its token count.
+    pub fn rerank(&self, pairs: &[Pair<'_>], truncate: bool) -> Result<Vec<(f32, usize)>> {
+        let ids = pairs
+            .iter()
+            .map(|p| self.tokenize_pair(*p, truncate))
+            .collect::<Result<Vec<_>>>()?;
+        let hidden = self.embed_ids(&ids)?;
+        hidden
+            .iter()
+            .zip(&ids)
+            .map(|(h, ids)| Ok((self.logit(h)?, ids.len())))
+            .collect()
     }
 
     pub fn model(&self) -> &Backend {

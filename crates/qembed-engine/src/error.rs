@@ -20,6 +20,11 @@ pub enum EngineError {
     TooLong { tokens: usize, max: usize },
     #[error("dimensions must be between {min} and {max}, got {got}")]
     Dimensions { got: usize, min: usize, max: usize },
+    #[error("this server runs the {loaded} task (`--task {loaded}`); the request needs `--task {wanted}`")]
+    WrongTask {
+        wanted: crate::Task,
+        loaded: crate::Task,
+    },
     #[error("invalid setting: {0}")]
     Setting(String),
     #[error("model `{id}` is not a local directory and could not be fetched from the Hugging Face hub (cache: {cache}): {message}")]
@@ -40,6 +45,7 @@ impl EngineError {
                 | EngineError::TooLong { .. }
                 | EngineError::Dimensions { .. }
                 | EngineError::Tokenize(_)
+                | EngineError::WrongTask { .. }
                 | EngineError::Model(ModelError::Input(_))
         )
     }

@@ -1,6 +1,7 @@
 //! The seam between HTTP and tensors: tokenisation with Qwen3-Embedding's instruction
-//! format and EOS rule, truncation, Matryoshka dimensions and normalisation, and model
-//! resolution (local directory or hub id). Testable without a server.
+//! format and EOS rule and Qwen3-Reranker's template, truncation, Matryoshka dimensions
+//! and normalisation, the reranker's score, and model resolution (local directory or
+//! hub id). Testable without a server.
 
 mod backend;
 pub mod batcher;
@@ -8,16 +9,19 @@ mod embedder;
 mod error;
 mod fingerprint;
 pub mod postprocess;
+pub mod rerank;
 mod source;
 mod tokenize;
 
 pub use backend::{Backend, DeviceSpec, RankGroup};
 pub use batcher::{Admission, BatchObserver, BatchStats, Batcher, BatcherConfig, SubmitError};
 pub use embedder::{
-    DTypeChoice, Embedder, Input, LoadOptions, OutputOptions, MAX_BATCH_SEQUENCES, MAX_LENGTH_CAP,
+    DTypeChoice, Embedder, Input, LoadOptions, OutputOptions, Task, MAX_BATCH_SEQUENCES,
+    MAX_LENGTH_CAP,
 };
 pub use error::{EngineError, Result};
 pub use fingerprint::fingerprint;
 pub use qembed_model::{DType, Device};
+pub use rerank::Pair;
 pub use source::resolve_model;
 pub use tokenize::{format_query, Qwen3Tokenizer};

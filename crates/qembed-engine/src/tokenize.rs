@@ -52,6 +52,11 @@ impl Qwen3Tokenizer {
         self.eos_id
     }
 
+    /// The id of `token` as one vocabulary entry, if it is one.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
     /// Number of ids including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

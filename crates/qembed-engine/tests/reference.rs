@@ -2,45 +2,13 @@
 //! tokenisation (instruction format, EOS rule, truncation), forward pass, Matryoshka
 //! truncation and normalisation together.
 
-use std::path::{Path, PathBuf};
-
 use qembed_engine::{
     DTypeChoice, Embedder, EngineError, Input, LoadOptions, OutputOptions, Qwen3Tokenizer,
 };
-use qembed_testkit::{cosine, FIXTURES};
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Reference {
-    eos_id: u32,
-    eos_post_processor: bool,
-    hidden_size: usize,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    text: String,
-    instruction: Option<String>,
-    dimensions: Option<usize>,
-    max_length: Option<usize>,
-    input_ids: Vec<u32>,
-    raw: Vec<f32>,
-    embedding: Vec<f32>,
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fixture(name: &str) -> PathBuf {
-    root().join("models").join(name)
-}
+use qembed_testkit::{cosine, fixture, root, Case, Reference, FIXTURES};
 
 fn reference(name: &str) -> Reference {
-    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    Reference::load(name)
 }
 
 fn load(name: &str, dtype: DTypeChoice, max_length: Option<usize>) -> Embedder {

@@ -24,6 +24,9 @@ pub struct Qwen3Config {
     pub attention_bias: bool,
     /// The dtype the checkpoint was saved in (`torch_dtype`/`dtype`), if it says.
     pub torch_dtype: Option<String>,
+    /// Whether the output projection is the embedding table (Qwen3-0.6B and its
+    /// embedding/reranker models) rather than a `lm_head` of its own (4B, 8B).
+    pub tie_word_embeddings: bool,
 }
 
 #[derive(Deserialize)]
@@ -45,6 +48,9 @@ struct RawConfig {
     hidden_act: Option<String>,
     #[serde(default)]
     use_sliding_window: bool,
+    /// transformers' Qwen3Config default is false.
+    #[serde(default)]
+    tie_word_embeddings: bool,
     torch_dtype: Option<String>,
     dtype: Option<String>,
     model_type: Option<String>,
@@ -129,6 +135,7 @@ impl Qwen3Config {
             max_position_embeddings: raw.max_position_embeddings,
             attention_bias: raw.attention_bias,
             torch_dtype: raw.torch_dtype.or(raw.dtype),
+            tie_word_embeddings: raw.tie_word_embeddings,
         };
         cfg.check()?;
         Ok(cfg)
@@ -194,6 +201,9 @@ mod tests {
         );
         assert_eq!(c.rope_theta, 1_000_000.0);
         assert_eq!(c.torch_dtype.as_deref(), Some("bfloat16"));
+        assert!(c.tie_word_embeddings);
+        let untied = QWEN3_EMBEDDING_0_6B.replace(r#""tie_word_embeddings": true,"#, "");
+        assert!(!Qwen3Config::from_json(&untied).unwrap().tie_word_embeddings);
     }
 
     #[test]

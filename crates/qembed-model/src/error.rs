@@ -40,6 +40,14 @@ pub enum ModelError {
     /// The CPU GEMM kernel asked for (`QEMBED_CPU_KERNEL`) cannot run here.
     #[error("CPU kernel: {0}")]
     CpuKernel(String),
+    #[error("{dir} has no output projection for a reranker head: neither `lm_head.weight` nor tied embeddings (`tie_word_embeddings` in config.json)")]
+    NoScoreHead { dir: PathBuf },
+    #[error("token id {id} of `{token}` is outside the model's vocabulary of {vocab}")]
+    HeadToken {
+        token: String,
+        id: u32,
+        vocab: usize,
+    },
     #[error("tensor parallelism: {0}")]
     TensorParallel(String),
     #[error("invalid input: {0}")]

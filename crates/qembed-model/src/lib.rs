@@ -1,5 +1,6 @@
-//! Qwen3-Embedding in candle: config, weights and a padding-free batched forward pass
-//! that returns each sequence's last-token hidden state.
+//! Qwen3-Embedding and Qwen3-Reranker in candle: config, weights, a padding-free
+//! batched forward pass that returns each sequence's last-token hidden state, and the
+//! reranker's yes/no score head on top of it.
 //!
 //! This crate knows nothing of HTTP, queues or tokenizers: it maps packed token ids to
 //! vectors, and everything else lives in `qembed-engine`.
@@ -9,6 +10,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
+mod head;
 mod memory;
 mod model;
 mod packed;
@@ -20,6 +22,7 @@ pub use config::Qwen3Config;
 #[cfg(feature = "mkl")]
 pub use cpu::gemm::mkl;
 pub use error::{ModelError, Result};
+pub use head::ScoreHead;
 pub use memory::retain_freed_memory;
 pub use model::Qwen3Embedding;
 pub use packed::PackedBatch;

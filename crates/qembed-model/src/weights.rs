@@ -65,33 +65,94 @@ impl Weights {
 
     /// As [`get`](Self::get), converted to `dtype` instead.
     pub fn get_as(&self, name: &str, shape: &[usize], to: DType) -> Result<Tensor> {
+        let (view, _) = self.view(name, shape)?;
+        Ok(view.load(&self.device)?.to_dtype(to)?)
+    }
+
+    /// Whether the checkpoint holds `name` (with or without the `model.` prefix).
+    pub fn contains(&self, name: &str) -> bool {
+        self.stored_name(name).is_some()
+    }
+
+    /// Rows `rows` of the 2-D tensor `name` (checked against `shape`) as f32, read
+    /// straight from the mapped file: two rows of a 151k-row output projection cost two
+    /// rows of memory, not the whole table.
+    pub fn rows_f32(&self, name: &str, shape: [usize; 2], rows: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let (view, dtype) = self.view(name, &shape)?;
+        let width = shape[1];
+        let size = match dtype {
+            StoredDType::F32 => 4,
+            StoredDType::F16 | StoredDType::BF16 => 2,
+        };
+        let data = view.data();
+        rows.iter()
+            .map(|&r| {
+                let bytes = data
+                    .get(r * width * size..(r + 1) * width * size)
+                    .ok_or_else(|| {
+                        ModelError::Input(format!("row {r} of `{name}` is out of range"))
+                    })?;
+                Ok(match dtype {
+                    StoredDType::F32 => bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                    StoredDType::F16 => bytes
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                        .collect(),
+                    StoredDType::BF16 => bytes
+                        .chunks_exact(2)
+                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// The name `name` is stored under: `model.{name}` or `name`.
+    fn stored_name(&self, name: &str) -> Option<(String, usize)> {
         let prefixed = format!("model.{name}");
-        let (stored, &file) = [prefixed.as_str(), name]
+        [prefixed, name.to_string()]
             .into_iter()
-            .find_map(|n| self.routing.get(n).map(|f| (n, f)))
+            .find_map(|n| self.routing.get(&n).map(|&f| (n, f)))
+    }
+
+    /// The stored view of `name`, checked for shape and a supported dtype.
+    fn view(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(safetensors::tensor::TensorView<'_>, StoredDType)> {
+        let (stored, file) = self
+            .stored_name(name)
             .ok_or_else(|| ModelError::MissingTensor {
                 name: name.to_string(),
                 files: self.file_list(),
             })?;
         let (path, st) = &self.files[file];
-        let view = st.get(stored)?;
+        let view = st.get(&stored)?;
         if view.shape() != shape {
             return Err(ModelError::Shape {
-                name: stored.to_string(),
+                name: stored,
                 file: path.clone(),
                 expected: shape.to_vec(),
                 found: view.shape().to_vec(),
             });
         }
-        let dtype = format!("{:?}", view.dtype());
-        if !matches!(dtype.as_str(), "F32" | "F16" | "BF16") {
-            return Err(ModelError::StorageDType {
-                name: stored.to_string(),
-                file: path.clone(),
-                dtype,
-            });
-        }
-        Ok(view.load(&self.device)?.to_dtype(to)?)
+        let dtype = match view.dtype() {
+            safetensors::Dtype::F32 => StoredDType::F32,
+            safetensors::Dtype::F16 => StoredDType::F16,
+            safetensors::Dtype::BF16 => StoredDType::BF16,
+            other => {
+                return Err(ModelError::StorageDType {
+                    name: stored,
+                    file: path.clone(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        Ok((view, dtype))
     }
 
     fn file_list(&self) -> String {
@@ -102,6 +163,14 @@ impl Weights {
             .collect();
         names.join(", ")
     }
+}
+
+/// The dtypes a checkpoint may store tensors in.
+#[derive(Clone, Copy)]
+enum StoredDType {
+    F32,
+    F16,
+    BF16,
 }
 
 /// The weight files of a checkpoint directory, in a stable order.

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::secret::{self, Secret};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -14,6 +16,9 @@ pub struct Config {
     /// Absent where something else switches traffic (Kubernetes, Argo Rollouts): then
     /// only `verify --against` is available.
     pub nginx: Option<Nginx>,
+    /// What the clients send; verify speaks to a colour exactly as they do.
+    #[serde(default)]
+    pub clients: Clients,
     #[serde(default)]
     pub verify: Verify,
     #[serde(default)]
@@ -32,8 +37,15 @@ pub struct Color {
     /// Command that stops this colour (`retire`), e.g. `["systemctl", "stop", "qembed@blue"]`.
     #[serde(default)]
     pub stop: Vec<String>,
-    #[serde(default)]
-    pub api_key: Option<String>,
+    /// The instance's `--api-key`, for the controller's own calls (`/info`): from this
+    /// environment variable or file. Default: the clients' key.
+    pub api_key_env: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    /// Refused at load: a key written in the config.
+    #[serde(rename = "api_key")]
+    inline_api_key: Option<String>,
+    #[serde(skip)]
+    pub api_key: Option<Secret>,
 }
 
 impl Color {
@@ -54,6 +66,40 @@ impl Color {
     }
 }
 
+/// The client contract: the `model` names clients put in their requests and the API key
+/// they send. A colour that answers these with 4xx would fail every client after the
+/// switch, however well it embeds for the controller.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Clients {
+    /// Every `model` value clients send; empty: clients send no `model`.
+    pub model_names: Vec<String>,
+    /// The key clients send as `Authorization: Bearer`, from this environment variable
+    /// or file; neither: clients send no key.
+    pub api_key_env: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    #[serde(rename = "api_key")]
+    inline_api_key: Option<String>,
+    #[serde(skip)]
+    pub api_key: Option<Secret>,
+}
+
+impl Clients {
+    /// The `model` values to probe: each configured name, or one request without.
+    pub fn models(&self) -> Vec<Option<&str>> {
+        if self.model_names.is_empty() {
+            vec![None]
+        } else {
+            self.model_names.iter().map(|m| Some(m.as_str())).collect()
+        }
+    }
+
+    /// The name the golden set and the load use (the first one clients send).
+    pub fn primary_model(&self) -> Option<&str> {
+        self.model_names.first().map(String::as_str)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Nginx {
@@ -70,6 +116,10 @@ pub struct Nginx {
     /// Keep-alive connections per worker to the active upstream.
     #[serde(default = "default_keepalive")]
     pub keepalive: u32,
+    /// nginx's own address (e.g. `http://127.0.0.1:8080`): `status`, `switch` and
+    /// `rollback` probe it to learn which colour really answers, whatever the include
+    /// file says.
+    pub url: Option<String>,
 }
 
 fn default_test() -> Vec<String> {
@@ -131,9 +181,17 @@ impl Default for Verify {
 pub struct Watch {
     pub window_s: f64,
     pub interval_s: f64,
-    /// Share of 5xx responses (and failed scrapes) that triggers a rollback.
+    /// Share of 5xx responses in one interval that triggers a rollback.
     pub max_error_rate: f64,
     pub max_p99_ms: f64,
+    /// Client errors whose share since the switch is compared with the old colour's:
+    /// a new colour that rejects what clients send shows up here, not as 5xx.
+    pub client_error_statuses: Vec<u16>,
+    /// How far each of those shares may rise above the old colour's baseline.
+    pub max_client_error_increase: f64,
+    /// Fewest requests (since the switch, and in the old colour's baseline window)
+    /// before a share is judged; below it the old colour's lifetime counts serve.
+    pub min_requests: u64,
 }
 
 impl Default for Watch {
@@ -143,6 +201,9 @@ impl Default for Watch {
             interval_s: 5.0,
             max_error_rate: 0.01,
             max_p99_ms: 1000.0,
+            client_error_statuses: vec![401, 403, 404, 422],
+            max_client_error_increase: 0.01,
+            min_requests: 20,
         }
     }
 }
@@ -164,7 +225,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: Config =
+        let mut cfg: Config =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         if cfg.colors.len() != 2 {
             bail!(
@@ -173,9 +234,22 @@ impl Config {
                 cfg.colors.len()
             );
         }
-        for (name, c) in &cfg.colors {
+        let c = &mut cfg.clients;
+        c.api_key = secret::resolve(
+            "[clients]",
+            c.inline_api_key.as_deref(),
+            c.api_key_env.as_deref(),
+            c.api_key_file.as_deref(),
+        )?;
+        for (name, c) in &mut cfg.colors {
             c.upstream_addr()
                 .with_context(|| format!("colour {name}"))?;
+            c.api_key = secret::resolve(
+                &format!("colour {name}"),
+                c.inline_api_key.as_deref(),
+                c.api_key_env.as_deref(),
+                c.api_key_file.as_deref(),
+            )?;
         }
         if let Some(n) = &cfg.nginx {
             if n.test.is_empty() || n.reload.is_empty() {
@@ -207,5 +281,20 @@ impl Config {
             .find(|k| k.as_str() != name)
             .cloned()
             .context("no other colour configured")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented example is a valid config (every key known, every type right).
+    #[test]
+    fn example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rollout.example.toml");
+        let cfg = Config::load(&path).unwrap();
+        assert_eq!(cfg.clients.models(), vec![None]);
+        assert_eq!(cfg.watch.client_error_statuses, vec![401, 403, 404, 422]);
+        assert!(cfg.nginx.unwrap().url.is_some());
     }
 }

@@ -1,17 +1,50 @@
-//! Talking to one qembed instance: readiness, identity, embeddings, metrics.
+//! Talking to one qembed instance: readiness, identity, API requests, metrics.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::config::Color;
+use crate::config::Config;
+use crate::secret::Secret;
 
 pub struct Instance {
     pub name: String,
     pub base: String,
-    api_key: Option<String>,
+    /// The key for the controller's own calls (`/info`).
+    admin_key: Option<Secret>,
     http: reqwest::Client,
+}
+
+/// Who a request claims to be: the `model` it names and the key it sends. Verify uses
+/// the clients' own (`[clients]`), so it sees what they would see.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub model: Option<String>,
+    pub key: Option<Secret>,
+}
+
+impl Caller {
+    /// The clients, naming `model`.
+    pub fn client(cfg: &Config, model: Option<&str>) -> Self {
+        Self {
+            model: model.map(str::to_string),
+            key: cfg.clients.api_key.clone(),
+        }
+    }
+
+    /// How the caller is described in a log line.
+    pub fn describe(&self) -> String {
+        format!(
+            "model={} {}",
+            self.model.as_deref().unwrap_or("(none)"),
+            if self.key.is_some() {
+                "with the clients' API key"
+            } else {
+                "without an API key"
+            }
+        )
+    }
 }
 
 /// What `/info` says about an instance.
@@ -23,20 +56,71 @@ pub struct Info {
     pub hidden_size: usize,
 }
 
+/// An API answer: its status and JSON body, whatever the status.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// OpenAI-style `error.code` or `error.message`, for a log line.
+    pub fn error_text(&self) -> String {
+        let e = &self.body["error"];
+        match (e["code"].as_str(), e["message"].as_str()) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (None, Some(m)) => m.to_string(),
+            _ => self.body.to_string().chars().take(200).collect(),
+        }
+    }
+
+    /// The vectors of an embeddings answer; an error for any non-2xx.
+    pub fn embeddings(&self) -> Result<Vec<Vec<f32>>> {
+        if !self.success() {
+            bail!("answered {}: {}", self.status, self.error_text());
+        }
+        let data = self.body["data"]
+            .as_array()
+            .context("response without data")?;
+        data.iter()
+            .map(|d| {
+                serde_json::from_value::<Vec<f32>>(d["embedding"].clone())
+                    .context("embedding is not a float array")
+            })
+            .collect()
+    }
+}
+
+/// One `/v1/embeddings` request body's content.
+#[derive(Debug, Clone, Default)]
+pub struct EmbedRequest<'a> {
+    pub texts: &'a [String],
+    pub instruction: Option<&'a str>,
+    pub dimensions: Option<usize>,
+}
+
 impl Instance {
-    pub fn new(name: &str, color: &Color, timeout: Duration) -> Result<Self> {
+    pub fn new(name: &str, cfg: &Config, timeout: Duration) -> Result<Self> {
+        let color = cfg.color(name)?;
         Ok(Self {
             name: name.to_string(),
             base: color.url.trim_end_matches('/').to_string(),
-            api_key: color.api_key.clone(),
+            admin_key: color
+                .api_key
+                .clone()
+                .or_else(|| cfg.clients.api_key.clone()),
             http: reqwest::Client::builder().timeout(timeout).build()?,
         })
     }
 
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
         let r = self.http.get(format!("{}{path}", self.base));
-        match &self.api_key {
-            Some(k) => r.bearer_auth(k),
+        match &self.admin_key {
+            Some(k) => r.bearer_auth(k.expose()),
             None => r,
         }
     }
@@ -46,14 +130,16 @@ impl Instance {
     }
 
     pub async fn info(&self) -> Result<Info> {
-        let v: Value = self
+        let resp = self
             .get("/info")
             .send()
             .await
-            .with_context(|| format!("{}: GET /info", self.name))?
-            .error_for_status()?
-            .json()
-            .await?;
+            .with_context(|| format!("{}: GET /info", self.name))?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!("{}: GET /info answered {status}", self.name);
+        }
+        let v: Value = resp.json().await?;
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
         Ok(Info {
             color: s("color"),
@@ -63,43 +149,35 @@ impl Instance {
         })
     }
 
-    /// Embeds `texts` (all with the same instruction and dimensions).
-    pub async fn embed(
-        &self,
-        texts: &[String],
-        instruction: Option<&str>,
-        dimensions: Option<usize>,
-    ) -> Result<Vec<Vec<f32>>> {
-        let mut body = json!({"input": texts, "encoding_format": "float"});
-        if let Some(i) = instruction {
-            body["instruction"] = json!(i);
+    /// POSTs `body` to `path` as `caller`; any HTTP status is an answer, only a
+    /// transport failure is an error. `model` is set from the caller.
+    pub async fn post(&self, caller: &Caller, path: &str, mut body: Value) -> Result<Answer> {
+        if let Some(m) = &caller.model {
+            body["model"] = json!(m);
         }
-        if let Some(d) = dimensions {
-            body["dimensions"] = json!(d);
-        }
-        let mut req = self
-            .http
-            .post(format!("{}/v1/embeddings", self.base))
-            .json(&body);
-        if let Some(k) = &self.api_key {
-            req = req.bearer_auth(k);
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(k) = &caller.key {
+            req = req.bearer_auth(k.expose());
         }
         let resp = req
             .send()
             .await
-            .with_context(|| format!("{}: POST /v1/embeddings", self.name))?;
-        let status = resp.status();
-        let v: Value = resp.json().await?;
-        if !status.is_success() {
-            bail!("{}: /v1/embeddings answered {status}: {v}", self.name);
+            .with_context(|| format!("{}: POST {path}", self.name))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(Answer { status, body })
+    }
+
+    pub async fn embed(&self, caller: &Caller, req: &EmbedRequest<'_>) -> Result<Answer> {
+        let mut body = json!({"input": req.texts, "encoding_format": "float"});
+        if let Some(i) = req.instruction {
+            body["instruction"] = json!(i);
         }
-        let data = v["data"].as_array().context("response without data")?;
-        data.iter()
-            .map(|d| {
-                serde_json::from_value::<Vec<f32>>(d["embedding"].clone())
-                    .context("embedding is not a float array")
-            })
-            .collect()
+        if let Some(d) = req.dimensions {
+            body["dimensions"] = json!(d);
+        }
+        self.post(caller, "/v1/embeddings", body).await
     }
 
     pub async fn metrics(&self) -> Result<String> {

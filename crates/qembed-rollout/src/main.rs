@@ -1,14 +1,20 @@
 //! `qembed-rollout`: verify a colour, switch nginx to it, watch it, roll back, retire.
 //!
 //! Exit codes a script can rely on:
-//! 0 done; 1 error (config, I/O, nginx); 2 verify failed, nothing switched;
-//! 3 switched, then rolled back by the watch; 4 refused (re-index needed, or retire
-//! before the keep period).
+//! 0 done; 1 error (config, I/O, nginx; nothing was moved); 2 verify failed, nothing
+//! switched; 3 switched, then rolled back by the watch; 4 refused (re-index needed, or
+//! retire before the keep period); 5 a rollback was due (asked for, or the watch broke)
+//! and could not be carried out: traffic is still on the colour it was meant to leave;
+//! 6 the upstream include and the colour nginx really serves disagree.
 
 mod config;
 mod instance;
+mod live;
 mod nginx;
+mod secret;
 mod state;
+mod switch;
+mod traffic;
 mod verify;
 mod watch;
 
@@ -16,17 +22,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 use config::Config;
 use instance::Instance;
 use state::{now_unix, State};
+use traffic::Current;
 use verify::Compat;
 
 const EXIT_VERIFY_FAILED: u8 = 2;
 const EXIT_ROLLED_BACK: u8 = 3;
 const EXIT_REFUSED: u8 = 4;
+const EXIT_ROLLBACK_FAILED: u8 = 5;
+const EXIT_MISMATCH: u8 = 6;
 
 #[derive(Parser)]
 #[command(
@@ -49,14 +58,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Both colours' identity and readiness, and which one nginx sends traffic to.
+    /// Both colours' identity and readiness, the colour the upstream include names and
+    /// the one nginx really serves (exit 6 when they differ).
     Status,
     /// First install: point the upstream file at a colour without reloading nginx.
     Init {
         #[arg(long)]
         color: String,
     },
-    /// Run the gates on a colour: ready, golden set, load, vector-space compatibility.
+    /// Run the gates on a colour, called as the clients call it: ready, client contract,
+    /// golden set, load, vector-space compatibility.
     Verify {
         #[arg(long)]
         color: String,
@@ -74,9 +85,9 @@ enum Cmd {
         #[arg(long)]
         allow_reindex: bool,
     },
-    /// Send traffic back to the previous colour.
+    /// Send traffic back to the previous colour (exit 5 if it cannot be done).
     Rollback,
-    /// Stop the previous colour once its keep period is over.
+    /// Stop the previous colour once its keep period is over (never the one nginx serves).
     Retire {
         /// Stop it now, whatever the keep period.
         #[arg(long)]
@@ -85,7 +96,10 @@ enum Cmd {
 }
 
 /// Why a command stopped short, with its exit code.
-struct Stop(u8, String);
+pub struct Stop(u8, String);
+
+/// A command's result: an error (exit 1), a stop with its own code, or done.
+pub type Outcome = Result<std::result::Result<(), Stop>>;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -119,10 +133,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<std::result::Result<(), Stop>> {
+async fn dispatch(cli: Cli) -> Outcome {
     let cfg = Config::load(&cli.config)?;
     match cli.command {
-        Cmd::Status => status(&cfg).await.map(Ok),
+        Cmd::Status => status(&cfg).await,
         Cmd::Init { color } => init(&cfg, &color).map(Ok),
         Cmd::Verify {
             color,
@@ -131,14 +145,18 @@ async fn dispatch(cli: Cli) -> Result<std::result::Result<(), Stop>> {
         } => {
             let active = match (against, &cfg.nginx) {
                 (Some(a), _) => Some(cfg.color(&a).map(|_| a)?),
-                (None, Some(n)) => nginx::active(&n.upstream_file)?,
+                (None, Some(_)) => {
+                    let cur = Current::read(&cfg).await?;
+                    cur.warn();
+                    cur.active().map(str::to_string)
+                }
                 (None, None) => None,
             };
             gate(&cfg, &color, active.as_deref(), allow_reindex).await
         }
-        Cmd::Switch { to, allow_reindex } => switch(&cfg, &to, allow_reindex).await,
-        Cmd::Rollback => rollback(&cfg).await.map(Ok),
-        Cmd::Retire { force } => retire(&cfg, force),
+        Cmd::Switch { to, allow_reindex } => switch::switch(&cfg, &to, allow_reindex).await,
+        Cmd::Rollback => switch::rollback(&cfg).await,
+        Cmd::Retire { force } => retire(&cfg, force).await,
     }
 }
 
@@ -146,20 +164,24 @@ fn timeout(cfg: &Config) -> Duration {
     Duration::from_secs_f64(cfg.verify.timeout_s)
 }
 
-async fn status(cfg: &Config) -> Result<()> {
-    let active = nginx::active(&cfg.nginx()?.upstream_file)?;
+async fn status(cfg: &Config) -> Outcome {
+    let cur = Current::read(cfg).await?;
     let st = State::load(&cfg.nginx()?.state_file)?;
     println!(
         "active (nginx upstream): {}",
-        active.as_deref().unwrap_or("none")
+        cur.include.as_deref().unwrap_or("none")
     );
+    match (&cur.live, &cfg.nginx()?.url) {
+        (Some(live), Some(url)) => println!("live (through nginx at {url}): {live}"),
+        _ => println!("live: not probed (set nginx.url to check what nginx really serves)"),
+    }
     for (name, color) in &cfg.colors {
-        let inst = Instance::new(name, color, timeout(cfg))?;
+        let inst = Instance::new(name, cfg, timeout(cfg))?;
         let ready = inst.ready().await;
         let info = inst.info().await.ok();
         println!(
             "{name:6} {:9} ready={ready:<5} model={} dims={} fingerprint={} url={}",
-            if active.as_deref() == Some(name) {
+            if cur.active() == Some(name) {
                 "ACTIVE"
             } else {
                 "idle"
@@ -176,7 +198,11 @@ async fn status(cfg: &Config) -> Result<()> {
             now_unix().saturating_sub(at)
         );
     }
-    Ok(())
+    if let Some(d) = cur.disagreement() {
+        println!("{d}");
+        return Ok(Err(Stop(EXIT_MISMATCH, d)));
+    }
+    Ok(Ok(()))
 }
 
 fn init(cfg: &Config, color: &str) -> Result<()> {
@@ -195,12 +221,7 @@ fn init(cfg: &Config, color: &str) -> Result<()> {
 }
 
 /// Verify, turning the outcome into a stop or a go. Returns the compatibility verdict.
-async fn gate(
-    cfg: &Config,
-    color: &str,
-    active: Option<&str>,
-    allow_reindex: bool,
-) -> Result<std::result::Result<(), Stop>> {
+async fn gate(cfg: &Config, color: &str, active: Option<&str>, allow_reindex: bool) -> Outcome {
     let out = verify::verify(cfg, color, active).await?;
     if !out.passed {
         return Ok(Err(Stop(
@@ -224,125 +245,18 @@ async fn gate(
     Ok(Ok(()))
 }
 
-/// Points nginx at `to`, with a retry backup only when both colours serve one model.
-async fn point_nginx(cfg: &Config, to: &str, from: Option<&str>) -> Result<()> {
-    let addr = cfg.color(to)?.upstream_addr()?;
-    let mut backup = None;
-    if let Some(from) = from.filter(|f| *f != to) {
-        let a = Instance::new(to, cfg.color(to)?, timeout(cfg))?
-            .info()
-            .await;
-        let b = Instance::new(from, cfg.color(from)?, timeout(cfg))?
-            .info()
-            .await;
-        if let (Ok(a), Ok(b)) = (a, b) {
-            if !a.fingerprint.is_empty() && a.fingerprint == b.fingerprint {
-                backup = Some(cfg.color(from)?.upstream_addr()?);
-            }
-        }
-    }
-    let file = &cfg.nginx()?.upstream_file;
-    let old = std::fs::read_to_string(file).ok();
-    nginx::write(
-        file,
-        &nginx::render(to, &addr, backup.as_deref(), cfg.nginx()?.keepalive),
-    )?;
-    if let Err(e) = nginx::run(&cfg.nginx()?.test, "nginx -t") {
-        // Leave nginx exactly as it was.
-        if let Some(old) = old {
-            nginx::write(file, &old)?;
-        }
-        return Err(e);
-    }
-    nginx::run(&cfg.nginx()?.reload, "nginx reload")?;
-    tracing::info!(to, backup = ?backup, "nginx now sends traffic to {to}");
-    Ok(())
-}
-
-async fn switch(
-    cfg: &Config,
-    to: &str,
-    allow_reindex: bool,
-) -> Result<std::result::Result<(), Stop>> {
-    cfg.color(to)?;
-    let active = nginx::active(&cfg.nginx()?.upstream_file)?;
-    if active.as_deref() == Some(to) {
-        tracing::info!(to, "already active; nothing to do");
-        return Ok(Ok(()));
-    }
-    if let Err(stop) = gate(cfg, to, active.as_deref(), allow_reindex).await? {
-        return Ok(Err(stop));
-    }
-    let started = std::time::Instant::now();
-    point_nginx(cfg, to, active.as_deref()).await?;
+async fn retire(cfg: &Config, force: bool) -> Outcome {
     let mut st = State::load(&cfg.nginx()?.state_file)?;
-    st.previous = active.clone();
-    st.active = Some(to.to_string());
-    st.switched_at = Some(now_unix());
-    st.save(&cfg.nginx()?.state_file)?;
-    tracing::info!(
-        to,
-        switch_ms = started.elapsed().as_millis() as u64,
-        "switched; watching"
-    );
-
-    let inst = Instance::new(to, cfg.color(to)?, timeout(cfg))?;
-    match watch::watch(&inst, &cfg.watch).await? {
-        Ok(()) => {
-            tracing::info!(to, window_s = cfg.watch.window_s, "watch window passed");
-            Ok(Ok(()))
-        }
-        Err(why) => {
-            tracing::error!(to, %why, "threshold broken during watch: rolling back");
-            let Some(prev) = active else {
-                bail!("{why}, and there is no previous colour to roll back to");
-            };
-            point_nginx(cfg, &prev, Some(to)).await?;
-            let st = State {
-                active: Some(prev.clone()),
-                previous: Some(to.to_string()),
-                switched_at: Some(now_unix()),
-                retired: None,
-            };
-            st.save(&cfg.nginx()?.state_file)?;
-            Ok(Err(Stop(
-                EXIT_ROLLED_BACK,
-                format!("rolled back to {prev}: {why}"),
-            )))
-        }
+    // Which colour is "previous" is only clear when the include and nginx agree: with a
+    // stale include the previous colour may be the one serving.
+    let cur = Current::read(cfg).await?;
+    if let Some(d) = cur.disagreement() {
+        return Ok(Err(Stop(
+            EXIT_MISMATCH,
+            format!("{d}; not retiring anything"),
+        )));
     }
-}
-
-async fn rollback(cfg: &Config) -> Result<()> {
-    let active = nginx::active(&cfg.nginx()?.upstream_file)?
-        .context("no active colour in the upstream file")?;
-    let st = State::load(&cfg.nginx()?.state_file)?;
-    let prev = match st.previous {
-        Some(p) if p != active => p,
-        _ => cfg.other(&active)?,
-    };
-    if st.retired.as_deref() == Some(prev.as_str()) {
-        bail!("{prev} was retired; start it again before rolling back to it");
-    }
-    let inst = Instance::new(&prev, cfg.color(&prev)?, timeout(cfg))?;
-    if !inst.ready().await {
-        bail!("{prev} is not ready; refusing to send traffic to it");
-    }
-    point_nginx(cfg, &prev, Some(&active)).await?;
-    State {
-        active: Some(prev.clone()),
-        previous: Some(active),
-        switched_at: Some(now_unix()),
-        retired: None,
-    }
-    .save(&cfg.nginx()?.state_file)?;
-    tracing::info!(to = %prev, "rolled back");
-    Ok(())
-}
-
-fn retire(cfg: &Config, force: bool) -> Result<std::result::Result<(), Stop>> {
-    let mut st = State::load(&cfg.nginx()?.state_file)?;
-    let active = nginx::active(&cfg.nginx()?.upstream_file)?;
+    let active = cur.active().map(str::to_string);
     let Some(prev) = st.previous.clone().filter(|p| Some(p) != active.as_ref()) else {
         tracing::info!("no previous colour to retire");
         return Ok(Ok(()));

@@ -1,7 +1,8 @@
 //! The switch itself: one include file naming the active upstream, checked and
 //! reloaded with nginx's own commands.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -41,16 +42,55 @@ pub fn active(upstream_file: &Path) -> Result<Option<String>> {
         .map(|c| c.trim().to_string()))
 }
 
-/// Writes the file atomically (temp file + rename), so nginx never reads half of it.
-pub fn write(upstream_file: &Path, content: &str) -> Result<()> {
+/// An include written beside the live one (`<name>.tmp`) but not yet in place. Staging
+/// first means a switch or rollback learns that it cannot write before it has changed
+/// anything; dropped uncommitted, the temporary file is removed.
+pub struct Staged {
+    tmp: PathBuf,
+    target: PathBuf,
+    done: bool,
+}
+
+/// Writes `content` to the temporary file beside `upstream_file`, flushed to disk.
+pub fn stage(upstream_file: &Path, content: &str) -> Result<Staged> {
     if let Some(dir) = upstream_file.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = upstream_file.with_extension("tmp");
-    std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, upstream_file)
-        .with_context(|| format!("replacing {}", upstream_file.display()))?;
-    Ok(())
+    let staged = Staged {
+        tmp: tmp.clone(),
+        target: upstream_file.to_path_buf(),
+        done: false,
+    };
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(content.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Puts the staged file in place atomically (rename), so nginx never reads half.
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.target)
+            .with_context(|| format!("replacing {}", self.target.display()))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes the file atomically (staged, then renamed into place).
+pub fn write(upstream_file: &Path, content: &str) -> Result<()> {
+    stage(upstream_file, content)?.commit()
 }
 
 pub fn run(cmd: &[String], what: &str) -> Result<()> {
@@ -84,5 +124,11 @@ mod tests {
         assert!(text.contains("server 127.0.0.1:30002 max_fails=0;") && !text.contains("backup"));
         let with_backup = render("blue", "127.0.0.1:30001", Some("127.0.0.1:30002"), 16);
         assert!(with_backup.contains("server 127.0.0.1:30002 backup;"));
+        // A staged file that is dropped leaves the include as it was.
+        drop(stage(&f, &with_backup).unwrap());
+        assert_eq!(active(&f).unwrap().as_deref(), Some("green"));
+        assert!(!f.with_extension("tmp").exists());
+        stage(&f, &with_backup).unwrap().commit().unwrap();
+        assert_eq!(active(&f).unwrap().as_deref(), Some("blue"));
     }
 }

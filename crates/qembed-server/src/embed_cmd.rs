@@ -5,43 +5,27 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use qembed_engine::{
-    postprocess, resolve_model, DTypeChoice, DeviceSpec, Embedder, Input, LoadOptions,
-};
+use qembed_engine::{postprocess, resolve_model, Embedder, Input};
 use serde::{Deserialize, Serialize};
+
+use crate::args::ModelArgs;
 
 #[derive(Args)]
 pub struct EmbedArgs {
-    /// Checkpoint directory, or a Hugging Face hub id (`Qwen/Qwen3-Embedding-0.6B[@rev]`).
-    #[arg(long, env = "QEMBED_MODEL_PATH")]
-    model_path: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Task instruction applied to every input that names none (queries; omit for documents).
     #[arg(long)]
     instruction: Option<String>,
     /// Matryoshka output size, 32 to the model's hidden size.
     #[arg(long)]
     dimensions: Option<usize>,
-    /// Compute dtype: auto (f32 on CPU, f16 on CUDA), f32, f16, bf16.
-    #[arg(long, default_value = "auto")]
-    dtype: DTypeChoice,
-    /// Where the model runs: cpu, cuda or cuda:N (needs a build with `--features cuda`).
-    #[arg(long, env = "QEMBED_DEVICE", default_value = "cpu")]
-    device: DeviceSpec,
-    /// Split the model over N ranks (GPUs from `--device` on; on CPU, for checking only).
-    #[arg(long, default_value_t = 1)]
-    tensor_parallel: usize,
-    /// Token limit per input including the end-of-text token (default: the model's, at most 32768).
-    #[arg(long)]
-    max_length: Option<usize>,
     /// Refuse over-long inputs instead of truncating them.
     #[arg(long)]
     no_truncate: bool,
     /// Output the pooled hidden state without L2 normalisation.
     #[arg(long)]
     raw: bool,
-    /// Most tokens in one forward pass.
-    #[arg(long, default_value_t = 16_384)]
-    max_batch_tokens: usize,
     /// JSON Lines input (default: stdin).
     #[arg(long)]
     input: Option<PathBuf>,
@@ -71,17 +55,10 @@ struct OutputLine<'a> {
 
 pub fn run(args: EmbedArgs) -> Result<()> {
     // Read and parse everything first: a bad line fails the run before any model work.
-    let parsed = parse_lines(&read_lines(&args)?)?;
+    let parsed = parse_lines(&read_lines(args.input.as_deref())?)?;
 
-    let dir = resolve_model(&args.model_path)?;
-    let opts = LoadOptions {
-        device: args.device,
-        tensor_parallel: args.tensor_parallel,
-        dtype: args.dtype,
-        max_length: args.max_length,
-        max_batch_tokens: args.max_batch_tokens,
-    };
-    let embedder = Embedder::load(&dir, &opts)
+    let dir = resolve_model(&args.model.model_path)?;
+    let embedder = Embedder::load(&dir, &args.model.load_options())
         .with_context(|| format!("loading model from {}", dir.display()))?;
     embedder.check_dimensions(args.dimensions)?;
 
@@ -114,8 +91,9 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
-fn read_lines(args: &EmbedArgs) -> Result<Vec<String>> {
-    let reader: Box<dyn BufRead> = match &args.input {
+/// The lines of `input` (stdin when `None`), each checked to be UTF-8.
+pub fn read_lines(input: Option<&std::path::Path>) -> Result<Vec<String>> {
+    let reader: Box<dyn BufRead> = match input {
         Some(p) => Box::new(std::io::BufReader::new(
             std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
         )),

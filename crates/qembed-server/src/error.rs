@@ -1,13 +1,41 @@
-//! Every failure a client can see, in OpenAI's error shape.
+//! Every failure a client can see, in the error shape of the API family the route
+//! belongs to: OpenAI's by default, Cohere's on Cohere routes, TEI's on TEI routes.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use qembed_engine::{EngineError, SubmitError};
 use serde::Serialize;
+use serde_json::json;
 
-/// `{"error": {"message", "type", "param", "code"}}` with an HTTP status, and a
-/// Retry-After for the statuses a client should retry.
+/// Which API's error body a response uses: each client library parses its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    /// `{"error": {"message", "type", "param", "code"}}` (also vLLM and Jina clients).
+    #[default]
+    OpenAi,
+    /// `{"message": ...}`, as Cohere's API answers.
+    Cohere,
+    /// `{"error": ..., "error_type": ...}`, as text-embeddings-inference answers.
+    Tei,
+}
+
+impl Family {
+    /// The family of a route path, for errors raised before a handler runs (auth,
+    /// unknown routes, body limits).
+    pub fn of_path(path: &str) -> Self {
+        if path.starts_with("/v2/") {
+            Family::Cohere
+        } else if matches!(path, "/" | "/rerank" | "/embed" | "/embed_all") {
+            Family::Tei
+        } else {
+            Family::OpenAi
+        }
+    }
+}
+
+/// An error with an HTTP status, rendered in its [`Family`]'s shape, and a Retry-After
+/// for the statuses a client should retry.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -16,6 +44,7 @@ pub struct ApiError {
     pub param: Option<String>,
     pub code: Option<&'static str>,
     pub retry_after: Option<u64>,
+    pub family: Family,
 }
 
 #[derive(Serialize)]
@@ -41,11 +70,18 @@ impl ApiError {
             param: param.map(str::to_string),
             code: None,
             retry_after: None,
+            family: Family::OpenAi,
         }
     }
 
     pub fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
+        self
+    }
+
+    /// The same error in `family`'s shape.
+    pub fn in_family(mut self, family: Family) -> Self {
+        self.family = family;
         self
     }
 
@@ -78,6 +114,11 @@ impl ApiError {
             .with_code("method_not_allowed")
     }
 
+    /// A route of the other task: an embedding route on a reranker or the reverse.
+    pub fn wrong_task(e: &EngineError) -> Self {
+        Self::invalid(e.to_string(), None).with_code("unsupported_task")
+    }
+
     pub fn overloaded(message: String) -> Self {
         Self {
             status: StatusCode::TOO_MANY_REQUESTS,
@@ -86,6 +127,7 @@ impl ApiError {
             param: None,
             code: Some("rate_limit_exceeded"),
             retry_after: Some(1),
+            family: Family::OpenAi,
         }
     }
 
@@ -97,6 +139,7 @@ impl ApiError {
             param: None,
             code: Some("service_unavailable"),
             retry_after: Some(1),
+            family: Family::OpenAi,
         }
     }
 
@@ -108,6 +151,7 @@ impl ApiError {
             param: None,
             code: Some("internal_error"),
             retry_after: None,
+            family: Family::OpenAi,
         }
     }
 
@@ -122,6 +166,7 @@ impl ApiError {
             EngineError::InvalidToken { .. } => {
                 Self::invalid(format!("{param}: {e}"), Some(param)).with_code("invalid_token")
             }
+            EngineError::WrongTask { .. } => Self::wrong_task(&e),
             _ if e.is_input_error() => Self::invalid(format!("{param}: {e}"), Some(param)),
             _ => Self::internal(e.to_string()),
         }
@@ -141,15 +186,30 @@ impl From<SubmitError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            error: Inner {
-                message: &self.message,
-                kind: self.kind,
-                param: self.param.as_deref(),
-                code: self.code,
-            },
+        let mut resp = match self.family {
+            Family::OpenAi => {
+                let body = Body {
+                    error: Inner {
+                        message: &self.message,
+                        kind: self.kind,
+                        param: self.param.as_deref(),
+                        code: self.code,
+                    },
+                };
+                (self.status, Json(body)).into_response()
+            }
+            Family::Cohere => (self.status, Json(json!({"message": self.message}))).into_response(),
+            Family::Tei => {
+                let kind = match self.status.as_u16() {
+                    429 => "overloaded",
+                    503 => "unhealthy",
+                    s if s >= 500 => "backend",
+                    _ => "validation",
+                };
+                let body = json!({"error": self.message, "error_type": kind});
+                (self.status, Json(body)).into_response()
+            }
         };
-        let mut resp = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -1,31 +1,7 @@
-//! `qembed`: Qwen3-Embedding from the command line.
+//! `qembed`: Qwen3-Embedding and Qwen3-Reranker from the command line.
 
-mod api;
-mod embed_cmd;
-mod error;
-mod metrics;
-mod routes;
-mod serve;
-
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(name = "qembed", version, about = "Qwen3-Embedding inference")]
-struct Cli {
-    /// Log as JSON lines instead of text (to stderr).
-    #[arg(long, global = true, env = "QEMBED_JSON_LOGS")]
-    json_logs: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Embed JSON Lines from stdin or a file; one JSON line out per input, in order.
-    Embed(embed_cmd::EmbedArgs),
-    /// Serve OpenAI-compatible /v1/embeddings over HTTP.
-    Serve(serve::ServeArgs),
-}
+use clap::Parser;
+use qembed_server::{embed_cmd, rerank_cmd, serve, Cli, Command};
 
 fn main() -> std::process::ExitCode {
     // Before any thread exists: forward passes reuse freed activation memory.
@@ -33,11 +9,12 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
-        Command::Embed(_) => "warn",
+        Command::Embed(_) | Command::Rerank(_) => "warn",
     };
     init_logging(cli.json_logs, default_level);
     let result = match cli.command {
         Command::Embed(args) => embed_cmd::run(args),
+        Command::Rerank(args) => rerank_cmd::run(args),
         Command::Serve(args) => serve::run(args),
     };
     match result {

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     pub in_flight: IntGauge,
     pub tokens: IntCounter,
+    pub rerank_pairs: IntCounter,
     pub ready: IntGauge,
     pub model_info: IntGaugeVec,
 }
@@ -79,11 +80,15 @@ impl Metrics {
         )?;
         let queue_depth = IntGauge::new("qembed_queue_depth", "Requests queued or computing")?;
         let in_flight = IntGauge::new("qembed_in_flight_requests", "HTTP requests being served")?;
-        let tokens = IntCounter::new("qembed_tokens_total", "Tokens embedded")?;
+        let tokens = IntCounter::new("qembed_tokens_total", "Tokens through the model")?;
+        let rerank_pairs = IntCounter::new(
+            "qembed_rerank_pairs_total",
+            "(query, document) pairs scored by the reranker",
+        )?;
         let ready = IntGauge::new("qembed_ready", "1 when loaded, warmed and not draining")?;
         let model_info = IntGaugeVec::new(
             Opts::new("qembed_model_info", "The model this instance serves"),
-            &["color", "model", "fingerprint", "dtype"],
+            &["color", "model", "fingerprint", "dtype", "task"],
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -95,6 +100,7 @@ impl Metrics {
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(rerank_pairs.clone()))?;
         registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(model_info.clone()))?;
         Ok(Self {
@@ -109,6 +115,7 @@ impl Metrics {
             queue_depth,
             in_flight,
             tokens,
+            rerank_pairs,
             ready,
             model_info,
         })

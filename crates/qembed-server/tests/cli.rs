@@ -1,9 +1,10 @@
-//! `qembed embed` as a user runs it: the real binary, JSON Lines in and out.
+//! `qembed embed` and `qembed rerank` as a user runs them: the real binary, JSON Lines
+//! in and out.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use qembed_testkit::{cosine, fixture};
+use qembed_testkit::{cosine, fixture, Case, Reference, RerankReference, RERANK_FIXTURES};
 use serde::Deserialize;
 
 fn qembed(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
@@ -22,21 +23,6 @@ fn qembed(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
         .write_all(stdin.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
-}
-
-#[derive(Deserialize)]
-struct Reference {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    text: String,
-    instruction: Option<String>,
-    dimensions: Option<usize>,
-    max_length: Option<usize>,
-    input_ids: Vec<u32>,
-    embedding: Vec<f32>,
 }
 
 #[derive(Deserialize)]
@@ -59,15 +45,10 @@ fn parse_output(out: &Output) -> Vec<OutLine> {
         .collect()
 }
 
-fn reference(name: &str) -> Reference {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
-        .unwrap()
-}
-
 #[test]
 fn embeds_jsonl_in_order_matching_transformers() {
     for name in ["qwen3-tiny-gqa", "qwen3-tiny-mqa"] {
-        let r = reference(name);
+        let r = Reference::load(name);
         let cases: Vec<&Case> = r
             .cases
             .iter()
@@ -101,7 +82,7 @@ fn embeds_jsonl_in_order_matching_transformers() {
 
 #[test]
 fn dimensions_and_default_instruction_flags() {
-    let r = reference("qwen3-tiny-gqa");
+    let r = Reference::load("qwen3-tiny-gqa");
     let c = r
         .cases
         .iter()
@@ -193,4 +174,111 @@ fn offline_hub_id_names_the_id_and_cache() {
     );
     let out = qembed(&["embed", "--model-path", "no/such/dir"], "\"hi\"\n", &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither a directory nor"));
+}
+
+#[derive(Deserialize)]
+struct ScoreLine {
+    index: usize,
+    score: f32,
+    tokens: usize,
+}
+
+#[test]
+fn rerank_scores_documents_in_input_order_matching_transformers() {
+    let name = RERANK_FIXTURES[1];
+    let r = RerankReference::load(name);
+    let model = fixture(name);
+    let mut checked = 0;
+    for g in r.groups.iter().filter(|g| g.max_length.is_none()) {
+        // Alternate the two line forms: a JSON string and {"text": ...}.
+        let stdin: String = g
+            .documents
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let line = if i % 2 == 0 {
+                    serde_json::json!(d)
+                } else {
+                    serde_json::json!({"text": d})
+                };
+                format!("{line}\n\n")
+            })
+            .collect();
+        let mut args = vec![
+            "rerank",
+            "--model-path",
+            model.to_str().unwrap(),
+            "--query",
+            &g.query,
+        ];
+        if let Some(i) = &g.instruction {
+            args.extend(["--instruction", i]);
+        }
+        let out = qembed(&args, &stdin, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<ScoreLine> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), g.documents.len(), "{}", g.name);
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(line.index, i);
+            assert_eq!(line.tokens, g.input_ids[i].len(), "{} {i}", g.name);
+            let err = (line.score - g.scores[i]).abs();
+            assert!(
+                err <= 1e-4,
+                "{} {i}: {} vs {}",
+                g.name,
+                line.score,
+                g.scores[i]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "{checked}");
+
+    // --raw prints the logit; a bad line fails before any output.
+    let g = &r.groups[0];
+    let doc = serde_json::json!(g.documents[0]).to_string();
+    let args = [
+        "rerank",
+        "--model-path",
+        model.to_str().unwrap(),
+        "--query",
+        &g.query,
+        "--raw",
+    ];
+    let out = qembed(&args, &format!("{doc}\n"), &[]);
+    let line: ScoreLine =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert!(
+        (line.score - g.logits[0]).abs() <= 1e-4,
+        "{} vs {}",
+        line.score,
+        g.logits[0]
+    );
+    let out = qembed(&args, &format!("{doc}\n{{\"txt\": 1}}\n"), &[]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+    // An embedding checkpoint without single yes/no tokens cannot rerank.
+    let emb = fixture("qwen3-tiny-mqa");
+    let out = qembed(
+        &[
+            "rerank",
+            "--model-path",
+            emb.to_str().unwrap(),
+            "--query",
+            "q",
+        ],
+        &format!("{doc}\n"),
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("yes"));
 }

@@ -1,8 +1,15 @@
 //! What the workspace's test suites share (a dev-dependency only): where the fixture
-//! checkpoints live and the cosine every parity test compares with, so that the suites
-//! of the model, the engine and the server measure parity the same way.
+//! checkpoints live, their reference outputs, the cosine every parity test compares
+//! with, and a spawner for real `qembed serve` processes, so that the suites of the
+//! model, the engine, the server and the rollout measure the same way.
 
 use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+mod server;
+
+pub use server::Server;
 
 /// The fixture checkpoints `models/generate.py` makes, each with the vectors Hugging
 /// Face transformers produced for it (`reference.json`).
@@ -13,11 +20,111 @@ pub const FIXTURES: [&str; 4] = [
     "qwen3-tiny-tp4",
 ];
 
+/// The workspace root (where `models/` and `Cargo.toml` are).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// The directory of fixture `name`: `models/<name>` at the workspace root.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models")
-        .join(name)
+    root().join("models").join(name)
+}
+
+/// An embedding fixture's `reference.json`: what transformers produced for each case.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Reference {
+    pub eos_id: u32,
+    pub eos_post_processor: bool,
+    pub hidden_size: usize,
+    pub cases: Vec<Case>,
+}
+
+/// One reference case: the input, the ids transformers saw, and its outputs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Case {
+    pub name: String,
+    pub text: String,
+    pub instruction: Option<String>,
+    /// Matryoshka size of `embedding` (`None`: the full hidden size).
+    pub dimensions: Option<usize>,
+    /// Token limit the ids were truncated to (`None`: not truncated).
+    pub max_length: Option<usize>,
+    pub input_ids: Vec<u32>,
+    /// The last token's final hidden state, un-normalised.
+    pub raw: Vec<f32>,
+    /// `raw` truncated to `dimensions` and L2-normalised.
+    pub embedding: Vec<f32>,
+}
+
+impl Reference {
+    /// Loads `models/<name>/reference.json`; panics with the path on any problem.
+    pub fn load(name: &str) -> Self {
+        read_json(&fixture(name).join("reference.json"))
+    }
+
+    /// Cases at full size and without truncation.
+    pub fn plain(&self) -> impl Iterator<Item = &Case> {
+        self.cases
+            .iter()
+            .filter(|c| c.dimensions.is_none() && c.max_length.is_none())
+    }
+}
+
+/// The reranker fixtures `models/generate.py` makes: one with tied embeddings (like
+/// Qwen3-Reranker-0.6B), one with its own `lm_head` (like 4B and 8B).
+pub const RERANK_FIXTURES: [&str; 2] = ["qwen3-rerank-tied", "qwen3-rerank-head"];
+
+/// A reranker fixture's `reference.json`: the model card's transformers scoring.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RerankReference {
+    pub yes_id: u32,
+    pub no_id: u32,
+    pub prefix_ids: Vec<u32>,
+    pub suffix_ids: Vec<u32>,
+    pub default_instruction: String,
+    pub max_length: usize,
+    pub groups: Vec<RerankGroup>,
+}
+
+/// One query with its documents, as the card scored them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RerankGroup {
+    pub name: String,
+    pub query: String,
+    /// `None`: the card's default instruction.
+    pub instruction: Option<String>,
+    /// Token limit of the pairs (`None`: the card's 8192).
+    pub max_length: Option<usize>,
+    pub documents: Vec<String>,
+    /// prefix + body + suffix ids per document, as the card built them.
+    pub input_ids: Vec<Vec<u32>>,
+    /// `l_yes - l_no` per document.
+    pub logits: Vec<f32>,
+    /// `sigmoid(l_yes - l_no)` per document.
+    pub scores: Vec<f32>,
+}
+
+impl RerankReference {
+    /// Loads `models/<name>/reference.json`; panics with the path on any problem.
+    pub fn load(name: &str) -> Self {
+        let r: Self = read_json(&fixture(name).join("reference.json"));
+        for g in &r.groups {
+            let n = g.documents.len();
+            assert!(
+                n > 0 && g.input_ids.len() == n && g.logits.len() == n && g.scores.len() == n,
+                "{name}/{}: documents, ids, logits and scores differ in number",
+                g.name
+            );
+        }
+        r
+    }
+}
+
+/// Parses a JSON file into `T`, panicking with the path (test code only).
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
 /// Cosine similarity of two vectors of one length, accumulated in f64.
@@ -34,8 +141,13 @@ mod tests {
     #[test]
     fn fixtures_exist_and_cosine_is_scale_free() {
         for name in super::FIXTURES {
+            let r = super::Reference::load(name);
+            assert_eq!(r.cases.len(), 46, "{name}");
+            assert!(r.plain().count() > 0, "{name}");
+        }
+        for name in super::RERANK_FIXTURES {
             assert!(
-                super::fixture(name).join("reference.json").is_file(),
+                super::RerankReference::load(name).groups.len() >= 6,
                 "{name}"
             );
         }

@@ -1,100 +1,114 @@
-//! A real `qembed serve` process on a loopback port, for tests that speak HTTP to it.
+//! The server's HTTP application built in-process (`app(state)` over a loaded fixture
+//! model) and driven with `tower::ServiceExt::oneshot`: no process, no socket, so these
+//! tests are fast and need no ports. Tests of signals and drain start a real process
+//! with `qembed_testkit::Server` instead.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-pub use qembed_testkit::{cosine, fixture};
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request};
+use axum::Router;
+use qembed_server::{app, serve::load_and_warm, AppState, ServeArgs};
+use serde_json::Value;
+use tower::ServiceExt;
 
-pub struct Server {
-    child: Child,
-    pub base: String,
+pub use qembed_testkit::{cosine, fixture, Reference};
+
+pub struct TestApp {
+    pub app: Router,
+    pub state: Arc<AppState>,
 }
 
-impl Server {
-    /// Starts `qembed serve --port 0 ARGS...` on 127.0.0.1 and waits until /ready is 200.
-    pub async fn start(model: &str, args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qembed"))
-            .args([
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--model-path",
-            ])
-            .arg(fixture(model))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("qembed listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server did not start");
-        let server = Server {
-            child,
-            base: format!("http://{addr}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let client = reqwest::Client::new();
-        loop {
-            if let Ok(r) = client.get(server.url("/ready")).send().await {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "server never became ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        server
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    /// Waits for the process to exit, up to `timeout`.
-    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
+/// A response: status, headers and the body parsed as JSON (`Value::Null` if it is not).
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub text: String,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl TestApp {
+    /// `qembed serve --model-path models/MODEL ARGS...`, loaded and warmed, not bound.
+    pub async fn start(model: &str, args: &[&str]) -> TestApp {
+        let mut argv = vec![
+            "--model-path".to_string(),
+            fixture(model).display().to_string(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let args = ServeArgs::parse_from(argv).unwrap();
+        let state = Arc::new(AppState::new(args).unwrap());
+        let loading = state.clone();
+        tokio::task::spawn_blocking(move || load_and_warm(&loading))
+            .await
+            .unwrap()
+            .unwrap();
+        TestApp {
+            app: app(state.clone()),
+            state,
+        }
+    }
+
+    /// Sends one request through the whole router (layers and fallbacks included).
+    pub async fn send(&self, req: Request<Body>) -> Reply {
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req.body(body.into()).unwrap()).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.post_with(path, &[], body).await
+    }
+
+    pub async fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.request(Method::POST, path, &all, body.to_string())
+            .await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<Body>) -> Reply {
+        self.request(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(Method::GET, path, &[], Body::empty()).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.request(Method::GET, path, headers, Body::empty())
+            .await
     }
 }
 
@@ -109,7 +123,7 @@ pub fn decode_base64(s: &str) -> Vec<f32> {
 }
 
 /// Asserts OpenAI's error shape and returns the error object.
-pub fn assert_error_shape(body: &serde_json::Value) -> &serde_json::Map<String, serde_json::Value> {
+pub fn assert_error_shape(body: &Value) -> &serde_json::Map<String, Value> {
     let err = body["error"]
         .as_object()
         .unwrap_or_else(|| panic!("no error object: {body}"));
@@ -123,4 +137,21 @@ pub fn assert_error_shape(body: &serde_json::Value) -> &serde_json::Map<String, 
         "{body}"
     );
     err
+}
+
+/// Words of the fixture vocabulary, `words` of them: a text of a predictable length.
+pub fn long_text(words: usize) -> String {
+    (0..words)
+        .map(|i| format!("w{}", i * 7919 % 1000))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A metric's value in a Prometheus text scrape (the first line starting with `name `).
+pub fn metric(scrape: &str, name: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(' ')
+            .and_then(|r| r.trim().parse().ok())
+    })
 }

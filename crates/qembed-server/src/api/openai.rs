@@ -1,11 +1,25 @@
-//! OpenAI's `/v1/embeddings` request and response, parsed by hand from JSON so that
-//! every malformed field gets its own message and `param`, as OpenAI's API does.
+//! OpenAI's `/v1/embeddings` and `/v1/models`: the request parsed by hand from JSON so
+//! that every malformed field gets its own message and `param`, as OpenAI's API does.
 
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use base64::Engine as _;
+use qembed_engine::postprocess;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Value};
 
+use super::{
+    body, embedder, instruction_for, opt_string, parse_json_object, prepare, serving, type_name,
+    AppResult,
+};
 use crate::error::ApiError;
+use crate::middleware::Arrival;
+use crate::state::AppState;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inputs {
@@ -19,6 +33,10 @@ impl Inputs {
             Inputs::Texts(t) => t.len(),
             Inputs::Tokens(t) => t.len(),
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -40,23 +58,6 @@ pub struct EmbeddingRequest {
     pub prompt_name: Option<String>,
     /// Extension: truncate over-long input instead of refusing it.
     pub truncate: Option<bool>,
-}
-
-pub fn parse_json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid(
-            format!("We could not parse the JSON body of your request: {e}"),
-            None,
-        )
-        .with_code("invalid_json")
-    })?;
-    match value {
-        Value::Object(m) => Ok(m),
-        _ => Err(ApiError::invalid(
-            "The request body must be a JSON object",
-            None,
-        )),
-    }
 }
 
 pub fn parse_embedding_request(body: &[u8]) -> Result<EmbeddingRequest, ApiError> {
@@ -105,18 +106,6 @@ pub fn parse_embedding_request(body: &[u8]) -> Result<EmbeddingRequest, ApiError
         prompt_name: opt_string(&obj, "prompt_name")?,
         truncate,
     })
-}
-
-/// A string field that may be absent or null; any other type is an error naming it.
-pub fn opt_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(v) => Err(ApiError::invalid(
-            format!("'{key}' must be a string, got {}", type_name(v)),
-            Some(key),
-        )),
-    }
 }
 
 /// `input`: a string, an array of strings, an array of token ids, or an array of arrays
@@ -204,17 +193,6 @@ fn token_ids(items: &[Value], param: &str) -> Result<Vec<u32>, ApiError> {
         .collect()
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 #[derive(Serialize)]
 pub struct EmbeddingResponse {
     pub object: &'static str,
@@ -254,6 +232,97 @@ impl EmbeddingValue {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub total_tokens: usize,
+}
+
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    Extension(arrival): Extension<Arrival>,
+    raw: Result<Bytes, BytesRejection>,
+) -> AppResult<Response> {
+    let loaded = serving(&state, arrival)?;
+    embedder(loaded)?;
+    let slot = loaded.batcher.admit()?;
+    let req = parse_embedding_request(&body(raw)?)?;
+    let model = match req.model {
+        Some(m) if !state.served_names.contains(&m) => return Err(ApiError::model_not_found(&m)),
+        Some(m) => m,
+        None => state.served_names[0].clone(),
+    };
+    if req.input.len() > state.args.max_client_batch_size {
+        return Err(ApiError::invalid(
+            format!(
+                "'input' has {} items, more than the limit of {}",
+                req.input.len(),
+                state.args.max_client_batch_size
+            ),
+            Some("input"),
+        ));
+    }
+    loaded
+        .embedder
+        .check_dimensions(req.dimensions)
+        .map_err(|e| ApiError::from_engine(e, "dimensions"))?;
+    let explicit = req.instruction.is_some() || req.prompt_name.is_some();
+    let instruction = instruction_for(&state, req.instruction, req.prompt_name)?;
+    let seqs = prepare(
+        loaded,
+        req.input,
+        instruction,
+        explicit,
+        req.truncate.unwrap_or(false),
+    )
+    .await?;
+    let prompt_tokens = seqs.iter().map(Vec::len).sum();
+    let vectors = loaded.batcher.embed(&slot, seqs).await?;
+    let mut data = Vec::with_capacity(vectors.len());
+    for (index, raw) in vectors.iter().enumerate() {
+        let v = postprocess::finish(raw, req.dimensions, true)
+            .map_err(|e| ApiError::from_engine(e, "dimensions"))?;
+        data.push(EmbeddingData {
+            object: "embedding",
+            index,
+            embedding: EmbeddingValue::encode(v, req.encoding_format),
+        });
+    }
+    Ok(Json(EmbeddingResponse {
+        object: "list",
+        data,
+        model,
+        usage: Usage {
+            prompt_tokens,
+            total_tokens: prompt_tokens,
+        },
+    })
+    .into_response())
+}
+
+fn model_card(state: &AppState, id: &str) -> serde_json::Value {
+    json!({
+        "id": id,
+        "object": "model",
+        "created": state.created_unix,
+        "owned_by": "qembed",
+    })
+}
+
+pub async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let data: Vec<_> = state
+        .served_names
+        .iter()
+        .map(|n| model_card(&state, n))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+pub async fn model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> AppResult<Json<serde_json::Value>> {
+    if state.served_names.contains(&id) {
+        Ok(Json(model_card(&state, &id)))
+    } else {
+        Err(ApiError::model_not_found(&id))
+    }
 }
 
 #[cfg(test)]

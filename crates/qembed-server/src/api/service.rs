@@ -1,0 +1,129 @@
+//! qembed's own routes: what is served (/info), the ids the model sees (/tokenize),
+//! probes for orchestrators (/health, /ready) and Prometheus metrics.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use qembed_engine::postprocess;
+use serde_json::json;
+
+use super::openai::{self, Inputs};
+use super::{
+    body, embedder, instruction_for, opt_string, parse_json_object, prepare, serving, AppResult,
+};
+use crate::error::ApiError;
+use crate::middleware::Arrival;
+use crate::state::AppState;
+
+pub async fn info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let loaded = state.loaded.get();
+    let cfg = loaded.map(|l| l.embedder.model().config());
+    Json(json!({
+        "color": state.color,
+        "model_id": state.served_names[0],
+        "served_model_names": state.served_names,
+        "model_path": state.args.model.model_path,
+        "model_dir": loaded.map(|l| l.model_dir.display().to_string()),
+        "fingerprint": loaded.map(|l| l.fingerprint.as_str()),
+        "dtype": loaded.map(|l| l.dtype.as_str()),
+        "device": state.args.model.device.to_string(),
+        "tensor_parallel": state.args.model.tensor_parallel,
+        "hidden_size": cfg.map(|c| c.hidden_size),
+        "max_dimensions": cfg.map(|c| c.hidden_size),
+        "min_dimensions": postprocess::MIN_DIMENSIONS,
+        "max_input_tokens": loaded.map(|l| l.embedder.max_length()),
+        "max_batch_tokens": state.args.model.max_batch_tokens,
+        "max_batch_requests": state.args.max_batch_requests,
+        "max_concurrent_requests": state.args.max_concurrent_requests,
+        "max_client_batch_size": state.args.max_client_batch_size,
+        "default_instruction": state.args.default_instruction,
+        "prompts": state.prompts,
+        "ready": state.is_ready(),
+        "task": state.args.task.to_string(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+/// The token ids the model would see for each input (instruction and EOS included).
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    Extension(arrival): Extension<Arrival>,
+    raw: Result<Bytes, BytesRejection>,
+) -> AppResult<Json<serde_json::Value>> {
+    let loaded = serving(&state, arrival)?;
+    embedder(loaded)?;
+    let obj = parse_json_object(&body(raw)?)?;
+    let input = openai::parse_input(obj.get("input"))?;
+    if matches!(input, Inputs::Tokens(_)) {
+        return Err(ApiError::invalid(
+            "'input' must be text for /tokenize",
+            Some("input"),
+        ));
+    }
+    if input.len() > state.args.max_client_batch_size {
+        return Err(ApiError::invalid(
+            "'input' has too many items",
+            Some("input"),
+        ));
+    }
+    let instruction = instruction_for(
+        &state,
+        opt_string(&obj, "instruction")?,
+        opt_string(&obj, "prompt_name")?,
+    )?;
+    let seqs = prepare(loaded, input, instruction, false, true).await?;
+    let data: Vec<_> = seqs
+        .iter()
+        .enumerate()
+        .map(|(i, ids)| json!({"index": i, "tokens": ids, "count": ids.len()}))
+        .collect();
+    Ok(Json(
+        json!({"object": "list", "data": data, "model": state.served_names[0]}),
+    ))
+}
+
+/// Liveness: ok while the process can serve, 503 once its model backend is out of
+/// service for good (a tensor-parallel group whose rank failed), so it gets restarted.
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    match state.loaded.get() {
+        Some(l) if !l.embedder.model().is_healthy() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": "tensor-parallel group out of service"})),
+        )
+            .into_response(),
+        _ => Json(json!({"status": "ok"})).into_response(),
+    }
+}
+
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let status = if state.draining.load(Ordering::SeqCst) {
+        "draining"
+    } else if state.loaded.get().is_none() {
+        "loading"
+    } else {
+        "ready"
+    };
+    let code = if status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({"status": status, "color": state.color}))).into_response()
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(l) = state.loaded.get() {
+        state.metrics.queue_depth.set(l.batcher.in_flight() as i64);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,19 @@
+//! The `qembed` server as a library: the command line (`args`), the HTTP application
+//! (`app(state) -> Router`, one module per API family under `api`), start-up and drain
+//! (`serve`), `qembed embed` and `qembed rerank`. The binary is a thin `main` over it, and tests build
+//! the router in-process.
+
+pub mod api;
+pub mod app;
+pub mod args;
+pub mod embed_cmd;
+pub mod error;
+pub mod metrics;
+pub mod middleware;
+pub mod rerank_cmd;
+pub mod serve;
+pub mod state;
+
+pub use app::app;
+pub use args::{Cli, Command, ModelArgs, ServeArgs};
+pub use state::AppState;
