@@ -37,6 +37,9 @@ pub enum ModelError {
         file: PathBuf,
         dtype: String,
     },
+    /// The CPU GEMM kernel asked for (`QEMBED_CPU_KERNEL`) cannot run here.
+    #[error("CPU kernel: {0}")]
+    CpuKernel(String),
     #[error("{dir} has no output projection for a reranker head: neither `lm_head.weight` nor tied embeddings (`tie_word_embeddings` in config.json)")]
     NoScoreHead { dir: PathBuf },
     #[error("token id {id} of `{token}` is outside the model's vocabulary of {vocab}")]

@@ -5,28 +5,26 @@
 //! This crate knows nothing of HTTP, queues or tokenizers: it maps packed token ids to
 //! vectors, and everything else lives in `qembed-engine`.
 
-#[cfg(amx)]
-mod amx;
 mod config;
-mod cpu_ops;
+mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
 mod head;
 mod memory;
-#[cfg(feature = "mkl")]
-pub mod mkl;
+mod model;
 mod packed;
-mod qwen3;
 mod tp;
 mod weights;
 
 pub use candle_core::{DType, Device};
 pub use config::Qwen3Config;
+#[cfg(feature = "mkl")]
+pub use cpu::gemm::mkl;
 pub use error::{ModelError, Result};
 pub use head::ScoreHead;
 pub use memory::{release_freed_memory, retain_freed_memory};
+pub use model::Qwen3Embedding;
 pub use packed::PackedBatch;
-pub use qwen3::Qwen3Embedding;
 pub use tp::{AllReduce, LocalGroup};
 pub use weights::{weight_files, Weights};

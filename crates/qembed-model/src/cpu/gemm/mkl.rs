@@ -6,6 +6,11 @@
 //! `libmkl_rt.so.3` on the loader's path, e.g. from the PyPI `mkl` wheel); when it is
 //! absent every linear layer falls back to candle's matmul, so a binary built with the
 //! feature still runs anywhere.
+//!
+//! As a kernel of the CPU family it is chosen ahead of the others (AMX excepted, for
+//! bf16) whenever the library loads: building with the feature is the opt-in. f16
+//! weights still take candle's matmul (MKL has no f16 x f32 GEMM here); attention's
+//! products run on MKL's sgemm for every dtype.
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -13,7 +18,81 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_ops::SyncPtr;
+use super::portable::{self, dense, with_prologue};
+use super::{Gemm, PreparedWeight, Prologue};
+use crate::cpu::attention::AttentionProducts;
+use crate::cpu::par::SyncPtr;
+
+pub(super) struct MklGemm;
+
+pub(super) static MKL: MklGemm = MklGemm;
+
+const NAME: &str = "mkl";
+
+impl Gemm for MklGemm {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        mkl()
+            .is_none()
+            .then(|| "MKL did not load (QEMBED_MKL or libmkl_rt.so.3 on the loader's path)".into())
+    }
+
+    fn supports(&self, dtype: DType) -> bool {
+        matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+    }
+
+    fn prepare(&self, weight: Tensor) -> crate::Result<PreparedWeight> {
+        Ok(PreparedWeight::new(NAME, weight))
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        prologue: Prologue,
+    ) -> crate::Result<Tensor> {
+        let w = weight.form::<Tensor>(NAME)?;
+        let x = with_prologue(x, prologue)?;
+        Ok(match linear(&x, w)? {
+            Some(y) => y,
+            None => dense(&x, w)?,
+        })
+    }
+
+    fn attention(&self) -> AttentionProducts {
+        AttentionProducts::PerHead(strided_gemm)
+    }
+}
+
+/// Attention's f32 products on one single-threaded MKL sgemm (the `gemm` crate if MKL
+/// is not loaded).
+///
+/// # Safety
+/// As [`StridedGemm`](crate::cpu::attention::StridedGemm).
+unsafe fn strided_gemm(
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    (a, lda): (*const f32, usize),
+    (b, ldb, b_t): (*const f32, usize, bool),
+    (c, ldc): (*mut f32, usize),
+) {
+    let i = |v: usize| v as i32;
+    // SAFETY: the caller's contract, which both GEMMs share.
+    unsafe {
+        if !sgemm_strided(
+            (i(m), i(n), i(k)),
+            alpha,
+            (a, i(lda)),
+            (b, i(ldb), b_t),
+            (c, i(ldc)),
+        ) {
+            portable::strided_gemm((m, n, k), alpha, (a, lda), (b, ldb, b_t), (c, ldc));
+        }
+    }
+}
 
 const ROW_MAJOR: i32 = 101;
 const NO_TRANS: i32 = 111;
@@ -21,7 +100,7 @@ const TRANS: i32 = 112;
 
 /// `cblas_sgemm` (`E` = f32) and `cblas_gemm_bf16bf16f32` (`E` = u16, MKL_BF16) share
 /// one signature: layout, transposes, m, n, k, alpha, a, lda, b, ldb, beta, c (f32), ldc.
-type Gemm<E> = unsafe extern "C" fn(
+type CblasGemm<E> = unsafe extern "C" fn(
     i32,
     i32,
     i32,
@@ -37,8 +116,8 @@ type Gemm<E> = unsafe extern "C" fn(
     *mut f32,
     i32,
 );
-type Sgemm = Gemm<f32>;
-type GemmBf16 = Gemm<u16>;
+type Sgemm = CblasGemm<f32>;
+type GemmBf16 = CblasGemm<u16>;
 
 struct Mkl {
     _lib: libloading::Library,
@@ -71,7 +150,7 @@ impl Mkl {
     /// `out = x @ w.T` for row-major `x` (m×k) and `w` (n×k), f32 out (m×n), with
     /// `gemm` = this library's sgemm (`T` = f32) or bf16 GEMM (`T` = bf16, `E` = u16).
     fn gemm_split<T: Sync, E>(
-        gemm: Gemm<E>,
+        gemm: CblasGemm<E>,
         x: &[T],
         w: &[T],
         (m, n, k): (usize, usize, usize),
@@ -125,9 +204,12 @@ impl Mkl {
         (c, ldc): (*mut f32, i32),
     ) {
         let tb = if b_t { TRANS } else { NO_TRANS };
-        (self.sgemm)(
-            ROW_MAJOR, NO_TRANS, tb, m, n, k, alpha, a, lda, b, ldb, 0.0, c, ldc,
-        )
+        // SAFETY: the caller guarantees the views; MKL runs sequentially (set at load).
+        unsafe {
+            (self.sgemm)(
+                ROW_MAJOR, NO_TRANS, tb, m, n, k, alpha, a, lda, b, ldb, 0.0, c, ldc,
+            )
+        }
     }
 }
 
@@ -195,7 +277,7 @@ fn mkl() -> Option<&'static Mkl> {
 ///
 /// # Safety
 /// As [`Mkl::sgemm_strided`].
-pub(crate) unsafe fn sgemm_strided(
+unsafe fn sgemm_strided(
     mnk: (i32, i32, i32),
     alpha: f32,
     a: (*const f32, i32),
@@ -204,7 +286,8 @@ pub(crate) unsafe fn sgemm_strided(
 ) -> bool {
     match mkl() {
         Some(mkl) => {
-            mkl.sgemm_strided(mnk, alpha, a, b, c);
+            // SAFETY: the caller's contract.
+            unsafe { mkl.sgemm_strided(mnk, alpha, a, b, c) };
             true
         }
         None => false,
@@ -219,7 +302,7 @@ pub fn available() -> bool {
 /// `x @ w.T` through MKL for 2-D CPU tensors: f32 x f32, bf16 x bf16, or f32
 /// activations with bf16 weights (cast to bf16 for the GEMM, f32 out); `None` where MKL
 /// does not apply.
-pub(crate) fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
+fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let dtypes_ok = matches!(
         (x.dtype(), w.dtype()),
         (DType::F32, DType::F32) | (DType::BF16, DType::BF16) | (DType::F32, DType::BF16)

@@ -25,18 +25,21 @@ use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_ops::{causal_softmax, inv_rms, multiversion, silu_mul, SyncPtr};
+use super::{Gemm, PreparedWeight, Prologue};
+use crate::cpu::attention::{causal_softmax, AttentionProducts};
+use crate::cpu::par::SyncPtr;
+use crate::cpu::simd::{inv_rms, multiversion, silu_mul};
 
 mod attention;
 mod pack;
 mod round;
 mod tiles;
 
-pub(crate) use attention::group_attention;
-pub(crate) use pack::PackedWeight;
+use attention::group_attention;
+use pack::PackedWeight;
 use round::{bf16_bits, round_norm_row, round_row, round_rows, round_swiglu_row};
 use tiles::Tiles;
 
@@ -162,21 +165,61 @@ fn lines(lines: &[Line]) -> &[u16] {
     unsafe { std::slice::from_raw_parts(lines.as_ptr().cast(), lines.len() * 32) }
 }
 
-/// What a linear layer on AMX applies to its input rows while rounding them to bf16:
-/// fusing the step before the GEMM saves writing and re-reading an f32 activation.
-pub(crate) enum Input<'a> {
-    /// The rows as they are.
-    Plain,
-    /// RMSNorm by this weight (`eps`) first: the pre-attention and pre-MLP norms.
-    RmsNorm(&'a [f32], f32),
-    /// `silu(gate) * up` of rows `[gate | up]` twice the layer's width: the MLP.
-    SwiGlu,
+/// The AMX kernel of the CPU family: bf16 weights only.
+pub(super) struct Amx;
+
+pub(super) static AMX: Amx = Amx;
+
+const NAME: &str = "amx";
+
+impl Gemm for Amx {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        (!available()).then(|| {
+            "needs AMX-BF16 and the tile state from Linux (5.16+), and QEMBED_AMX not off".into()
+        })
+    }
+
+    fn supports(&self, dtype: DType) -> bool {
+        dtype == DType::BF16
+    }
+
+    fn prepare(&self, weight: Tensor) -> crate::Result<PreparedWeight> {
+        let (n, k) = weight.dims2()?;
+        let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
+        Ok(PreparedWeight::new(
+            NAME,
+            PackedWeight::pack(&values, n, k)?,
+        ))
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        input: Prologue,
+    ) -> crate::Result<Tensor> {
+        let weight = weight.form::<PackedWeight>(NAME)?;
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        Ok(x.apply_op1_no_bwd(&AmxLinear { weight, input })?)
+    }
+
+    /// Scores and weighted values as bf16 products on tiles: the model's linear layers
+    /// are bf16 anyway.
+    fn attention(&self) -> AttentionProducts {
+        AttentionProducts::PerGroup(group_attention)
+    }
 }
 
-/// `input(x) @ w.T` as a candle op on a contiguous 2-D f32 CPU tensor.
-pub(crate) struct AmxLinear<'a> {
-    pub(crate) weight: &'a PackedWeight,
-    pub(crate) input: Input<'a>,
+/// `input(x) @ w.T` as a candle op on a contiguous 2-D f32 CPU tensor; the prologue
+/// (`input`) is applied to the rows while they are rounded to bf16, which saves writing
+/// and re-reading an f32 activation.
+struct AmxLinear<'a> {
+    weight: &'a PackedWeight,
+    input: Prologue<'a>,
 }
 
 impl AmxLinear<'_> {
@@ -184,13 +227,13 @@ impl AmxLinear<'_> {
     fn round(&self, x: &[f32], m: usize, width: usize) -> candle_core::Result<Vec<Line>> {
         let (k, kp) = (self.weight.k, self.weight.kp);
         let expected = match self.input {
-            Input::SwiGlu => 2 * k,
-            Input::Plain | Input::RmsNorm(..) => k,
+            Prologue::SwiGlu => 2 * k,
+            Prologue::None | Prologue::RmsNorm(..) => k,
         };
         if width != expected || x.len() != m * width {
             candle_core::bail!("amx linear: input rows of {width}, weight width {k}");
         }
-        if let Input::RmsNorm(w, _) = self.input {
+        if let Prologue::RmsNorm(w, _) = self.input {
             if w.len() != k {
                 candle_core::bail!("amx linear: norm weight of {} for rows of {k}", w.len());
             }
@@ -198,11 +241,11 @@ impl AmxLinear<'_> {
         // SAFETY: each row function writes its whole `dst` (values, then zero padding).
         Ok(unsafe {
             match self.input {
-                Input::Plain => round_rows(m, kp, |r, dst| round_row(dst, &x[r * k..][..k], 1.0)),
-                Input::RmsNorm(w, eps) => round_rows(m, kp, |r, dst| {
+                Prologue::None => round_rows(m, kp, |r, dst| round_row(dst, &x[r * k..][..k], 1.0)),
+                Prologue::RmsNorm(w, eps) => round_rows(m, kp, |r, dst| {
                     round_norm_row(dst, &x[r * k..][..k], w, eps)
                 }),
-                Input::SwiGlu => round_rows(m, kp, |r, dst| {
+                Prologue::SwiGlu => round_rows(m, kp, |r, dst| {
                     let (gate, up) = x[r * 2 * k..][..2 * k].split_at(k);
                     round_swiglu_row(dst, gate, up)
                 }),
@@ -250,7 +293,7 @@ mod tests {
     fn plain(x: &[f32], m: usize, w: &PackedWeight) -> candle_core::Result<Vec<f32>> {
         let op = AmxLinear {
             weight: w,
-            input: Input::Plain,
+            input: Prologue::None,
         };
         let width = x.len().checked_div(m).unwrap_or(w.k);
         matmul(&op.round(x, m, width)?, m, w)
@@ -396,7 +439,7 @@ mod tests {
             .map(|&v| half::bf16::from_f32(v))
             .collect();
         let packed = PackedWeight::pack(&w, n, k).unwrap();
-        let run = |x: &[f32], input: Input| {
+        let run = |x: &[f32], input: Prologue| {
             let op = AmxLinear {
                 weight: &packed,
                 input,
@@ -422,8 +465,8 @@ mod tests {
             })
             .collect();
         assert!(close(
-            &run(&x, Input::RmsNorm(&norm_w, 1e-6)),
-            &run(&normed, Input::Plain)
+            &run(&x, Prologue::RmsNorm(&norm_w, 1e-6)),
+            &run(&normed, Prologue::None)
         ));
         let gate_up = values(m * 2 * k, 6);
         let act: Vec<f32> = gate_up
@@ -437,13 +480,13 @@ mod tests {
             })
             .collect();
         assert!(close(
-            &run(&gate_up, Input::SwiGlu),
-            &run(&act, Input::Plain)
+            &run(&gate_up, Prologue::SwiGlu),
+            &run(&act, Prologue::None)
         ));
         // Widths that do not fit the layer are errors, not panics.
         let op = AmxLinear {
             weight: &packed,
-            input: Input::SwiGlu,
+            input: Prologue::SwiGlu,
         };
         assert!(op.round(&x, m, k).is_err());
     }

@@ -45,45 +45,59 @@ impl Tiles {
         ksteps: usize,
         out: &mut Block,
     ) {
-        let a1 = a.add(16 * lda);
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
-        );
+        // For this and the blocks below: the caller's contract puts 32 rows of A at
+        // `a` (the second 16 at `a1`) and `ksteps * 32` panel lines at `b`, all 64-byte
+        // aligned; the tiles were configured by `configure` on this thread (`self`);
+        // the stores write the 32x32 f32 `out`, which `&mut` makes ours.
+        // SAFETY: row 16 of the 32 that `a` covers.
+        let a1 = unsafe { a.add(16 * lda) };
+        // SAFETY: see above.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            )
+        };
         for s in 0..ksteps {
             // A rows at stride lda * 2 bytes; a B tile is 16 128-byte panel rows, the
             // left (columns 0-15) or right (16-31) half of each.
-            asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm6, [{b} + {sb}*1]",
-                "tileloadd tmm7, [{b} + {sb}*1 + 64]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a.add(s * K_STEP),
-                a1 = in(reg) a1.add(s * K_STEP),
-                b = in(reg) b.add(s * K_STEP * 32),
-                sa = in(reg) lda * 2,
-                sb = in(reg) 128usize,
-                options(nostack, readonly),
-            );
+            // SAFETY: see above; step `s` stays inside the `ksteps * 32` of K covered.
+            unsafe {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}*1]",
+                    "tileloadd tmm6, [{b} + {sb}*1]",
+                    "tileloadd tmm7, [{b} + {sb}*1 + 64]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm5, [{a1} + {sa}*1]",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a.add(s * K_STEP),
+                    a1 = in(reg) a1.add(s * K_STEP),
+                    b = in(reg) b.add(s * K_STEP * 32),
+                    sa = in(reg) lda * 2,
+                    sb = in(reg) 128usize,
+                    options(nostack, readonly),
+                )
+            };
         }
         let c = out.0.as_mut_ptr().cast::<f32>();
-        asm!(
-            "tilestored [{c} + {s}*1], tmm0",
-            "tilestored [{c} + {s}*1 + 64], tmm1",
-            "tilestored [{c2} + {s}*1], tmm2",
-            "tilestored [{c2} + {s}*1 + 64], tmm3",
-            c = in(reg) c,
-            c2 = in(reg) c.add(16 * BLOCK_COLS),
-            s = in(reg) BLOCK_COLS * 4,
-            options(nostack),
-        );
+        // SAFETY: see above: four 16x16 f32 tiles fill the 32x32 block at `c`.
+        unsafe {
+            asm!(
+                "tilestored [{c} + {s}*1], tmm0",
+                "tilestored [{c} + {s}*1 + 64], tmm1",
+                "tilestored [{c2} + {s}*1], tmm2",
+                "tilestored [{c2} + {s}*1 + 64], tmm3",
+                c = in(reg) c,
+                c2 = in(reg) c.add(16 * BLOCK_COLS),
+                s = in(reg) BLOCK_COLS * 4,
+                options(nostack),
+            )
+        };
     }
 }
 
@@ -113,9 +127,19 @@ impl Tiles {
             for p in panels.clone() {
                 let c0 = p * BLOCK_COLS;
                 let cols = BLOCK_COLS.min(width.min(w.n).saturating_sub(c0));
-                self.block(a[r0 * lda..].as_ptr(), lda, w.panel(p), ksteps, &mut block);
+                // SAFETY: strip r0 is 32 whole rows of `a` (the caller's contract), panel
+                // p one of `w`'s, both 64-byte aligned (Line); ksteps * 32 <= w.kp.
+                unsafe { self.block(a[r0 * lda..].as_ptr(), lda, w.panel(p), ksteps, &mut block) };
                 for (r, src) in block.0[..strip_rows].iter().enumerate() {
-                    std::ptr::copy_nonoverlapping(src.as_ptr(), out.add((r0 + r) * ldo + c0), cols);
+                    // SAFETY: row r0 + r < rows and columns c0..c0 + cols of `out` are
+                    // ours to write (the caller's contract).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            out.add((r0 + r) * ldo + c0),
+                            cols,
+                        )
+                    };
                 }
             }
         }

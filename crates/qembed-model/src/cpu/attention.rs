@@ -1,0 +1,253 @@
+//! Fused causal attention for one layer of a packed batch, from the fused qkv
+//! projection.
+//!
+//! Written with candle ops, one layer's attention made ~20 tensors (narrowed q/k/v
+//! copied to contiguous, transposed per sequence, a materialised causal mask, scores,
+//! probabilities, one output per block, then a concatenation), and its matmuls ran
+//! candle's own thread pool next to the GEMM's, each spinning while the other worked.
+//! Here the q/k norm, rotary embedding and causal attention read the fused qkv
+//! projection once and write the attention output once; sequences and heads are the
+//! unit of parallelism, and each runs single-threaded products on strided views, so no
+//! copy of q, k or v is made and no padding or mask exists.
+//!
+//! The two products come from the model's GEMM kernel ([`AttentionProducts`]): f32
+//! strided GEMMs per (sequence, head), or the kernel's own attention per (sequence, kv
+//! head) (AMX: both products on bf16 tiles).
+
+use std::mem::MaybeUninit;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
+use rayon::prelude::*;
+
+use super::f32_slice;
+use super::par::{par_rows, SyncPtr};
+use super::simd::{exp, multiversion, sum_map};
+
+/// `c = alpha * a @ op(b)` on strided row-major f32 views, single-threaded (callers
+/// run inside rayon tasks): `a` is `m x k` (row stride lda); `b` is `n x k` when `b_t`
+/// (so op(b) is its transpose) or `k x n`, row stride ldb; `c` is `m x n`, row stride
+/// ldc.
+///
+/// # Safety
+/// The pointers must cover those views.
+pub(crate) type StridedGemm = unsafe fn(
+    (usize, usize, usize),
+    f32,
+    (*const f32, usize),
+    (*const f32, usize, bool),
+    (*mut f32, usize),
+);
+
+/// Causal attention of the query heads that share one kv head, over one sequence:
+/// `(qkv, width, (heads, kv heads, head dim), (start, len, kv head), block, out)`, from
+/// the normed and rotated fused qkv rows to those heads' columns of `out`
+/// (`[tokens, H * D]`; the caller gives each task its own columns and rows).
+pub(crate) type GroupAttention =
+    fn(&[f32], usize, (usize, usize, usize), (usize, usize, usize), usize, SyncPtr);
+
+/// How a GEMM kernel runs attention's two products (scores and weighted values).
+#[derive(Clone, Copy)]
+pub(crate) enum AttentionProducts {
+    /// Two f32 products per (sequence, query head) through this GEMM.
+    PerHead(StridedGemm),
+    /// The kernel's own attention per (sequence, kv head).
+    PerGroup(GroupAttention),
+}
+
+/// Attention for one layer of a packed batch, from the fused qkv projection
+/// `[tokens, (H + 2 KV) * D]` (f32) to `[tokens, H * D]`.
+pub(crate) struct QkvAttention<'a> {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub eps: f32,
+    /// Per-head RMSNorm weights of q and k, `[D]` each.
+    pub q_norm: &'a [f32],
+    pub k_norm: &'a [f32],
+    /// Rotary tables of each token's own position, `[tokens, D / 2]`.
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+    /// Sequence boundaries in tokens: `num_seqs + 1` offsets from 0 to `tokens`.
+    pub cu_seqlens: &'a [usize],
+    /// Query rows per score block: bounds scratch to `block x keys` floats per thread.
+    pub block: usize,
+    /// The products, from the model's GEMM kernel.
+    pub products: AttentionProducts,
+}
+
+/// Softmax of each score row over the keys it may see (row `i` of a block starting at
+/// query `r0` sees keys `0..=r0 + i`); the keys it may not see get probability 0.
+#[inline(always)]
+fn causal_softmax_impl(s: &mut [f32], keys: usize, r0: usize) {
+    for (i, row) in s.chunks_exact_mut(keys).enumerate() {
+        let visible = r0 + i + 1;
+        let (live, masked) = row.split_at_mut(visible);
+        let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        live.iter_mut().for_each(|x| *x = exp(*x - max));
+        let inv = 1.0 / sum_map(live, |v| v);
+        live.iter_mut().for_each(|x| *x *= inv);
+        masked.fill(0.0);
+    }
+}
+
+multiversion!(pub(crate) fn causal_softmax(s: &mut [f32], keys: usize, r0: usize) => causal_softmax_impl);
+
+/// RMSNorm (weight `w`) then rotate-half rope (tables `cos`, `sin` of `D / 2`) of each
+/// `D`-wide head in `heads`.
+#[inline(always)]
+fn norm_rotate_impl(heads: &mut [f32], w: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
+    let d = w.len();
+    let half = d / 2;
+    for head in heads.chunks_exact_mut(d) {
+        let ms = sum_map(head, |v| v * v) / d as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for (v, w) in head.iter_mut().zip(w) {
+            *v = *v * inv * w;
+        }
+        let (x1, x2) = head.split_at_mut(half);
+        for i in 0..half {
+            let (a, b) = (x1[i], x2[i]);
+            x1[i] = a * cos[i] - b * sin[i];
+            x2[i] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
+multiversion!(fn norm_rotate(heads: &mut [f32], w: &[f32], cos: &[f32], sin: &[f32], eps: f32) => norm_rotate_impl);
+
+impl QkvAttention<'_> {
+    fn check(&self, tokens: usize, width: usize) -> candle_core::Result<()> {
+        let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let ok = kv > 0
+            && h.is_multiple_of(kv)
+            && d.is_multiple_of(2)
+            && width == (h + 2 * kv) * d
+            && self.q_norm.len() == d
+            && self.k_norm.len() == d
+            && self.cos.len() == tokens * d / 2
+            && self.sin.len() == tokens * d / 2
+            && self.cu_seqlens.first() == Some(&0)
+            && self.cu_seqlens.last() == Some(&tokens)
+            && self.cu_seqlens.windows(2).all(|w| w[0] < w[1]);
+        if !ok {
+            candle_core::bail!("fused attention: inconsistent shapes for {tokens} x {width}")
+        }
+        Ok(())
+    }
+
+    /// A copy of the fused qkv rows with RMSNorm then rotary embedding applied to every
+    /// q and k head (v copied as is), one parallel pass.
+    fn norm_and_rotate(&self, src: &[f32], width: usize) -> Vec<f32> {
+        let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
+        let half = d / 2;
+        let fill = |t: usize, dst: &mut [MaybeUninit<f32>]| {
+            for (o, &v) in dst.iter_mut().zip(&src[t * width..(t + 1) * width]) {
+                o.write(v);
+            }
+            // SAFETY: every element of the row was written just above.
+            let row = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            let cos = &self.cos[t * half..(t + 1) * half];
+            let sin = &self.sin[t * half..(t + 1) * half];
+            let (q, rest) = row.split_at_mut(h * d);
+            norm_rotate(q, self.q_norm, cos, sin, self.eps);
+            norm_rotate(&mut rest[..kv * d], self.k_norm, cos, sin, self.eps);
+        };
+        // SAFETY: `fill` writes each row whole (copied) before normalising it in place.
+        unsafe { par_rows(src.len(), width, fill) }
+    }
+
+    /// Causal softmax(q k^T / sqrt(D)) v for one query head of one sequence, writing
+    /// rows `start..start + len` of that head's output columns.
+    fn head_attention(
+        &self,
+        matmul: StridedGemm,
+        qkv: &[f32],
+        width: usize,
+        (start, len, head): (usize, usize, usize),
+        out: SyncPtr,
+    ) {
+        let (h, d) = (self.heads, self.head_dim);
+        let group = h / self.kv_heads;
+        let kv_head = head / group;
+        let q = &qkv[start * width + head * d..];
+        let k = &qkv[start * width + (h + kv_head) * d..];
+        let v = &qkv[start * width + (h + self.kv_heads + kv_head) * d..];
+        let scale = 1.0 / (d as f32).sqrt();
+        let block = self.block.max(1);
+        let mut scores = vec![0f32; block.min(len) * len];
+        let mut r0 = 0;
+        while r0 < len {
+            let rows = block.min(len - r0);
+            // Causal: rows r0..r0+rows see keys 0..r0+rows, nothing later.
+            let keys = r0 + rows;
+            let s = &mut scores[..rows * keys];
+            // SAFETY: q rows r0.. and k rows 0..keys lie inside this sequence's slice of
+            // qkv (row stride `width`, D contiguous columns); s is rows x keys.
+            unsafe {
+                matmul(
+                    (rows, keys, d),
+                    scale,
+                    (q[r0 * width..].as_ptr(), width),
+                    (k.as_ptr(), width, true),
+                    (s.as_mut_ptr(), keys),
+                )
+            };
+            causal_softmax(s, keys, r0);
+            // SAFETY: the destination tile (rows start+r0.., columns head*D..+D, row
+            // stride H*D) belongs to this (sequence, head) alone; v rows 0..keys lie in
+            // this sequence's slice of qkv.
+            unsafe {
+                matmul(
+                    (rows, d, keys),
+                    1.0,
+                    (s.as_ptr(), keys),
+                    (v.as_ptr(), width, false),
+                    (out.at((start + r0) * h * d + head * d), h * d),
+                )
+            };
+            r0 += rows;
+        }
+    }
+}
+
+impl CustomOp1 for QkvAttention<'_> {
+    fn name(&self) -> &'static str {
+        "qkv-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (tokens, width) = l.shape().dims2()?;
+        self.check(tokens, width)?;
+        let qkv = self.norm_and_rotate(f32_slice(s, l)?, width);
+        let (h, d) = (self.heads, self.head_dim);
+        let mut out = vec![0f32; tokens * h * d];
+        let ptr = SyncPtr(out.as_mut_ptr());
+        match self.products {
+            AttentionProducts::PerGroup(group_attention) => {
+                // One task per (sequence, kv head): the kernel may prepare its keys and
+                // values once for all the query heads that share them.
+                let mut work: Vec<(usize, usize, usize)> = self
+                    .cu_seqlens
+                    .windows(2)
+                    .flat_map(|w| (0..self.kv_heads).map(move |g| (w[0], w[1] - w[0], g)))
+                    .collect();
+                work.sort_by_key(|&(_, len, _)| std::cmp::Reverse(len));
+                let dims = (h, self.kv_heads, d);
+                work.into_par_iter()
+                    .for_each(|item| group_attention(&qkv, width, dims, item, self.block, ptr));
+            }
+            AttentionProducts::PerHead(matmul) => {
+                let mut work: Vec<(usize, usize, usize)> = self
+                    .cu_seqlens
+                    .windows(2)
+                    .flat_map(|w| (0..h).map(move |head| (w[0], w[1] - w[0], head)))
+                    .collect();
+                // Longest sequences first, so a long one does not start last and run alone.
+                work.sort_by_key(|&(_, len, _)| std::cmp::Reverse(len));
+                work.into_par_iter()
+                    .for_each(|item| self.head_attention(matmul, &qkv, width, item, ptr));
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((tokens, h * d))))
+    }
+}

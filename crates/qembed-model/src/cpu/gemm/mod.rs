@@ -1,0 +1,175 @@
+//! The GEMM kernels of the CPU backend, one module per instruction set, behind one
+//! trait, and the choice among them, made once when a model loads.
+//!
+//! A kernel owns the form its weights take (`prepare` packs them at load, and the
+//! packed copy is the only one kept), runs a linear layer with a prologue applied to
+//! the input rows as it reads them (RMSNorm, SwiGLU), and says how attention's two
+//! products run on it. Adding an instruction set is one module here and one line in
+//! [`BUILT`].
+
+use std::any::Any;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::attention::AttentionProducts;
+use crate::{ModelError, Result};
+
+#[cfg(amx)]
+mod amx;
+#[cfg(feature = "mkl")]
+pub mod mkl;
+mod portable;
+
+/// What a linear layer applies to its input rows before the product. Kernels that
+/// read their input into a buffer of their own apply it on the way in (saving the
+/// write and re-read of an f32 activation); the others run the fused op first.
+#[derive(Clone, Copy)]
+pub(crate) enum Prologue<'a> {
+    /// The rows as they are.
+    None,
+    /// RMSNorm by this weight (`eps`) first: the pre-attention and pre-MLP norms.
+    RmsNorm(&'a [f32], f32),
+    /// `silu(gate) * up` of rows `[gate | up]` twice the layer's width: the MLP.
+    SwiGlu,
+}
+
+/// A linear layer's `[out, in]` weight in the form its kernel reads (a tensor, packed
+/// tiles, ...): opaque to the model, taken apart only by the kernel that made it.
+pub(crate) struct PreparedWeight {
+    kernel: &'static str,
+    form: Box<dyn Any + Send + Sync>,
+}
+
+impl PreparedWeight {
+    pub(crate) fn new<T: Any + Send + Sync>(kernel: &'static str, form: T) -> Self {
+        Self {
+            kernel,
+            form: Box::new(form),
+        }
+    }
+
+    /// The form kernel `kernel` made; an error if another kernel prepared it.
+    pub(crate) fn form<T: Any>(&self, kernel: &'static str) -> candle_core::Result<&T> {
+        match self.form.downcast_ref() {
+            Some(form) if self.kernel == kernel => Ok(form),
+            _ => candle_core::bail!(
+                "a weight prepared by the {} kernel given to the {kernel} kernel",
+                self.kernel
+            ),
+        }
+    }
+}
+
+/// One GEMM kernel family for CPUs.
+pub(crate) trait Gemm: Send + Sync {
+    /// The name `QEMBED_CPU_KERNEL` takes and logs and `/info` show.
+    fn name(&self) -> &'static str;
+
+    /// Why this CPU (or process) cannot run the kernel; `None` when it can.
+    fn unavailable(&self) -> Option<String>;
+
+    /// Whether the kernel runs linear layers whose weights are `dtype`.
+    fn supports(&self, dtype: DType) -> bool;
+
+    /// A `[out, in]` weight in the kernel's form: called once per layer at load.
+    fn prepare(&self, weight: Tensor) -> Result<PreparedWeight>;
+
+    /// `prologue(x) @ W.T` for a 2-D f32 `x`, f32 out.
+    fn linear(&self, x: &Tensor, weight: &PreparedWeight, prologue: Prologue) -> Result<Tensor>;
+
+    /// How attention's products run for a model on this kernel.
+    fn attention(&self) -> AttentionProducts {
+        AttentionProducts::PerHead(portable::strided_gemm)
+    }
+}
+
+/// The kernels built into this binary, best first: the first one that the CPU can run
+/// and that supports the weights' dtype is chosen.
+static BUILT: &[&dyn Gemm] = &[
+    #[cfg(amx)]
+    &amx::AMX,
+    #[cfg(feature = "mkl")]
+    &mkl::MKL,
+    &portable::PORTABLE,
+];
+
+/// Every kernel name `QEMBED_CPU_KERNEL` may name, built here or not.
+const KNOWN: &[&str] = &["amx", "avx512bf16", "avx512", "avx2", "mkl", "portable"];
+
+/// The environment variable that forces one kernel.
+pub(crate) const FORCE_VAR: &str = "QEMBED_CPU_KERNEL";
+
+/// The kernel for a model whose linear layers are `dtype` on `device`: `forced` (or
+/// else `QEMBED_CPU_KERNEL`) when given, which must exist, run on this CPU and support
+/// `dtype`; otherwise the best built kernel that can. On other devices, candle's
+/// matmul there (`portable`).
+pub(crate) fn select(
+    dtype: DType,
+    device: &Device,
+    forced: Option<&str>,
+) -> Result<&'static dyn Gemm> {
+    if !device.is_cpu() {
+        return Ok(&portable::PORTABLE);
+    }
+    let from_env = std::env::var(FORCE_VAR)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let Some(name) = forced.map(str::to_string).or(from_env) else {
+        return Ok(BUILT
+            .iter()
+            .copied()
+            .find(|k| k.supports(dtype) && k.unavailable().is_none())
+            .unwrap_or(&portable::PORTABLE));
+    };
+    let name = name.trim().to_ascii_lowercase();
+    let err = |why: String| ModelError::CpuKernel(format!("{FORCE_VAR}={name}: {why}"));
+    let Some(kernel) = BUILT.iter().copied().find(|k| k.name() == name) else {
+        return Err(err(if KNOWN.contains(&name.as_str()) {
+            "this build of qembed has no such kernel".into()
+        } else {
+            format!("unknown kernel; one of {}", KNOWN.join(", "))
+        }));
+    };
+    if let Some(why) = kernel.unavailable() {
+        return Err(err(why));
+    }
+    if !kernel.supports(dtype) {
+        return Err(err(format!("the kernel does not run {dtype:?} weights")));
+    }
+    Ok(kernel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forced(dtype: DType, name: &str) -> Result<&'static str> {
+        select(dtype, &Device::Cpu, Some(name)).map(|k| k.name())
+    }
+
+    #[test]
+    fn a_forced_kernel_is_used_or_a_clear_error() {
+        assert_eq!(forced(DType::F32, "portable").unwrap(), "portable");
+        assert_eq!(forced(DType::BF16, " Portable ").unwrap(), "portable");
+        let err = forced(DType::F32, "sse9").unwrap_err().to_string();
+        assert!(
+            err.contains("unknown kernel") && err.contains("avx2"),
+            "{err}"
+        );
+        // AMX runs bf16 weights only: f32 is refused on every CPU, with or without AMX.
+        let err = forced(DType::F32, "amx").unwrap_err().to_string();
+        assert!(err.contains("QEMBED_CPU_KERNEL=amx"), "{err}");
+    }
+
+    #[test]
+    fn the_chosen_kernel_runs_here_and_supports_the_dtype() {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let k = select(dtype, &Device::Cpu, None).unwrap();
+            assert!(
+                k.supports(dtype) && k.unavailable().is_none(),
+                "{}",
+                k.name()
+            );
+        }
+    }
+}
