@@ -133,6 +133,15 @@ impl Backend {
     }
 
     /// Ranks in the group (1 on a single device).
+    /// The CPU GEMM kernel chosen at load (`avx2`, `amx`, `portable`, ...), for logs
+    /// and `/info`; `None` off the CPU.
+    pub fn cpu_kernel(&self) -> Option<&'static str> {
+        match self {
+            Self::Single(m) => m.cpu_kernel(),
+            Self::TensorParallel(g) => g.cpu_kernel,
+        }
+    }
+
     pub fn tensor_parallel(&self) -> usize {
         match self {
             Self::Single(_) => 1,
@@ -179,6 +188,8 @@ pub struct RankGroup {
     failed: AtomicBool,
     cfg: Qwen3Config,
     dtype: DType,
+    /// The CPU GEMM kernel the ranks' linear layers run on (`None` off the CPU).
+    cpu_kernel: Option<&'static str>,
 }
 
 impl RankGroup {
@@ -198,7 +209,8 @@ impl RankGroup {
                     });
                     let model = match model {
                         Ok(m) => {
-                            let _ = ready_tx.send(Ok((m.config().clone(), m.dtype())));
+                            let _ =
+                                ready_tx.send(Ok((m.config().clone(), m.dtype(), m.cpu_kernel())));
                             m
                         }
                         Err(e) => {
@@ -241,7 +253,8 @@ impl RankGroup {
                 (Err(e), _) => return Err(e),
             }
         }
-        let (cfg, dtype) = first.unwrap_or_else(|| Err(EngineError::Setting("no ranks".into())))?;
+        let (cfg, dtype, cpu_kernel) =
+            first.unwrap_or_else(|| Err(EngineError::Setting("no ranks".into())))?;
         Ok(Self {
             ranks,
             comms,
@@ -249,6 +262,7 @@ impl RankGroup {
             failed: AtomicBool::new(false),
             cfg,
             dtype,
+            cpu_kernel,
         })
     }
 

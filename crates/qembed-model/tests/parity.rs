@@ -2,8 +2,10 @@
 //! fixture checkpoints in `models/` (see `models/generate.py`). Token ids come from the
 //! reference file, so this isolates the model from tokenisation.
 
-use qembed_model::{DType, Device, ModelError, PackedBatch, Qwen3Embedding};
-use qembed_testkit::{cosine, fixture, FIXTURES};
+use std::io::Write;
+
+use qembed_model::{cpu_kernels, DType, Device, ModelError, PackedBatch, Qwen3Embedding};
+use qembed_testkit::{cosine, fixture, kernel_required, FIXTURES};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -49,6 +51,85 @@ fn check_parity(dtype: DType, threshold: f64) {
             worst.0
         );
     }
+}
+
+/// Every CPU GEMM kernel built in, in every dtype it runs, against transformers on
+/// every fixture: f32 weights to cosine 0.99999, bf16 and f16 to 0.9999. A kernel this
+/// CPU cannot run is reported on stderr (past the harness's capture) as SKIPPED, or
+/// fails the test where it is required.
+#[test]
+fn every_cpu_kernel_matches_transformers() {
+    let mut ran = 0;
+    for kernel in cpu_kernels() {
+        if let Some(why) = &kernel.unavailable {
+            assert!(
+                !kernel_required(kernel.name),
+                "kernel {} required, but {why}",
+                kernel.name
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: parity of the {} kernel ({why}); QEMBED_REQUIRE_{} makes this fail",
+                kernel.name,
+                kernel.name.to_ascii_uppercase()
+            );
+            continue;
+        }
+        for &dtype in &kernel.dtypes {
+            let threshold = if dtype == DType::F32 { 0.99999 } else { 0.9999 };
+            for name in FIXTURES {
+                let model = Qwen3Embedding::load_with_cpu_kernel(
+                    &fixture(name),
+                    dtype,
+                    &Device::Cpu,
+                    kernel.name,
+                )
+                .unwrap();
+                assert_eq!(model.cpu_kernel(), Some(kernel.name));
+                let r = reference(name);
+                let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
+                let got = model.embed(&PackedBatch::new(&ids)).unwrap();
+                assert_eq!(got.len(), r.cases.len(), "{} {name} {dtype:?}", kernel.name);
+                let (worst, case) = r
+                    .cases
+                    .iter()
+                    .zip(&got)
+                    .map(|(case, v)| (cosine(v, &case.raw), &case.name))
+                    .fold((f64::INFINITY, &r.cases[0].name), |a, b| {
+                        if b.0 < a.0 {
+                            b
+                        } else {
+                            a
+                        }
+                    });
+                println!(
+                    "{} {name} {dtype:?}: worst cosine {worst:.7} ({case})",
+                    kernel.name
+                );
+                assert!(
+                    worst >= threshold,
+                    "{} kernel, {name} {dtype:?}: case {case} cosine {worst} < {threshold}",
+                    kernel.name
+                );
+                ran += 1;
+            }
+        }
+    }
+    assert!(ran >= FIXTURES.len(), "no kernel could run");
+}
+
+/// A forced kernel that does not exist, or cannot run the dtype, is an error at load.
+#[test]
+fn a_kernel_that_cannot_run_is_an_error_at_load() {
+    let dir = fixture("qwen3-tiny-mqa");
+    let err = Qwen3Embedding::load_with_cpu_kernel(&dir, DType::F32, &Device::Cpu, "sse9")
+        .err()
+        .unwrap();
+    assert!(matches!(err, ModelError::CpuKernel(_)), "{err}");
+    let err = Qwen3Embedding::load_with_cpu_kernel(&dir, DType::F32, &Device::Cpu, "amx")
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("QEMBED_CPU_KERNEL=amx"), "{err}");
 }
 
 #[test]

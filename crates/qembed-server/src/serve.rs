@@ -139,8 +139,11 @@ pub fn load_and_warm(state: &AppState) -> Result<()> {
             &args.task.to_string(),
         ])
         .set(1);
+    // The CPU GEMM kernel chosen at load (`none` off the CPU): which instruction set
+    // the numbers a deployment sees come from.
+    let cpu_kernel = embedder.model().cpu_kernel().unwrap_or("none");
     tracing::info!(
-        model = %dir.display(), task = %args.task, %fingerprint, %dtype, secs = started.elapsed().as_secs_f64(),
+        model = %dir.display(), task = %args.task, %fingerprint, %dtype, cpu_kernel, secs = started.elapsed().as_secs_f64(),
         "model loaded and warmed; ready"
     );
     let _ = state.loaded.set(Loaded {

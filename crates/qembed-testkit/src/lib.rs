@@ -136,6 +136,21 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
+/// Whether this machine's tests must run CPU kernel `name` (`avx2`, `amx`, ...) rather
+/// than skip it: `QEMBED_REQUIRE_<NAME>` is set (`QEMBED_REQUIRE_AVX2`,
+/// `QEMBED_REQUIRE_AMX`, ...), or `QEMBED_REQUIRE_KERNELS` (comma-separated names, or
+/// `all`) names it. CI sets these from /proc/cpuinfo, so a kernel the CPU has can
+/// never pass as skipped.
+pub fn kernel_required(name: &str) -> bool {
+    let own = format!("QEMBED_REQUIRE_{}", name.to_ascii_uppercase());
+    let list = std::env::var("QEMBED_REQUIRE_KERNELS").unwrap_or_default();
+    std::env::var_os(own).is_some_and(|v| !v.is_empty())
+        || list
+            .split(',')
+            .map(str::trim)
+            .any(|k| k.eq_ignore_ascii_case(name) || k == "all")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

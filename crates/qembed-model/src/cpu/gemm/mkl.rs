@@ -7,10 +7,9 @@
 //! absent every linear layer falls back to candle's matmul, so a binary built with the
 //! feature still runs anywhere.
 //!
-//! As a kernel of the CPU family it is chosen ahead of the others (AMX excepted, for
-//! bf16) whenever the library loads: building with the feature is the opt-in. f16
-//! weights still take candle's matmul (MKL has no f16 x f32 GEMM here); attention's
-//! products run on MKL's sgemm for every dtype.
+//! As a kernel of the CPU family it runs f32 and bf16 weights and is chosen ahead of
+//! the others (AMX excepted, for bf16) whenever the library loads: building with the
+//! feature is the opt-in. Attention's products run on MKL's sgemm.
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -41,7 +40,7 @@ impl Gemm for MklGemm {
     }
 
     fn supports(&self, dtype: DType) -> bool {
-        matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+        matches!(dtype, DType::F32 | DType::BF16)
     }
 
     fn prepare(&self, weight: Tensor) -> crate::Result<PreparedWeight> {

@@ -16,6 +16,8 @@ use crate::{ModelError, Result};
 
 #[cfg(amx)]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(feature = "mkl")]
 pub mod mkl;
 mod portable;
@@ -90,6 +92,8 @@ static BUILT: &[&dyn Gemm] = &[
     &amx::AMX,
     #[cfg(feature = "mkl")]
     &mkl::MKL,
+    #[cfg(target_arch = "x86_64")]
+    &avx2::AVX2,
     &portable::PORTABLE,
 ];
 
@@ -98,6 +102,34 @@ const KNOWN: &[&str] = &["amx", "avx512bf16", "avx512", "avx2", "mkl", "portable
 
 /// The environment variable that forces one kernel.
 pub(crate) const FORCE_VAR: &str = "QEMBED_CPU_KERNEL";
+
+/// A GEMM kernel built into this binary, as the CPU it runs on sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuKernelInfo {
+    /// What `QEMBED_CPU_KERNEL` and [`Qwen3Embedding::cpu_kernel`](crate::Qwen3Embedding::cpu_kernel) call it.
+    pub name: &'static str,
+    /// The weight dtypes it runs (of f32, bf16, f16).
+    pub dtypes: Vec<DType>,
+    /// Why it cannot run here (missing instructions, a library that did not load);
+    /// `None` when it can.
+    pub unavailable: Option<String>,
+}
+
+/// Every GEMM kernel built into this binary, best first, and whether this CPU runs
+/// it: for logs, `/info`, and tests that must say which kernels they could not test.
+pub fn cpu_kernels() -> Vec<CpuKernelInfo> {
+    BUILT
+        .iter()
+        .map(|k| CpuKernelInfo {
+            name: k.name(),
+            dtypes: [DType::F32, DType::BF16, DType::F16]
+                .into_iter()
+                .filter(|&d| k.supports(d))
+                .collect(),
+            unavailable: k.unavailable(),
+        })
+        .collect()
+}
 
 /// The kernel for a model whose linear layers are `dtype` on `device`: `forced` (or
 /// else `QEMBED_CPU_KERNEL`) when given, which must exist, run on this CPU and support
@@ -137,6 +169,32 @@ pub(crate) fn select(
         return Err(err(format!("the kernel does not run {dtype:?} weights")));
     }
     Ok(kernel)
+}
+
+/// Whether the tests of kernel `name` can run here. Where they cannot, says so on
+/// stderr past the test harness's capture (a line starting `SKIPPED`), or fails when
+/// the environment requires the kernel ([`qembed_testkit::kernel_required`]:
+/// `QEMBED_REQUIRE_AVX2`, `QEMBED_REQUIRE_AMX`, `QEMBED_REQUIRE_KERNELS=...`).
+#[cfg(test)]
+pub(crate) fn kernel_or_skip(name: &str) -> bool {
+    use std::io::Write;
+    let Some(kernel) = BUILT.iter().find(|k| k.name() == name) else {
+        panic!("no kernel {name} in this build");
+    };
+    let Some(why) = kernel.unavailable() else {
+        return true;
+    };
+    assert!(
+        !qembed_testkit::kernel_required(name),
+        "the {name} kernel is required here, but {why}"
+    );
+    // Straight to stderr: the harness captures print!/eprint! of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {name} kernel tests ({why}); QEMBED_REQUIRE_{} makes this fail",
+        name.to_ascii_uppercase()
+    );
+    false
 }
 
 #[cfg(test)]

@@ -303,18 +303,10 @@ mod tests {
         half::bf16::from_f32(v).to_f32()
     }
 
-    /// Whether to run the AMX tests: skipped on CPUs without AMX, unless
+    /// Whether to run the AMX tests: skipped loudly on CPUs without AMX, unless
     /// `QEMBED_REQUIRE_AMX` is set (CI sets it where /proc/cpuinfo lists amx_bf16).
     fn amx_or_skip() -> bool {
-        if available() {
-            return true;
-        }
-        assert!(
-            std::env::var_os("QEMBED_REQUIRE_AMX").is_none(),
-            "QEMBED_REQUIRE_AMX is set but AMX is not usable"
-        );
-        eprintln!("skipped: no AMX on this CPU");
-        false
+        crate::cpu::gemm::kernel_or_skip(NAME)
     }
 
     /// Against an f64 product of the same bf16-rounded values, over shapes with every
