@@ -108,8 +108,18 @@ struct Job {
     seqs: Vec<Vec<u32>>,
     enqueued: Instant,
     reply: oneshot::Sender<Reply>,
-    /// The job's share of the token budget, given back when the job is dropped.
-    _tokens: Option<OwnedSemaphorePermit>,
+    /// The job's share of the token budget, given back when the job is answered or dropped.
+    tokens: Option<OwnedSemaphorePermit>,
+}
+
+impl Job {
+    /// Gives the job's token budget back, then answers it: a caller that has its reply
+    /// can count on the budget being free again (answering first would race the drop).
+    fn answer(&mut self, reply: Reply) {
+        self.tokens.take();
+        let (closed, _) = oneshot::channel();
+        let _ = std::mem::replace(&mut self.reply, closed).send(reply);
+    }
 }
 
 /// A slot in the bounded queue, held for the life of one request.
@@ -195,7 +205,7 @@ impl Batcher {
             seqs,
             enqueued: Instant::now(),
             reply,
-            _tokens: Some(permit),
+            tokens: Some(permit),
         };
         self.tx.send(job).map_err(|_| SubmitError::WorkerGone)?;
         rx.await.map_err(|_| SubmitError::WorkerGone)?
@@ -283,11 +293,12 @@ fn worker(
         run_batch(&embedder, &mut active, &plan, observer.as_ref());
         // Finished (or failed) requests leave; the turn goes on where it stopped.
         let mut rest = VecDeque::with_capacity(active.len());
-        for (i, a) in active.drain(..).enumerate() {
+        for (i, mut a) in active.drain(..).enumerate() {
             if a.next < a.job.seqs.len() && !a.job.reply.is_closed() {
                 rest.push_back((i, a));
             } else if a.next == a.job.seqs.len() {
-                let _ = a.job.reply.send(Ok(a.done));
+                let done = std::mem::take(&mut a.done);
+                a.job.answer(Ok(done));
             }
         }
         if let Some(pos) = rest.iter().position(|(i, _)| *i >= lead) {
@@ -428,9 +439,7 @@ fn run_batch(
 
 /// Answers `a` with `e` now; its slot stays in the queue only until the caller sweeps it.
 fn fail(a: &mut Active, e: SubmitError) {
-    let (tx, _) = oneshot::channel();
-    let reply = std::mem::replace(&mut a.job.reply, tx);
-    let _ = reply.send(Err(e));
+    a.job.answer(Err(e));
 }
 
 /// Runs `f`, turning a panic into an error so that the worker thread survives it.
