@@ -8,7 +8,7 @@ use crate::backend::{Backend, DeviceSpec};
 
 use crate::postprocess::{check_dimensions, finish};
 use crate::rerank::{Pair, RerankTemplate, RERANK_MAX_LENGTH};
-use crate::tokenize::{format_query, Qwen3Tokenizer};
+use crate::tokenize::{format_query, query_prefix, Qwen3Tokenizer, Truncate};
 use crate::{EngineError, Result};
 
 /// Most sequences in one forward pass: the CUDA kernels index sequences with a grid
@@ -285,20 +285,43 @@ impl Embedder {
     }
 
     /// Token ids the model will see for `input`, EOS included.
-    pub fn tokenize(&self, input: Input<'_>, truncate: bool) -> Result<Vec<u32>> {
+    pub fn tokenize(&self, input: Input<'_>, truncate: impl Into<Truncate>) -> Result<Vec<u32>> {
+        self.tokenize_capped(input, truncate.into(), None)
+    }
+
+    /// As `tokenize`, held to `cap` tokens (EOS included) when that is below the
+    /// model's limit: a client's own per-input budget (Cohere's `max_tokens`).
+    pub fn tokenize_capped(
+        &self,
+        input: Input<'_>,
+        truncate: Truncate,
+        cap: Option<usize>,
+    ) -> Result<Vec<u32>> {
+        let max = cap.map_or(self.max_length, |c| c.min(self.max_length));
         match input.instruction {
             Some(task) if !input.text.is_empty() => {
+                let keep = query_prefix(task).len();
                 let prompt = format_query(task, input.text);
-                self.tokenizer.encode(&prompt, self.max_length, truncate)
+                self.tokenizer.encode_keeping(&prompt, keep, max, truncate)
             }
-            _ => self.tokenizer.encode(input.text, self.max_length, truncate),
+            _ => self.tokenizer.encode(input.text, max, truncate),
         }
     }
 
     /// Token ids given by a client instead of text (OpenAI's token-array input): checked
     /// against the vocabulary, ended with exactly one EOS (appended unless the client
     /// already ended with it) and held to the length limit like text.
-    pub fn prepare_ids(&self, mut ids: Vec<u32>, truncate: bool) -> Result<Vec<u32>> {
+    pub fn prepare_ids(&self, ids: Vec<u32>, truncate: impl Into<Truncate>) -> Result<Vec<u32>> {
+        self.prepare_ids_capped(ids, truncate.into(), None)
+    }
+
+    /// As `prepare_ids`, held to `cap` tokens when that is below the model's limit.
+    pub fn prepare_ids_capped(
+        &self,
+        mut ids: Vec<u32>,
+        truncate: Truncate,
+        cap: Option<usize>,
+    ) -> Result<Vec<u32>> {
         if ids.is_empty() {
             return Err(EngineError::EmptyInput);
         }
@@ -307,19 +330,26 @@ impl Embedder {
             return Err(EngineError::InvalidToken { id: bad, vocab });
         }
         let eos = self.tokenizer.eos_id();
-        if ids.last() != Some(&eos) {
-            ids.push(eos);
+        if ids.last() == Some(&eos) {
+            ids.pop();
         }
-        if ids.len() > self.max_length {
-            if !truncate {
-                return Err(EngineError::TooLong {
-                    tokens: ids.len(),
-                    max: self.max_length,
-                });
+        let max = cap.map_or(self.max_length, |c| c.min(self.max_length));
+        let room = max.saturating_sub(1);
+        if ids.len() > room {
+            match truncate {
+                Truncate::Refuse => {
+                    return Err(EngineError::TooLong {
+                        tokens: ids.len() + 1,
+                        max,
+                    })
+                }
+                Truncate::End => ids.truncate(room),
+                Truncate::Start => {
+                    ids.drain(..ids.len() - room);
+                }
             }
-            ids.truncate(self.max_length - 1);
-            ids.push(eos);
         }
+        ids.push(eos);
         Ok(ids)
     }
 
@@ -353,10 +383,11 @@ impl Embedder {
     pub fn embed(
         &self,
         inputs: &[Input<'_>],
-        truncate: bool,
+        truncate: impl Into<Truncate>,
         out: OutputOptions,
     ) -> Result<Vec<(Vec<f32>, usize)>> {
         self.check_dimensions(out.dimensions)?;
+        let truncate = truncate.into();
         let ids = inputs
             .iter()
             .map(|i| self.tokenize(*i, truncate))

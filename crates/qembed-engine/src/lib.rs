@@ -9,6 +9,7 @@ mod embedder;
 mod error;
 mod fingerprint;
 pub mod postprocess;
+pub mod quantize;
 pub mod rerank;
 mod source;
 mod tokenize;
@@ -24,4 +25,6 @@ pub use fingerprint::fingerprint;
 pub use qembed_model::{DType, Device};
 pub use rerank::Pair;
 pub use source::resolve_model;
-pub use tokenize::{format_query, Qwen3Tokenizer};
+pub use tokenize::{
+    format_query, query_prefix, Qwen3Tokenizer, Truncate, DEFAULT_QUERY_INSTRUCTION,
+};

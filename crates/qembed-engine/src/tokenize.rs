@@ -6,9 +6,45 @@ use tokenizers::Tokenizer;
 
 use crate::{EngineError, Result};
 
+/// The query instruction of Qwen3-Embedding's model card, for clients that say they
+/// send a search query but name no instruction (Cohere's `input_type: search_query`).
+pub const DEFAULT_QUERY_INSTRUCTION: &str =
+    "Given a web search query, retrieve relevant passages that answer the query";
+
 /// Qwen3-Embedding's query format; documents are embedded without it.
 pub fn format_query(instruction: &str, text: &str) -> String {
-    format!("Instruct: {instruction}\nQuery:{text}")
+    format!("{}{text}", query_prefix(instruction))
+}
+
+/// What `format_query` puts in front of the text.
+pub fn query_prefix(instruction: &str) -> String {
+    format!("Instruct: {instruction}\nQuery:")
+}
+
+/// What happens to input longer than the length limit. The names say which end is cut,
+/// as Cohere's `truncate` does (`END` keeps the start, TEI's `right`; `START` keeps the
+/// end, TEI's `left`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Truncate {
+    /// Refuse the input with an error.
+    #[default]
+    Refuse,
+    /// Cut tokens off the end: the start of the text is kept.
+    End,
+    /// Cut tokens off the start of the text: its end is kept. An instruction in front of
+    /// the text is kept whole, since the model needs it to read the rest.
+    Start,
+}
+
+impl From<bool> for Truncate {
+    /// `true` is the long-standing meaning of a `truncate` flag: keep the start.
+    fn from(truncate: bool) -> Self {
+        if truncate {
+            Self::End
+        } else {
+            Self::Refuse
+        }
+    }
 }
 
 /// A Qwen3 tokenizer that always yields `ids + [<|endoftext|>]`.
@@ -62,9 +98,29 @@ impl Qwen3Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// Token ids of `text` followed by exactly one EOS. With `max_length`, longer input is
-    /// cut to `max_length - 1` text tokens (keeping the EOS) when `truncate`, else refused.
-    pub fn encode(&self, text: &str, max_length: usize, truncate: bool) -> Result<Vec<u32>> {
+    /// Token ids of `text` followed by exactly one EOS. Input longer than `max_length`
+    /// is cut to `max_length - 1` text tokens (keeping the EOS) as `truncate` says, or
+    /// refused.
+    pub fn encode(
+        &self,
+        text: &str,
+        max_length: usize,
+        truncate: impl Into<Truncate>,
+    ) -> Result<Vec<u32>> {
+        self.encode_keeping(text, 0, max_length, truncate.into())
+    }
+
+    /// As `encode`, where the first `keep` bytes of `text` (an instruction) survive
+    /// truncation at the start: the tokens cut are the first ones after it. Tokens are
+    /// found from the whole text's offsets, so the ids are those of the text as
+    /// tokenised whole, with a run taken out.
+    pub fn encode_keeping(
+        &self,
+        text: &str,
+        keep: usize,
+        max_length: usize,
+        truncate: Truncate,
+    ) -> Result<Vec<u32>> {
         if text.is_empty() {
             return Err(EngineError::EmptyInput);
         }
@@ -73,14 +129,28 @@ impl Qwen3Tokenizer {
             .encode(text, false)
             .map_err(|e| EngineError::Tokenize(e.to_string()))?;
         let mut ids = enc.get_ids().to_vec();
-        if ids.len() + 1 > max_length {
-            if !truncate {
-                return Err(EngineError::TooLong {
-                    tokens: ids.len() + 1,
-                    max: max_length,
-                });
+        let room = max_length.saturating_sub(1);
+        if ids.len() > room {
+            let too_long = EngineError::TooLong {
+                tokens: ids.len() + 1,
+                max: max_length,
+            };
+            match truncate {
+                Truncate::Refuse => return Err(too_long),
+                Truncate::End => ids.truncate(room),
+                Truncate::Start => {
+                    let head = match keep {
+                        0 => 0,
+                        _ => enc.get_offsets().iter().take_while(|o| o.0 < keep).count(),
+                    };
+                    // The instruction alone leaves no room for any of the text.
+                    if head >= room {
+                        return Err(too_long);
+                    }
+                    let cut = ids.len() - room;
+                    ids.drain(head..head + cut);
+                }
             }
-            ids.truncate(max_length.saturating_sub(1));
         }
         ids.push(self.eos_id);
         Ok(ids)
