@@ -17,6 +17,9 @@ use crate::instance::Instance;
 const ROUTES: &[&str] = &[
     "/v1/embeddings",
     "/embeddings",
+    "/v2/embed",
+    "/embed",
+    "/",
     "/v1/rerank",
     "/v2/rerank",
     "/rerank",

@@ -340,6 +340,71 @@ pub fn text_2_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Documents>
     documents(d, "text_2", true)
 }
 
+/// Cohere's v2 `inputs`: `[{"content": [{"type": "text", "text": ...}, ...]}, ...]`,
+/// each input's text parts joined by a newline into one text. Images are refused
+/// (the model reads text only).
+pub fn content_inputs_field<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Documents>, D::Error> {
+    struct Part(String);
+    impl<'de> Deserialize<'de> for Part {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            #[derive(Deserialize)]
+            struct Raw {
+                #[serde(rename = "type")]
+                kind: String,
+                text: Option<String>,
+            }
+            let raw = Raw::deserialize(d)?;
+            match (raw.kind.as_str(), raw.text) {
+                ("text", Some(text)) => Ok(Part(text)),
+                ("text", None) => Err(de::Error::custom("a text content part needs 'text'")),
+                (other, _) => Err(de::Error::custom(format!(
+                    "content of type '{other}' is not supported: this model embeds text only"
+                ))),
+            }
+        }
+    }
+    struct Input(String);
+    impl<'de> Deserialize<'de> for Input {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            #[derive(Deserialize)]
+            struct Raw {
+                content: Vec<Part>,
+            }
+            let parts = Raw::deserialize(d)?.content;
+            let text: Vec<String> = parts.into_iter().map(|p| p.0).collect();
+            Ok(Input(text.join("\n")))
+        }
+    }
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Documents>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of inputs, each {\"content\": [...]}")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Option<Documents>, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Documents>, A::Error> {
+            let mut bound = Bounded::new("inputs");
+            let mut texts = Vec::new();
+            while let Some(Input(text)) = seq.next_element::<Input>()? {
+                let i = bound.admit()?;
+                if text.is_empty() {
+                    return Err(de::Error::custom(format!("inputs[{i}] has no text")));
+                }
+                texts.push(text);
+            }
+            if texts.is_empty() {
+                return Err(de::Error::custom("'inputs' must not be empty"));
+            }
+            Ok(Some(Documents(texts)))
+        }
+    }
+    d.deserialize_any(V)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ pub mod vllm;
 use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
 use http_body_util::BodyExt;
-use qembed_engine::{EngineError, Input, Task};
+use qembed_engine::{postprocess, Admission, EngineError, Input, Task, Truncate};
 
 use crate::error::ApiError;
 use crate::middleware::Arrival;
@@ -116,15 +116,48 @@ pub fn instruction_for(
     Ok(instruction.or_else(|| state.args.default_instruction.clone()))
 }
 
+/// How an embed request fits over-long input: TEI's `truncate` + `truncation_direction`
+/// (`right` cuts the end, `left` the start), which qembed's OpenAI route takes too.
+pub fn truncation(truncate: Option<bool>, direction: Option<&str>) -> AppResult<Truncate> {
+    let side = match direction {
+        None => Truncate::End,
+        Some(d) if d.eq_ignore_ascii_case("right") => Truncate::End,
+        Some(d) if d.eq_ignore_ascii_case("left") => Truncate::Start,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                format!("'{other}' is not one of ['right', 'left'] - 'truncation_direction'"),
+                Some("truncation_direction"),
+            ))
+        }
+    };
+    Ok(if truncate.unwrap_or(false) {
+        side
+    } else {
+        Truncate::Refuse
+    })
+}
+
+/// What every embed route hands to `prepare`: the inputs and how to tokenise them.
+pub struct Prepare {
+    pub input: Inputs,
+    pub instruction: Option<String>,
+    /// The client named the instruction (token input cannot take one).
+    pub explicit_instruction: bool,
+    pub truncate: Truncate,
+    /// A client's per-input token budget (Cohere's `max_tokens`).
+    pub cap: Option<usize>,
+}
+
 /// Validates and tokenises inputs on a blocking thread (tokenising 2048 texts is not
 /// something to do on the async executor).
-pub async fn prepare(
-    loaded: &Loaded,
-    input: Inputs,
-    instruction: Option<String>,
-    explicit_instruction: bool,
-    truncate: bool,
-) -> AppResult<Vec<Vec<u32>>> {
+pub async fn prepare(loaded: &Loaded, p: Prepare) -> AppResult<Vec<Vec<u32>>> {
+    let Prepare {
+        input,
+        instruction,
+        explicit_instruction,
+        truncate,
+        cap,
+    } = p;
     let embedder = loaded.embedder.clone();
     let task = tokio::task::spawn_blocking(move || -> AppResult<Vec<Vec<u32>>> {
         match input {
@@ -137,7 +170,7 @@ pub async fn prepare(
                         instruction: instruction.as_deref(),
                     };
                     embedder
-                        .tokenize(input, truncate)
+                        .tokenize_capped(input, truncate, cap)
                         .map_err(|e| ApiError::from_engine(e, &format!("input[{i}]")))
                 })
                 .collect(),
@@ -150,7 +183,7 @@ pub async fn prepare(
                 .enumerate()
                 .map(|(i, ids)| {
                     embedder
-                        .prepare_ids(ids, truncate)
+                        .prepare_ids_capped(ids, truncate, cap)
                         .map_err(|e| ApiError::from_engine(e, &format!("input[{i}]")))
                 })
                 .collect(),
@@ -158,4 +191,27 @@ pub async fn prepare(
     });
     task.await
         .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))?
+}
+
+/// Tokenises, embeds and finishes one request's inputs (Matryoshka truncation to
+/// `dimensions`, then L2 normalisation unless `normalize` is off): the vectors in input
+/// order and the tokens the model read.
+pub async fn embed_inputs(
+    loaded: &Loaded,
+    slot: &Admission,
+    p: Prepare,
+    dimensions: Option<usize>,
+    normalize: bool,
+) -> AppResult<(Vec<Vec<f32>>, usize)> {
+    let seqs = prepare(loaded, p).await?;
+    let tokens = seqs.iter().map(Vec::len).sum();
+    let raw = loaded.batcher.embed(slot, seqs).await?;
+    let vectors = raw
+        .iter()
+        .map(|r| {
+            postprocess::finish(r, dimensions, normalize)
+                .map_err(|e| ApiError::from_engine(e, "dimensions"))
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    Ok((vectors, tokens))
 }

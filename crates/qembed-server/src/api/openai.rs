@@ -8,12 +8,14 @@ use axum::extract::{Extension, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use qembed_engine::postprocess;
+use qembed_engine::Truncate;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::json::{parse, Inputs};
-use super::{embedder, instruction_for, prepare, read_body, serving, AppResult};
+use super::{
+    embed_inputs, embedder, instruction_for, read_body, serving, truncation, AppResult, Prepare,
+};
 use crate::error::ApiError;
 use crate::middleware::Arrival;
 use crate::state::AppState;
@@ -34,6 +36,7 @@ struct Raw {
     instruction: Option<String>,
     prompt_name: Option<String>,
     truncate: Option<bool>,
+    truncation_direction: Option<String>,
     #[allow(dead_code)]
     user: Option<String>,
 }
@@ -48,8 +51,9 @@ pub struct EmbeddingRequest {
     pub instruction: Option<String>,
     /// Extension: name of a prompt configured with `--prompt NAME=TEXT`.
     pub prompt_name: Option<String>,
-    /// Extension: truncate over-long input instead of refusing it.
-    pub truncate: Option<bool>,
+    /// Extensions `truncate` and `truncation_direction` (TEI's): cut over-long input at
+    /// the end (`right`, the default) or the start (`left`) instead of refusing it.
+    pub truncate: Truncate,
 }
 
 /// Parses a `/v1/embeddings` body with at most `max_inputs` inputs.
@@ -86,7 +90,7 @@ pub fn parse_embedding_request(
         dimensions,
         instruction: raw.instruction,
         prompt_name: raw.prompt_name,
-        truncate: raw.truncate,
+        truncate: truncation(raw.truncate, raw.truncation_direction.as_deref())?,
     })
 }
 
@@ -151,28 +155,25 @@ pub async fn embeddings(
         .embedder
         .check_dimensions(req.dimensions)
         .map_err(|e| ApiError::from_engine(e, "dimensions"))?;
-    let explicit = req.instruction.is_some() || req.prompt_name.is_some();
+    let explicit_instruction = req.instruction.is_some() || req.prompt_name.is_some();
     let instruction = instruction_for(&state, req.instruction, req.prompt_name)?;
-    let seqs = prepare(
-        loaded,
-        req.input,
+    let p = Prepare {
+        input: req.input,
         instruction,
-        explicit,
-        req.truncate.unwrap_or(false),
-    )
-    .await?;
-    let prompt_tokens = seqs.iter().map(Vec::len).sum();
-    let vectors = loaded.batcher.embed(&slot, seqs).await?;
-    let mut data = Vec::with_capacity(vectors.len());
-    for (index, raw) in vectors.iter().enumerate() {
-        let v = postprocess::finish(raw, req.dimensions, true)
-            .map_err(|e| ApiError::from_engine(e, "dimensions"))?;
-        data.push(EmbeddingData {
+        explicit_instruction,
+        truncate: req.truncate,
+        cap: None,
+    };
+    let (vectors, prompt_tokens) = embed_inputs(loaded, &slot, p, req.dimensions, true).await?;
+    let data = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| EmbeddingData {
             object: "embedding",
             index,
             embedding: EmbeddingValue::encode(v, req.encoding_format),
-        });
-    }
+        })
+        .collect();
     Ok(Json(EmbeddingResponse {
         object: "list",
         data,
@@ -256,6 +257,10 @@ mod tests {
             (r#"{"input":"a","model":7}"#, "model"),
             (r#"{"input":"a","user":7}"#, "user"),
             (r#"{"input":"a","truncate":"yes"}"#, "truncate"),
+            (
+                r#"{"input":"a","truncate":true,"truncation_direction":"up"}"#,
+                "truncation_direction",
+            ),
         ] {
             assert_eq!(
                 parse(body).unwrap_err().param.as_deref(),

@@ -8,12 +8,12 @@ use axum::extract::{Extension, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use qembed_engine::postprocess;
+use qembed_engine::{postprocess, Truncate};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::json::{parse, Inputs};
-use super::{embedder, instruction_for, prepare, read_body, serving, AppResult};
+use super::{embedder, instruction_for, prepare, read_body, serving, AppResult, Prepare};
 use crate::error::ApiError;
 use crate::middleware::Arrival;
 use crate::state::AppState;
@@ -78,7 +78,14 @@ pub async fn tokenize(
         ));
     }
     let instruction = instruction_for(&state, req.instruction, req.prompt_name)?;
-    let seqs = prepare(loaded, input, instruction, false, true).await?;
+    let p = Prepare {
+        input,
+        instruction,
+        explicit_instruction: false,
+        truncate: Truncate::End,
+        cap: None,
+    };
+    let seqs = prepare(loaded, p).await?;
     let data: Vec<_> = seqs
         .iter()
         .enumerate()

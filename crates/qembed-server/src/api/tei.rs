@@ -1,6 +1,11 @@
-//! text-embeddings-inference's native routes: `POST /rerank` (TEI's shape when the
-//! body has `texts`; Jina's, as vLLM serves it, when it has `documents`). Errors in
-//! TEI's shape (`{"error", "error_type"}`).
+//! text-embeddings-inference's native routes: `POST /embed` (and `POST /`, where
+//! `huggingface_hub.InferenceClient(base_url).feature_extraction` posts), and `POST
+//! /rerank` (TEI's shape when the body has `texts`; Jina's, as vLLM serves it, when it
+//! has `documents`). Errors in TEI's shape (`{"error", "error_type"}`).
+//!
+//! `/embed`: `{inputs: string | [string] | [[token id]], normalize? (true), truncate?
+//! (false), truncation_direction? (right | left), prompt_name?, dimensions?}` → one
+//! `[f32]` per input. `left` cuts the start of the text and keeps an instruction whole.
 //!
 //! `{query, texts, raw_scores?, return_text?, truncate?, truncation_direction?,
 //! instruction? | instruct?, prompt_name?}` → `[{index, score, text?}]` from the most
@@ -11,12 +16,17 @@ use std::sync::Arc;
 use axum::extract::{Extension, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Deserialize;
 use serde_json::json;
 
+use super::json::{parse, Inputs};
 use super::rerank::{
     admit, instruction, one_query, ranked, required, required_documents, score, Admitted,
 };
-use super::{jina, AppResult};
+use super::{
+    embed_inputs, embedder, instruction_for, jina, read_body, serving, truncation, AppResult,
+    Prepare,
+};
 use crate::error::{ApiError, Family};
 use crate::middleware::Arrival;
 use crate::state::AppState;
@@ -78,4 +88,59 @@ async fn respond(state: &AppState, mut a: Admitted<'_>) -> AppResult<Response> {
         })
         .collect();
     Ok(Json(results).into_response())
+}
+
+/// The fields of a TEI `/embed` body, as sent (unknown fields are skipped).
+#[derive(Deserialize)]
+struct EmbedRequest {
+    inputs: Option<Inputs>,
+    normalize: Option<bool>,
+    truncate: Option<bool>,
+    truncation_direction: Option<String>,
+    prompt_name: Option<String>,
+    dimensions: Option<u64>,
+}
+
+pub async fn embed(
+    State(state): State<Arc<AppState>>,
+    Extension(arrival): Extension<Arrival>,
+    request: Request,
+) -> Response {
+    embed_response(&state, arrival, request)
+        .await
+        .unwrap_or_else(|e| e.in_family(Family::Tei).into_response())
+}
+
+async fn embed_response(
+    state: &AppState,
+    arrival: Arrival,
+    request: Request,
+) -> AppResult<Response> {
+    let loaded = serving(state, arrival)?;
+    embedder(loaded)?;
+    let slot = loaded.batcher.admit()?;
+    let body = read_body(state, request.into_body()).await?;
+    let req: EmbedRequest = parse(&body, state.args.max_client_batch_size)?;
+    drop(body);
+    let input = req
+        .inputs
+        .ok_or_else(|| ApiError::invalid("'inputs' is a required property", Some("inputs")))?;
+    let dimensions = req
+        .dimensions
+        .map(|d| usize::try_from(d).unwrap_or(usize::MAX));
+    loaded
+        .embedder
+        .check_dimensions(dimensions)
+        .map_err(|e| ApiError::from_engine(e, "dimensions"))?;
+    let explicit_instruction = req.prompt_name.is_some();
+    let p = Prepare {
+        input,
+        instruction: instruction_for(state, None, req.prompt_name)?,
+        explicit_instruction,
+        truncate: truncation(req.truncate, req.truncation_direction.as_deref())?,
+        cap: None,
+    };
+    let normalize = req.normalize.unwrap_or(true);
+    let (vectors, _) = embed_inputs(loaded, &slot, p, dimensions, normalize).await?;
+    Ok(Json(vectors).into_response())
 }
