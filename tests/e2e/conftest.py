@@ -77,7 +77,8 @@ def _spawn(model: str, *args: str):
 @pytest.fixture(scope="session")
 def server():
     with _spawn(MODEL, "--served-model-name", MODEL, "--served-model-name", ALIAS) as base:
-        yield {"base_url": base + "/v1", "api_key": API_KEY, "model": MODEL, "alias": ALIAS}
+        yield {"base_url": base + "/v1", "url": base, "api_key": API_KEY, "model": MODEL,
+               "alias": ALIAS}
 
 
 @pytest.fixture(scope="session")
