@@ -387,6 +387,18 @@ async fn info_models_and_tokenize() {
     assert_eq!(info["color"], json!("blue"));
     assert_eq!(info["model_id"], json!("qwen3-embed"));
     assert_eq!(info["hidden_size"], json!(64));
+    // TEI's names for the same facts, and the CPU kernel the load chose.
+    assert_eq!(info["max_input_length"], info["max_input_tokens"]);
+    assert_eq!(info["model_dtype"], info["dtype"]);
+    assert_eq!(
+        info["model_type"]["embedding"]["pooling"],
+        json!("last_token")
+    );
+    let kernel = info["cpu_kernel"].as_str().unwrap();
+    assert!(
+        ["amx", "mkl", "avx2", "portable"].contains(&kernel),
+        "{kernel}"
+    );
     assert!(info["fingerprint"].as_str().unwrap().starts_with("sha256:"));
     let r = t.get("/health").await;
     assert_eq!(

@@ -8,7 +8,7 @@ use axum::extract::{Extension, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use qembed_engine::{postprocess, Truncate};
+use qembed_engine::{postprocess, Task, Truncate};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -43,8 +43,23 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value>
         "prompts": state.prompts,
         "ready": state.is_ready(),
         "task": state.args.task.to_string(),
+        "cpu_kernel": loaded.and_then(|l| l.embedder.model().cpu_kernel()),
         "version": env!("CARGO_PKG_VERSION"),
+        // text-embeddings-inference's names for the same facts, for its clients.
+        "model_sha": null,
+        "model_dtype": loaded.map(|l| l.dtype.as_str()),
+        "model_type": tei_model_type(state.args.task),
+        "max_input_length": loaded.map(|l| l.embedder.max_length()),
+        "auto_truncate": false,
     }))
+}
+
+/// TEI's `model_type`: the pooling of an embedding model, the labels of a reranker.
+fn tei_model_type(task: Task) -> serde_json::Value {
+    match task {
+        Task::Embed => json!({"embedding": {"pooling": "last_token"}}),
+        Task::Rerank => json!({"reranker": {}}),
+    }
 }
 
 /// A `/tokenize` body.
