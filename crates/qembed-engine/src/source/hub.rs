@@ -149,10 +149,10 @@ impl Fetcher {
                 ureq::Error::Status(code, _) => {
                     Miss::Failed(format!("`{file}` of `{}`: HTTP {code} from {url}", self.id))
                 }
-                ureq::Error::Transport(t) => Miss::Failed(format!(
-                    "`{file}` of `{}`: cannot reach {url}: {t}",
-                    self.id
-                )),
+                // Its text names the URL.
+                ureq::Error::Transport(t) => {
+                    Miss::Failed(format!("`{file}` of `{}`: {t}", self.id))
+                }
             },
             ApiError::IoError(io) if reporter.announced().is_some() => Miss::Failed(format!(
                 "download of `{file}` of `{}` stopped at {} of {} bytes: {io}; the \

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use indicatif::{HumanBytes, ProgressBar};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget};
 
 /// How download progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,9 @@ pub enum ProgressMode {
 
 /// How often a log line is written while a file downloads.
 pub const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Files at least this large get a "downloading" line when they start.
+const ANNOUNCE_FROM: u64 = 1 << 20;
 
 /// One file's download state. hf-hub 0.4.3 calls `init(size)` before each attempt
 /// and, for each attempt, `update(offset)` with the bytes already in the partial file
@@ -70,9 +73,13 @@ impl Reporter {
         self.attempt_start = now;
         self.last_log = now;
         if self.mode == ProgressMode::Bars {
-            let mut bar = self.bar.take().unwrap_or_else(|| ProgressBar::new(size));
+            // Styled (by hf-hub's init) before it is first drawn.
+            let mut bar = self.bar.take().unwrap_or_else(ProgressBar::hidden);
             hf_hub::api::Progress::init(&mut bar, size as usize, &self.file);
             bar.set_position(0);
+            if bar.is_hidden() {
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+            }
             self.bar = Some(bar);
         }
     }
@@ -86,14 +93,17 @@ impl Reporter {
             if let Some(bar) = &self.bar {
                 bar.set_position(self.done);
             }
-            return (bytes > 0).then(|| {
-                format!(
+            if bytes > 0 {
+                return Some(format!(
                     "{}: resuming at {} of {}",
                     self.file,
                     HumanBytes(bytes),
                     self.total()
-                )
-            });
+                ));
+            }
+            // Small files finish at once; their completion line is enough.
+            return (self.announced >= Some(ANNOUNCE_FROM))
+                .then(|| format!("{}: downloading {}", self.file, self.total()));
         }
         if let Some(bar) = &self.bar {
             bar.set_position(self.done);
@@ -116,8 +126,13 @@ impl Reporter {
             bar.finish();
         }
         let secs = now.duration_since(self.attempt_start).as_secs_f64();
+        let resumed = if self.offset > 0 {
+            format!(" ({} resumed)", HumanBytes(self.offset))
+        } else {
+            String::new()
+        };
         format!(
-            "{}: done, {} in {secs:.1} s ({}/s)",
+            "{}: done, {}{resumed} in {secs:.1} s ({}/s)",
             self.file,
             HumanBytes(self.done),
             HumanBytes(self.rate(now))
@@ -195,10 +210,21 @@ mod tests {
         let end = r.finish_at(at(10));
         assert_eq!(
             end,
-            "model.safetensors: done, 8.58 MiB in 10.0 s (488.28 KiB/s)"
+            "model.safetensors: done, 8.58 MiB (3.81 MiB resumed) in 10.0 s (488.28 KiB/s)"
         );
         assert_eq!(r.announced(), Some(10_000_000));
         assert_eq!(r.done(), 9_000_000);
+        // A fresh start of a large file says so; its done line has no "resumed".
+        r.init_at(10_000_000, t0);
+        assert_eq!(
+            r.update_at(0, t0).as_deref(),
+            Some("model.safetensors: downloading 9.54 MiB")
+        );
+        r.update_at(10_000_000, at(2));
+        assert_eq!(
+            r.finish_at(at(2)),
+            "model.safetensors: done, 9.54 MiB in 2.0 s (4.77 MiB/s)"
+        );
     }
 
     #[test]
