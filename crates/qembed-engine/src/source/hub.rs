@@ -142,7 +142,7 @@ impl Fetcher {
                     Miss::Absent(format!("{} (HTTP 404 from {url})", absent()))
                 }
                 ureq::Error::Status(code @ (401 | 403), _) => Miss::Failed(format!(
-                    "`{file}` of `{}`: HTTP {code} from {url}; the repo may be gated or \
+                    "`{file}` of `{}`: HTTP {code} from {url}; the repo may not exist, or be gated or \
                      private: set HF_TOKEN or log in with `huggingface-cli login`",
                     self.id
                 )),
@@ -154,13 +154,20 @@ impl Fetcher {
                     Miss::Failed(format!("`{file}` of `{}`: {t}", self.id))
                 }
             },
-            ApiError::IoError(io) if reporter.announced().is_some() => Miss::Failed(format!(
-                "download of `{file}` of `{}` stopped at {} of {} bytes: {io}; the \
-                     partial file is kept in the cache and the next run resumes it",
-                self.id,
-                reporter.done(),
-                reporter.announced().unwrap_or_default()
-            )),
+            // An I/O error while bytes were still owed: the transfer broke off.
+            ApiError::IoError(io)
+                if reporter
+                    .announced()
+                    .is_some_and(|total| reporter.done() < total) =>
+            {
+                Miss::Failed(format!(
+                    "download of `{file}` of `{}` stopped at {} of {} bytes: {io}; the \
+                     partial file is kept in the cache and the next attempt resumes it",
+                    self.id,
+                    reporter.done(),
+                    reporter.announced().unwrap_or_default()
+                ))
+            }
             ApiError::InvalidResume => Miss::Failed(format!(
                 "`{file}` of `{}`: the partial download in {} is larger than the file \
                  on the hub; delete the `.part` file there and run again",
