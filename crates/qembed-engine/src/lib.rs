@@ -24,7 +24,7 @@ pub use error::{EngineError, Result};
 pub use fingerprint::fingerprint;
 pub use qembed_model::{DType, Device};
 pub use rerank::Pair;
-pub use source::resolve_model;
+pub use source::{resolve_model, resolve_model_with, HubSettings, ProgressMode};
 pub use tokenize::{
     format_query, query_prefix, Qwen3Tokenizer, Truncate, DEFAULT_QUERY_INSTRUCTION,
 };

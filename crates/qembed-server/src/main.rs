@@ -9,7 +9,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
-        Command::Embed(_) | Command::Rerank(_) => "warn",
+        // Quiet, except for hub download progress (a first run may fetch gigabytes).
+        Command::Embed(_) | Command::Rerank(_) => "warn,qembed::hub=info",
     };
     init_logging(cli.json_logs, default_level);
     let result = match cli.command {
