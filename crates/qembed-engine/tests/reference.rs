@@ -5,7 +5,7 @@
 use qembed_engine::{
     DTypeChoice, Embedder, EngineError, Input, LoadOptions, OutputOptions, Qwen3Tokenizer,
 };
-use qembed_testkit::{cosine, fixture, root, Case, Reference, FIXTURES};
+use qembed_testkit::{assert_close, fixture, gate, root, Case, Reference, FIXTURES};
 
 fn reference(name: &str) -> Reference {
     Reference::load(name)
@@ -55,10 +55,12 @@ fn token_ids_match_reference_for_both_tokenizer_kinds() {
     assert_eq!(kinds.len(), 2, "fixtures must cover both tokenizer kinds");
 }
 
-fn check_embeddings(dtype: DTypeChoice, threshold: f64) {
+/// Every case of every fixture through tokenisation, forward pass, Matryoshka
+/// truncation and normalisation, against transformers within the test kit's gate.
+fn check_embeddings(dtype: DTypeChoice) {
     for name in FIXTURES {
         let r = reference(name);
-        let mut worst = (1.0f64, String::new());
+        let (mut got, mut want, mut names) = (Vec::new(), Vec::new(), Vec::new());
         // Group by (dims, max_length) so each call is one mixed-length batch.
         let mut groups: Vec<(Option<usize>, Option<usize>)> = r
             .cases
@@ -79,44 +81,42 @@ fn check_embeddings(dtype: DTypeChoice, threshold: f64) {
                 dimensions: dims,
                 normalize: true,
             };
-            let got = e.embed(&inputs, true, out).unwrap();
-            for (c, (v, tokens)) in cases.iter().zip(&got) {
-                assert_eq!(*tokens, c.input_ids.len());
+            let vectors = e.embed(&inputs, true, out).unwrap();
+            assert_eq!(vectors.len(), cases.len(), "{name} {dims:?} {max_length:?}");
+            for (c, (v, tokens)) in cases.iter().zip(vectors) {
+                assert_eq!(tokens, c.input_ids.len());
                 assert_eq!(v.len(), dims.unwrap_or(r.hidden_size));
                 let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
                 assert!((norm - 1.0).abs() < 1e-4, "{name} {}: norm {norm}", c.name);
-                let cos = cosine(v, &c.embedding);
-                if cos < worst.0 {
-                    worst = (cos, c.name.clone());
-                }
+                got.push(v);
+                want.push(c.embedding.as_slice());
+                names.push(c.name.as_str());
             }
         }
-        println!(
-            "{name} {dtype:?}: worst cosine {:.7} ({})",
-            worst.0, worst.1
-        );
-        assert!(
-            worst.0 >= threshold,
-            "{name} {dtype:?}: {} {}",
-            worst.1,
-            worst.0
+        assert_eq!(got.len(), r.cases.len(), "{name}: every case ran");
+        assert_close(
+            &format!("{name} {dtype:?}"),
+            &got,
+            &want,
+            &names,
+            gate(dtype),
         );
     }
 }
 
 #[test]
 fn f32_embeddings_match_transformers() {
-    check_embeddings(DTypeChoice::F32, 0.99999);
+    check_embeddings(DTypeChoice::F32);
 }
 
 #[test]
 fn bf16_embeddings_match_transformers() {
-    check_embeddings(DTypeChoice::Bf16, 0.999);
+    check_embeddings(DTypeChoice::Bf16);
 }
 
 #[test]
 fn f16_embeddings_match_transformers() {
-    check_embeddings(DTypeChoice::F16, 0.999);
+    check_embeddings(DTypeChoice::F16);
 }
 
 #[test]
@@ -268,10 +268,18 @@ fn tensor_parallel_group_matches_transformers() {
         assert_eq!(embedder.model().tensor_parallel(), size);
         let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
         let got = embedder.embed_ids(&ids).unwrap();
-        for (case, v) in r.cases.iter().zip(&got) {
-            let c = cosine(v, &case.raw);
-            assert!(c >= 0.99999, "TP={size} {}: cosine {c}", case.name);
-        }
+        let (want, names): (Vec<&[f32]>, Vec<&str>) = r
+            .cases
+            .iter()
+            .map(|c| (c.raw.as_slice(), c.name.as_str()))
+            .unzip();
+        assert_close(
+            &format!("TP={size}"),
+            &got,
+            &want,
+            &names,
+            gate(DTypeChoice::F32),
+        );
         // A bad batch is refused by the group as a whole, and it keeps serving.
         assert!(embedder.embed_ids(&[vec![u32::MAX]]).is_err());
         assert_eq!(embedder.embed_ids(&ids[..1]).unwrap()[0], got[0]);

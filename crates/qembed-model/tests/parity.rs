@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use qembed_model::{cpu_kernels, DType, Device, ModelError, PackedBatch, Qwen3Embedding};
-use qembed_testkit::{cosine, fixture, kernel_required, FIXTURES};
+use qembed_testkit::{assert_close, fixture, gate, kernel_required, same_gate, FIXTURES};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -25,36 +25,40 @@ fn reference(name: &str) -> Reference {
     serde_json::from_str(&text).unwrap()
 }
 
-/// Runs every case of every fixture as one mixed-length packed batch, and returns the
-/// worst cosine against transformers per fixture.
-fn check_parity(dtype: DType, threshold: f64) {
+/// Runs every case of every fixture as one mixed-length packed batch against
+/// transformers, within the test kit's gate for `dtype`.
+fn check_parity(dtype: DType) {
     for name in FIXTURES {
         let model = Qwen3Embedding::load(&fixture(name), dtype, &Device::Cpu).unwrap();
         let r = reference(name);
-        let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
-        let got = model.embed(&PackedBatch::new(&ids)).unwrap();
-        let mut worst = (1.0f64, "");
-        for (case, v) in r.cases.iter().zip(&got) {
-            let c = cosine(v, &case.raw);
-            if c < worst.0 {
-                worst = (c, &case.name);
-            }
-        }
-        println!(
-            "{name} {dtype:?}: worst cosine {:.7} ({})",
-            worst.0, worst.1
-        );
-        assert!(
-            worst.0 >= threshold,
-            "{name} {dtype:?}: case {} cosine {} < {threshold}",
-            worst.1,
-            worst.0
+        let got = model.embed(&batch(&r)).unwrap();
+        let (want, names) = raw_and_names(&r);
+        assert_close(
+            &format!("{name} {dtype:?}"),
+            &got,
+            &want,
+            &names,
+            gate(dtype),
         );
     }
 }
 
+/// All of a fixture's cases as one packed batch, in reference order.
+fn batch(r: &Reference) -> PackedBatch {
+    let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
+    PackedBatch::new(&ids)
+}
+
+/// The reference raw vectors and case names, in order.
+fn raw_and_names(r: &Reference) -> (Vec<&[f32]>, Vec<&str>) {
+    r.cases
+        .iter()
+        .map(|c| (c.raw.as_slice(), c.name.as_str()))
+        .unzip()
+}
+
 /// Every CPU GEMM kernel built in, in every dtype it runs, against transformers on
-/// every fixture: f32 weights to cosine 0.99999, bf16 and f16 to 0.9999. A kernel this
+/// every fixture, within the test kit's gate for each dtype. A kernel this
 /// CPU cannot run is reported on stderr (past the harness's capture) as SKIPPED, or
 /// fails the test where it is required.
 #[test]
@@ -76,7 +80,6 @@ fn every_cpu_kernel_matches_transformers() {
             continue;
         }
         for &dtype in &kernel.dtypes {
-            let threshold = if dtype == DType::F32 { 0.99999 } else { 0.9999 };
             for name in FIXTURES {
                 let model = Qwen3Embedding::load_with_cpu_kernel(
                     &fixture(name),
@@ -87,30 +90,10 @@ fn every_cpu_kernel_matches_transformers() {
                 .unwrap();
                 assert_eq!(model.cpu_kernel(), Some(kernel.name));
                 let r = reference(name);
-                let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
-                let got = model.embed(&PackedBatch::new(&ids)).unwrap();
-                assert_eq!(got.len(), r.cases.len(), "{} {name} {dtype:?}", kernel.name);
-                let (worst, case) = r
-                    .cases
-                    .iter()
-                    .zip(&got)
-                    .map(|(case, v)| (cosine(v, &case.raw), &case.name))
-                    .fold((f64::INFINITY, &r.cases[0].name), |a, b| {
-                        if b.0 < a.0 {
-                            b
-                        } else {
-                            a
-                        }
-                    });
-                println!(
-                    "{} {name} {dtype:?}: worst cosine {worst:.7} ({case})",
-                    kernel.name
-                );
-                assert!(
-                    worst >= threshold,
-                    "{} kernel, {name} {dtype:?}: case {case} cosine {worst} < {threshold}",
-                    kernel.name
-                );
+                let got = model.embed(&batch(&r)).unwrap();
+                let (want, names) = raw_and_names(&r);
+                let label = format!("{} {name} {dtype:?}", kernel.name);
+                assert_close(&label, &got, &want, &names, gate(dtype));
                 ran += 1;
             }
         }
@@ -134,17 +117,17 @@ fn a_kernel_that_cannot_run_is_an_error_at_load() {
 
 #[test]
 fn f32_matches_transformers() {
-    check_parity(DType::F32, 0.99999);
+    check_parity(DType::F32);
 }
 
 #[test]
 fn bf16_matches_transformers() {
-    check_parity(DType::BF16, 0.999);
+    check_parity(DType::BF16);
 }
 
 #[test]
 fn f16_matches_transformers() {
-    check_parity(DType::F16, 0.999);
+    check_parity(DType::F16);
 }
 
 /// A text alone and the same text inside a batch of other lengths give the same vector:
@@ -158,16 +141,16 @@ fn batch_invariance() {
         let batched = model.embed(&PackedBatch::new(&ids)).unwrap();
         // Reverse order too, so each sequence has different neighbours.
         let rev: Vec<&[u32]> = ids.iter().rev().copied().collect();
-        let reversed = model.embed(&PackedBatch::new(&rev)).unwrap();
-        for (i, seq) in ids.iter().enumerate() {
-            let alone = &model.embed(&PackedBatch::new(&[*seq])).unwrap()[0];
-            let c1 = cosine(alone, &batched[i]);
-            let c2 = cosine(alone, &reversed[ids.len() - 1 - i]);
-            assert!(
-                c1 >= 0.999999 && c2 >= 0.999999,
-                "{name} case {i}: {c1} {c2}"
-            );
-        }
+        let mut reversed = model.embed(&PackedBatch::new(&rev)).unwrap();
+        reversed.reverse();
+        let alone: Vec<Vec<f32>> = ids
+            .iter()
+            .map(|seq| model.embed(&PackedBatch::new(&[*seq])).unwrap().remove(0))
+            .collect();
+        let (_, names) = raw_and_names(&r);
+        let same = same_gate(DType::F32);
+        assert_close(&format!("{name} batched"), &batched, &alone, &names, same);
+        assert_close(&format!("{name} reversed"), &reversed, &alone, &names, same);
     }
 }
 
@@ -182,8 +165,21 @@ fn attention_blocks_do_not_change_results() {
     let load = || Qwen3Embedding::load(&fixture(name), DType::F32, &Device::Cpu).unwrap();
     let one_block = load().with_attention_block(4096).embed(&batch).unwrap();
     let small_blocks = load().with_attention_block(37).embed(&batch).unwrap();
-    assert!(cosine(&one_block[0], &small_blocks[0]) >= 0.999999);
-    assert!(cosine(&small_blocks[0], &longest.raw) >= 0.99999);
+    let names = [longest.name.as_str()];
+    assert_close(
+        "one block vs 37-row blocks",
+        &small_blocks,
+        &one_block,
+        &names,
+        same_gate(DType::F32),
+    );
+    assert_close(
+        "37-row blocks vs transformers",
+        &small_blocks,
+        &[&longest.raw],
+        &names,
+        gate(DType::F32),
+    );
 }
 
 /// The fused CPU kernels (attention from the qkv projection, SwiGLU) and the candle
@@ -192,15 +188,25 @@ fn attention_blocks_do_not_change_results() {
 fn fused_cpu_kernels_equal_candle_ops() {
     for name in FIXTURES {
         let r = reference(name);
-        let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
-        let batch = PackedBatch::new(&ids);
+        let batch = batch(&r);
         let load = || Qwen3Embedding::load(&fixture(name), DType::F32, &Device::Cpu).unwrap();
         let fused = load().with_attention_block(29).embed(&batch).unwrap();
         let candle = load().with_fused_cpu_ops(false).embed(&batch).unwrap();
-        for ((f, c), case) in fused.iter().zip(&candle).zip(&r.cases) {
-            assert!(cosine(f, c) >= 0.999999, "{name} {}", case.name);
-            assert!(cosine(c, &case.raw) >= 0.99999, "{name} {}", case.name);
-        }
+        let (want, names) = raw_and_names(&r);
+        assert_close(
+            &format!("{name} fused vs candle ops"),
+            &fused,
+            &candle,
+            &names,
+            same_gate(DType::F32),
+        );
+        assert_close(
+            &format!("{name} candle ops"),
+            &candle,
+            &want,
+            &names,
+            gate(DType::F32),
+        );
     }
 }
 

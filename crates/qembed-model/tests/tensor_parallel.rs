@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use qembed_model::{DType, Device, LocalGroup, ModelError, PackedBatch, Qwen3Embedding};
-use qembed_testkit::{cosine, fixture};
+use qembed_testkit::{assert_close, fixture, gate, same_gate};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -54,6 +54,37 @@ fn run_tp(
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
+/// Every rank's output against one rank's (same arithmetic, split differently) and
+/// against transformers, each within the test kit's gates for `dtype`.
+fn check_ranks(
+    label: &str,
+    ranks: &[Vec<Vec<f32>>],
+    size: usize,
+    single: &[Vec<f32>],
+    r: &Reference,
+    dtype: DType,
+) {
+    assert_eq!(ranks.len(), size, "{label}: one output per rank");
+    let want: Vec<&[f32]> = r.cases.iter().map(|c| c.raw.as_slice()).collect();
+    let names = vec![""; 0];
+    for (rank, out) in ranks.iter().enumerate() {
+        assert_close(
+            &format!("{label} rank {rank} vs TP=1"),
+            out,
+            single,
+            &names,
+            same_gate(dtype),
+        );
+        assert_close(
+            &format!("{label} rank {rank} vs transformers"),
+            out,
+            &want,
+            &names,
+            gate(dtype),
+        );
+    }
+}
+
 #[test]
 fn tp_equals_single_rank_on_every_fixture_that_divides() {
     // (fixture, TP sizes): gqa has 4 heads / 2 kv heads, f16 2 / 2, tp4 8 / 4.
@@ -65,14 +96,14 @@ fn tp_equals_single_rank_on_every_fixture_that_divides() {
         let (r, batch, single) = single_rank(name, DType::F32);
         for size in sizes {
             let ranks = run_tp(&fixture(name), DType::F32, size, &batch).unwrap();
-            let mut worst = 1.0f64;
-            for out in &ranks {
-                for ((tp, one), case) in out.iter().zip(&single).zip(&r.cases) {
-                    worst = worst.min(cosine(tp, one)).min(cosine(tp, &case.raw));
-                }
-            }
-            println!("{name} TP={size}: worst cosine vs TP=1 and transformers {worst:.7}");
-            assert!(worst >= 0.99999, "{name} TP={size}: {worst}");
+            check_ranks(
+                &format!("{name} TP={size}"),
+                &ranks,
+                size,
+                &single,
+                &r,
+                DType::F32,
+            );
         }
     }
 }
@@ -85,16 +116,14 @@ fn tp_in_bf16_equals_single_rank() {
     let name = "qwen3-tiny-tp4";
     let (r, batch, single) = single_rank(name, DType::BF16);
     let ranks = run_tp(&fixture(name), DType::BF16, 4, &batch).unwrap();
-    let (mut vs_one, mut vs_ref) = (1.0f64, 1.0f64);
-    for out in &ranks {
-        for ((tp, one), case) in out.iter().zip(&single).zip(&r.cases) {
-            vs_one = vs_one.min(cosine(tp, one));
-            vs_ref = vs_ref.min(cosine(tp, &case.raw));
-        }
-    }
-    println!("{name} bf16 TP=4: worst cosine vs TP=1 {vs_one:.7}, vs transformers {vs_ref:.7}");
-    assert!(vs_one >= 0.9999, "vs TP=1: {vs_one}");
-    assert!(vs_ref >= 0.999, "vs transformers: {vs_ref}");
+    check_ranks(
+        &format!("{name} bf16 TP=4"),
+        &ranks,
+        4,
+        &single,
+        &r,
+        DType::BF16,
+    );
 }
 
 #[test]

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod parity;
 mod server;
 
+pub use parity::{assert_close, cuda_gate, gate, same_gate, Gate};
 pub use server::Server;
 
 /// The fixture checkpoints `models/generate.py` makes, each with the vectors Hugging
