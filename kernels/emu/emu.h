@@ -33,8 +33,11 @@ extern thread_local uint3 threadIdx;
 extern thread_local uint3 blockIdx;
 extern dim3 blockDim, gridDim;
 void emu_block_sync();
-inline void __syncthreads() { emu_block_sync(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp_sync(); }
+// Makes this lane's deferred WMMA stores visible (see include/mma.h): what a barrier
+// does for memory. The raw warp barrier inside the WMMA calls and shuffles does not.
+void emu_flush_stores();
+inline void __syncthreads() { emu_flush_stores(); emu_block_sync(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu_flush_stores(); emu_warp_sync(); }
 float emu_shfl_xor(float v, int m);
 inline float __shfl_xor_sync(unsigned, float v, int m, int = 32) { return emu_shfl_xor(v, m); }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }

@@ -26,6 +26,12 @@ static std::vector<float> g_xchg;
 void emu_block_sync() { g_block->arrive_and_wait(); }
 int emu_lane() { return threadIdx.x & 31; }
 void emu_warp_sync() { g_warps[threadIdx.x >> 5]->arrive_and_wait(); }
+static thread_local std::vector<std::pair<float*, float>> g_pending;
+void emu_defer_store(float* p, float v) { g_pending.emplace_back(p, v); }
+void emu_flush_stores() {
+    for (auto [p, v] : g_pending) *p = v;
+    g_pending.clear();
+}
 float emu_shfl_xor(float v, int m) {
     int w = threadIdx.x >> 5, l = threadIdx.x & 31;
     g_xchg[w * 32 + l] = v;
@@ -45,19 +51,25 @@ template <class F> void launch(dim3 g, dim3 b, size_t shmem, F f) {
         g_xchg.assign(nt, 0.f);
         memset(smem, 0xff, sizeof(smem));  // NaN garbage: catches reads of unwritten shared memory
         std::vector<std::thread> ts;
-        for (int t = 0; t < nt; ++t) ts.emplace_back([&, t] { threadIdx = make_uint3(t, 0, 0); blockIdx = make_uint3(x, y, z); f(); });
+        for (int t = 0; t < nt; ++t) ts.emplace_back([&, t] { threadIdx = make_uint3(t, 0, 0); blockIdx = make_uint3(x, y, z); f(); emu_flush_stores(); });
         for (auto& t : ts) t.join();
     }
 }
 
 static std::mt19937 rng(1234);
 static float randn() { static std::normal_distribution<float> d(0.f, 1.f); return d(rng); }
-template <class T> static float f(T v) { return to_f32_host(v); }
 static float to_f32_host(__half v) { return __half2float(v); }
 static float to_f32_host(__nv_bfloat16 v) { return __bfloat162float(v); }
+static float to_f32_host(float v) { return v; }
+template <class T> static float f(T v) { return to_f32_host(v); }
 template <class T> static T h(float v);
 template <> __half h<__half>(float v) { return __float2half_rn(v); }
 template <> __nv_bfloat16 h<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> float h<float>(float v) { return v; }
+template <class T> static const char* tname();
+template <> const char* tname<__half>() { return "f16"; }
+template <> const char* tname<__nv_bfloat16>() { return "bf16"; }
+template <> const char* tname<float>() { return "f32"; }
 template <class T> static std::vector<T> nan_vec(size_t n) { return std::vector<T>(n, h<T>(NAN)); }
 
 static int failures = 0, tests = 0;
@@ -147,7 +159,7 @@ void test_rms_norm(void (*kern)(const T*, const T*, T*, int, int, float), int ro
             err = std::max(err, std::isnan(got) ? 1e9 : std::fabs(got - want) / std::max(1.0, std::fabs(want)));
         }
     }
-    char buf[100]; snprintf(buf, sizeof buf, "rms_norm rows=%d cols=%d", rows, cols);
+    char buf[100]; snprintf(buf, sizeof buf, "rms_norm %s rows=%d cols=%d", tname<T>(), rows, cols);
     report(buf, err, tol);
 }
 
@@ -193,7 +205,7 @@ void test_qk_norm_rope(void (*kern)(const T*, T*, const T*, const T*, const floa
             err = std::max(err, std::isnan(got) ? 1e9 : std::fabs(got - want[d]) / std::max(1.0, std::fabs(want[d])));
         }
     }
-    char buf[100]; snprintf(buf, sizeof buf, "qk_norm_rope tokens=%d H=%d KV=%d D=%d norm=%d", tokens, H, KV, D, norm);
+    char buf[100]; snprintf(buf, sizeof buf, "qk_norm_rope %s tokens=%d H=%d KV=%d D=%d norm=%d", tname<T>(), tokens, H, KV, D, norm);
     report(buf, err, tol);
 }
 
@@ -210,7 +222,7 @@ void test_swiglu(void (*kern)(const T*, T*, int64_t, int64_t), int tokens, int I
         double want = g / (1 + std::exp(-g)) * u, got = f(y[t * I + j]);
         err = std::max(err, std::isnan(got) ? 1e9 : std::fabs(got - want) / std::max(1.0, std::fabs(want)));
     }
-    char buf[100]; snprintf(buf, sizeof buf, "swiglu tokens=%d I=%d (grid-stride)", tokens, I);
+    char buf[100]; snprintf(buf, sizeof buf, "swiglu %s tokens=%d I=%d (grid-stride)", tname<T>(), tokens, I);
     report(buf, err, tol);
 }
 
@@ -226,7 +238,7 @@ void test_gather(void (*kern)(const T*, const uint32_t*, T*, int, int64_t), int 
         double got = f(y[i * cols + c]);
         err = std::max(err, std::isnan(got) ? 1e9 : std::fabs(got - f(x[idx[i] * cols + c])));
     }
-    char buf[100]; snprintf(buf, sizeof buf, "gather_rows rows=%d cols=%d", rows, cols);
+    char buf[100]; snprintf(buf, sizeof buf, "gather_rows %s rows=%d cols=%d", tname<T>(), rows, cols);
     report(buf, err, 0);
 }
 
@@ -244,13 +256,26 @@ int main() {
     test_attention<__half, 128>("attention f16 MQA", {40, 2}, 3, 1, false, 3e-3, varlen_attention_f16_d128);
     test_attention<__nv_bfloat16, 32>("attention bf16", lens, 4, 2, true, 2e-2, varlen_attention_bf16_d32);
     test_attention<__nv_bfloat16, 128>("attention bf16", {1, 66}, 2, 2, false, 2e-2, varlen_attention_bf16_d128);
+    // Every other entry point the model can launch (src/cuda/*.rs): each dtype, and
+    // attention at every head size (16 and 32 are what the fixtures use).
+    test_attention<__nv_bfloat16, 16>("attention bf16", lens, 4, 2, true, 2e-2, varlen_attention_bf16_d16);
+    test_attention<__nv_bfloat16, 64>("attention bf16", {3, 70}, 2, 1, false, 2e-2, varlen_attention_bf16_d64);
     test_rms_norm<__half>(rms_norm_f16, 7, 100, 2e-3);
     test_rms_norm<__nv_bfloat16>(rms_norm_bf16, 9, 64, 1e-2);
+    test_rms_norm<float>(rms_norm_f32, 5, 130, 1e-5);
     test_qk_norm_rope<__half>(qk_norm_rope_f16, 5, 3, 1, 32, true, 2e-3);
     test_qk_norm_rope<__half>(qk_norm_rope_f16, 3, 4, 2, 128, true, 2e-3);
+    test_qk_norm_rope<__half>(qk_norm_rope_f16, 3, 2, 1, 16, false, 2e-3);
     test_qk_norm_rope<__nv_bfloat16>(qk_norm_rope_bf16, 4, 2, 1, 16, false, 1e-2);
+    test_qk_norm_rope<__nv_bfloat16>(qk_norm_rope_bf16, 4, 4, 2, 32, true, 1e-2);
+    test_qk_norm_rope<float>(qk_norm_rope_f32, 3, 2, 1, 16, true, 1e-5);
+    test_qk_norm_rope<float>(qk_norm_rope_f32, 2, 4, 2, 64, true, 1e-5);
     test_swiglu<__half>(swiglu_f16, 5, 300, 2e-3);
+    test_swiglu<__nv_bfloat16>(swiglu_bf16, 4, 200, 1e-2);
+    test_swiglu<float>(swiglu_f32, 3, 257, 1e-5);
     test_gather<__half>(gather_rows_f16, 9, 300);
+    test_gather<__nv_bfloat16>(gather_rows_bf16, 7, 130);
+    test_gather<float>(gather_rows_f32, 5, 64);
     printf("%d passed, %d failed\n", tests - failures, failures);
     return failures != 0;
 }

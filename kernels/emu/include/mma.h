@@ -1,9 +1,16 @@
 // Emulated nvcuda::wmma for kernels/emu (CPU): a fragment is the whole 16x16 matrix in
-// every lane; loads/stores/mma are warp-collective (warp barrier before and after).
+// every lane. Loads and stores synchronise as CUDA documents them and no more: each
+// waits until every lane of the warp has arrived, then does its work, and returns with
+// no barrier after it. A store is split over the lanes (lane l owns the elements i
+// with i % 32 == l) and its writes become visible only at the lane's next __syncwarp
+// or __syncthreads (or its exit): fragment layouts are opaque, so a correct kernel
+// never reads stored data before such a barrier, and one that does reads stale data
+// here, every time, instead of racing on the GPU.
 #pragma once
 #include <cassert>
 #include <cstdint>
 void emu_warp_sync();
+void emu_defer_store(float* p, float v);
 int emu_lane();
 namespace nvcuda { namespace wmma {
 struct row_major {}; struct col_major {};
@@ -21,22 +28,18 @@ inline void check_ptr(const void* p, unsigned ldm, int elem) {
 template <class Use, class T> inline void load_matrix_sync(fragment<Use,16,16,16,T,row_major>& f, const T* p, unsigned ldm) {
     check_ptr(p, ldm, sizeof(T)); emu_warp_sync();
     for (int r = 0; r < 16; ++r) for (int c = 0; c < 16; ++c) f.x[r*16+c] = p[r*ldm + c];
-    emu_warp_sync();
 }
 template <class Use, class T> inline void load_matrix_sync(fragment<Use,16,16,16,T,col_major>& f, const T* p, unsigned ldm) {
     check_ptr(p, ldm, sizeof(T)); emu_warp_sync();
     for (int r = 0; r < 16; ++r) for (int c = 0; c < 16; ++c) f.x[r*16+c] = p[c*ldm + r];
-    emu_warp_sync();
 }
 inline void load_matrix_sync(fragment<accumulator,16,16,16,float>& f, const float* p, unsigned ldm, layout_t l) {
     check_ptr(p, ldm, 4); assert(l == mem_row_major); emu_warp_sync();
     for (int r = 0; r < 16; ++r) for (int c = 0; c < 16; ++c) f.x[r*16+c] = p[r*ldm + c];
-    emu_warp_sync();
 }
 inline void store_matrix_sync(float* p, const fragment<accumulator,16,16,16,float>& f, unsigned ldm, layout_t l) {
     check_ptr(p, ldm, 4); assert(l == mem_row_major); emu_warp_sync();
-    if (emu_lane() == 0) for (int r = 0; r < 16; ++r) for (int c = 0; c < 16; ++c) p[r*ldm + c] = f.x[r*16+c];
-    emu_warp_sync();
+    for (int i = emu_lane(); i < 256; i += 32) emu_defer_store(p + (i / 16) * ldm + i % 16, f.x[i]);
 }
 template <class T> inline void mma_sync(fragment<accumulator,16,16,16,float>& d,
     const fragment<matrix_a,16,16,16,T,row_major>& a, const fragment<matrix_b,16,16,16,T,col_major>& b,
