@@ -20,8 +20,10 @@ pub struct Gate {
 /// `Debug` name: `F32`, `F16`, `BF16`/`Bf16`).
 ///
 /// Measured worst over the 4 fixtures x 46 cases, per kernel of the AMD EPYC Zen 3 CI
-/// machine (portable and avx2; `cargo test -p qembed-model --test parity -- --nocapture`
-/// prints each), as 1 - cosine / max |diff| on the raw vectors, and the gate set from it:
+/// machine (portable, avx2, and mkl with its feature; `cargo test -p qembed-model --test
+/// parity -- --nocapture` prints each), as 1 - cosine / max |diff| on the raw vectors,
+/// and the gate set from it (mkl's bf16: 4.2e-5 / 2.8e-2, inside the same gate; the amx
+/// kernel is not measured on this CPU):
 /// - f32: < 1e-8 / 2.7e-6 → gate 1e-6 / 2e-5 (about 7x the difference)
 /// - f16: 7.6e-7 / 3.7e-3 → gate 1e-5 / 2e-2 (13x / 5x)
 /// - bf16: 5.2e-5 / 2.8e-2 → gate 1e-4 / 1e-1 (2x / 3.5x; bf16 keeps 8 bits of mantissa)
