@@ -177,6 +177,32 @@ pub(crate) fn select(
 /// `QEMBED_REQUIRE_AVX2`, `QEMBED_REQUIRE_AMX`, `QEMBED_REQUIRE_KERNELS=...`).
 #[cfg(test)]
 pub(crate) fn kernel_or_skip(name: &str) -> bool {
+    kernel_or_say(name, |why| {
+        format!(
+            "SKIPPED: {name} kernel tests ({why}); QEMBED_REQUIRE_{} makes this fail",
+            name.to_ascii_uppercase()
+        )
+    })
+}
+
+/// Whether kernel `name`'s real instructions run here, for kernels whose tests also run
+/// through a software model of them (AMX): where they do not, says on stderr that the
+/// model alone was tested, or fails as [`kernel_or_skip`] does when the kernel is
+/// required.
+#[cfg(all(test, amx))]
+pub(crate) fn kernel_or_model(name: &str) -> bool {
+    kernel_or_say(name, |why| {
+        format!(
+            "{} kernel tested through the software model only: this CPU cannot run its \
+             instructions ({why}); QEMBED_REQUIRE_{} makes this fail",
+            name.to_ascii_uppercase(),
+            name.to_ascii_uppercase()
+        )
+    })
+}
+
+#[cfg(test)]
+fn kernel_or_say(name: &str, say: impl FnOnce(&str) -> String) -> bool {
     use std::io::Write;
     let Some(kernel) = BUILT.iter().find(|k| k.name() == name) else {
         panic!("no kernel {name} in this build");
@@ -189,11 +215,7 @@ pub(crate) fn kernel_or_skip(name: &str) -> bool {
         "the {name} kernel is required here, but {why}"
     );
     // Straight to stderr: the harness captures print!/eprint! of passing tests.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: {name} kernel tests ({why}); QEMBED_REQUIRE_{} makes this fail",
-        name.to_ascii_uppercase()
-    );
+    let _ = writeln!(std::io::stderr(), "{}", say(&why));
     false
 }
 

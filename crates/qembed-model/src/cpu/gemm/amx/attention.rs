@@ -4,13 +4,14 @@ use super::*;
 
 /// Causal attention of the query heads that share `kv_head`, over one sequence
 /// (`start`, `len` tokens), from the normed and rotated fused qkv rows (`width` wide):
-/// the scores and the weighted values are bf16 products on AMX tiles with f32
+/// the scores and the weighted values are bf16 products on AMX tiles (`U`: [`Hw`] but
+/// in tests) with f32
 /// accumulation, the softmax is f32 (as PyTorch's bf16 attention). Writes those heads'
 /// columns of the sequence's rows of `out` (`[tokens, H * D]`).
 ///
 /// Keys and values are packed once for the whole group of query heads; query rows are
 /// taken `block` at a time, each seeing only the keys up to its own position.
-pub(crate) fn group_attention(
+pub(crate) fn group_attention<U: TileIsa>(
     qkv: &[f32],
     width: usize,
     (h, kv, d): (usize, usize, usize),
@@ -33,7 +34,7 @@ pub(crate) fn group_attention(
     let mut scores = vec![0f32; block * len];
     let scale = 1.0 / (d as f32).sqrt();
     let group = h / kv;
-    let tiles = Tiles::configure();
+    let mut tiles = Tiles::<U>::configure();
     for head in kv_head * group..(kv_head + 1) * group {
         let mut r0 = 0;
         while r0 < len {

@@ -16,11 +16,15 @@
 //! allow) over the whole K, then stores it once. A task takes a strip of output
 //! columns sized so its packed weights stay in L2 and walks down the rows.
 //!
+//! The instructions sit behind a trait (`isa`): the kernel is written once over it and
+//! runs on the real instructions, or in tests on a scalar model of them (`model`), so
+//! packing, tiling, tails and attention are tested on CPUs without AMX too; where the CPU
+//! has AMX the tests run both and compare them. The model is `#[cfg(test)]`: serving
+//! never sees it.
+//!
 //! Set `QEMBED_AMX=0` (or `false`, `off`) to turn it off, e.g. to compare against MKL or
 //! candle.
 
-use std::arch::asm;
-use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
@@ -34,11 +38,15 @@ use crate::cpu::par::SyncPtr;
 use crate::cpu::simd::{inv_rms, multiversion, silu_mul};
 
 mod attention;
+mod isa;
+#[cfg(test)]
+mod model;
 mod pack;
 mod round;
 mod tiles;
 
 use attention::group_attention;
+use isa::{Hw, TileConfig, TileIsa};
 use pack::PackedWeight;
 use round::{bf16_bits, round_norm_row, round_row, round_rows, round_swiglu_row};
 use tiles::Tiles;
@@ -108,14 +116,15 @@ fn detect() -> bool {
 }
 
 /// `a @ w.T` for `m` rows of activations already rounded by [`round_rows`] (width
-/// `w.kp`): f32 `m x n`, products of bf16 values accumulated in f32.
-fn matmul(a: &[Line], m: usize, w: &PackedWeight) -> candle_core::Result<Vec<f32>> {
+/// `w.kp`): f32 `m x n`, products of bf16 values accumulated in f32, on the tile
+/// instructions `U` ([`Hw`] but in tests).
+fn matmul<U: TileIsa>(a: &[Line], m: usize, w: &PackedWeight) -> candle_core::Result<Vec<f32>> {
     let (n, kp) = (w.n, w.kp);
     if a.len() < m.next_multiple_of(BLOCK_ROWS) * kp / 32 {
         candle_core::bail!("amx: activations shorter than {m} rows of {kp}");
     }
-    if !available() {
-        candle_core::bail!("amx: not available on this CPU");
+    if let Some(why) = U::unavailable() {
+        candle_core::bail!("{why}");
     }
     let a: &[u16] = lines(a);
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
@@ -128,7 +137,7 @@ fn matmul(a: &[Line], m: usize, w: &PackedWeight) -> candle_core::Result<Vec<f32
         .flat_map(|p0| (0..strips).step_by(TASK_STRIPS).map(move |s0| (p0, s0)))
         .collect();
     tasks.into_par_iter().for_each(|(p0, s0)| {
-        let tiles = Tiles::configure();
+        let mut tiles = Tiles::<U>::configure();
         let r0 = s0 * BLOCK_ROWS;
         let rows = (TASK_STRIPS * BLOCK_ROWS).min(m - r0);
         let panels = p0..(p0 + panels_per_task).min(panels);
@@ -210,7 +219,7 @@ impl Gemm for Amx {
     /// Scores and weighted values as bf16 products on tiles: the model's linear layers
     /// are bf16 anyway.
     fn attention(&self) -> AttentionProducts {
-        AttentionProducts::PerGroup(group_attention)
+        AttentionProducts::PerGroup(group_attention::<Hw>)
     }
 }
 
@@ -268,7 +277,7 @@ impl CustomOp1 for AmxLinear<'_> {
             candle_core::bail!("amx linear: input not contiguous")
         };
         let a = self.round(&x[start..end], m, width)?;
-        let out = matmul(&a, m, self.weight)?;
+        let out = matmul::<Hw>(&a, m, self.weight)?;
         Ok((CpuStorage::F32(out), Shape::from((m, self.weight.n))))
     }
 }
@@ -289,34 +298,35 @@ mod tests {
             .collect()
     }
 
-    /// `x @ w.T` through the op's plain input path.
-    fn plain(x: &[f32], m: usize, w: &PackedWeight) -> candle_core::Result<Vec<f32>> {
+    /// `x @ w.T` through the op's plain input path, on the instructions `U`.
+    fn plain<U: TileIsa>(x: &[f32], m: usize, w: &PackedWeight) -> candle_core::Result<Vec<f32>> {
         let op = AmxLinear {
             weight: w,
             input: Prologue::None,
         };
         let width = x.len().checked_div(m).unwrap_or(w.k);
-        matmul(&op.round(x, m, width)?, m, w)
+        matmul::<U>(&op.round(x, m, width)?, m, w)
     }
 
     fn round(v: f32) -> f32 {
         half::bf16::from_f32(v).to_f32()
     }
 
-    /// Whether to run the AMX tests: skipped loudly on CPUs without AMX, unless
+    /// Whether the real instructions run here as well as the software model (which every
+    /// test runs): where they do not, says so loudly on stderr, or fails when
     /// `QEMBED_REQUIRE_AMX` is set (CI sets it where /proc/cpuinfo lists amx_bf16).
-    fn amx_or_skip() -> bool {
-        crate::cpu::gemm::kernel_or_skip(NAME)
+    fn hardware_too() -> bool {
+        crate::cpu::gemm::kernel_or_model(NAME)
     }
 
     /// Against an f64 product of the same bf16-rounded values, over shapes with every
     /// kind of tail: rows not a multiple of 32 (and of 16), columns not a multiple of 32,
-    /// K not a multiple of 32, a single row and none.
+    /// K not a multiple of 32, a single row and none. Through the model always, and
+    /// where the CPU has AMX through the instructions too, which must then agree with
+    /// the model to within what the order of f32 sums can change.
     #[test]
     fn matches_a_reference_product_on_ragged_shapes() {
-        if !amx_or_skip() {
-            return;
-        }
+        let hardware = hardware_too();
         for &(m, n, k) in &[
             (1, 32, 32),
             (17, 40, 50),
@@ -329,20 +339,41 @@ mod tests {
             let w = values(n * k, 2 + n as u64);
             let wb: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
             let packed = PackedWeight::pack(&wb, n, k).unwrap();
-            let got = plain(&x, m, &packed).unwrap();
-            assert_eq!(got.len(), m * n);
+            let model = plain::<model::Model>(&x, m, &packed).unwrap();
+            let real = hardware.then(|| plain::<Hw>(&x, m, &packed).unwrap());
+            assert_eq!(model.len(), m * n);
+            let mut worst = 0f64;
             for i in 0..m {
                 for j in 0..n {
-                    let want: f64 = (0..k)
-                        .map(|t| round(x[i * k + t]) as f64 * round(w[j * k + t]) as f64)
-                        .sum();
-                    let diff = (got[i * n + j] as f64 - want).abs();
-                    assert!(
-                        diff < 1e-4 * (k as f64).sqrt(),
-                        "{m}x{n}x{k} at ({i},{j}): {} vs {want}",
-                        got[i * n + j]
-                    );
+                    let terms =
+                        (0..k).map(|t| round(x[i * k + t]) as f64 * round(w[j * k + t]) as f64);
+                    let want: f64 = terms.clone().sum();
+                    let magnitude: f64 = terms.map(f64::abs).sum();
+                    let at = i * n + j;
+                    for (what, got) in [("model", Some(&model)), ("amx", real.as_ref())] {
+                        let Some(got) = got else { continue };
+                        let diff = (got[at] as f64 - want).abs();
+                        assert!(
+                            diff < 1e-4 * (k as f64).sqrt(),
+                            "{what} {m}x{n}x{k} at ({i},{j}): {} vs {want}",
+                            got[at]
+                        );
+                    }
+                    if let Some(real) = &real {
+                        let diff = (real[at] as f64 - model[at] as f64).abs();
+                        let bound = 2.0 * k as f64 * f32::EPSILON as f64 * magnitude + 1e-30;
+                        assert!(
+                            diff <= bound,
+                            "{m}x{n}x{k} at ({i},{j}): amx {} vs model {} (bound {bound:e})",
+                            real[at],
+                            model[at]
+                        );
+                        worst = worst.max(diff / bound);
+                    }
                 }
+            }
+            if hardware {
+                eprintln!("{m}x{n}x{k}: amx vs model, worst {worst:.3} of the order bound");
             }
         }
     }
@@ -350,12 +381,17 @@ mod tests {
     /// Causal GQA attention against an f64 reference that rounds where the kernel does
     /// (q * scale, k, v and the probabilities to bf16): sequences of ragged lengths packed
     /// together, blocks smaller than a sequence, a one-row block, and inputs large
-    /// enough to make the softmax peaked (where a score error would show).
+    /// enough to make the softmax peaked (where a score error would show). Through the
+    /// model, and the instructions where the CPU has them.
     #[test]
     fn group_attention_matches_a_reference() {
-        if !amx_or_skip() {
-            return;
+        group_attention_case::<model::Model>("model");
+        if hardware_too() {
+            group_attention_case::<Hw>("amx");
         }
+    }
+
+    fn group_attention_case<U: TileIsa>(what: &str) {
         // (heads, kv heads, head dim, block, sequence lengths, input amplitude)
         type Case = (usize, usize, usize, usize, &'static [usize], f32);
         let cases: &[Case] = &[
@@ -377,7 +413,7 @@ mod tests {
             let mut start = 0;
             for &len in lens {
                 for g in 0..kv {
-                    group_attention(&qkv, width, (h, kv, d), (start, len, g), block, ptr);
+                    group_attention::<U>(&qkv, width, (h, kv, d), (start, len, g), block, ptr);
                 }
                 start += len;
             }
@@ -409,7 +445,7 @@ mod tests {
                             let tol = 2e-3 * amp as f64;
                             assert!(
                                 (got - want).abs() < tol,
-                                "h{h} kv{kv} d{d} b{block} len {len} head {head} row {i} col {c}: {got} vs {want}"
+                                "{what}: h{h} kv{kv} d{d} b{block} len {len} head {head} row {i} col {c}: {got} vs {want}"
                             );
                         }
                     }
@@ -419,12 +455,17 @@ mod tests {
         }
     }
 
-    /// The fused input stages give what the stage in f32 followed by the plain GEMM gives.
+    /// The fused input stages give what the stage in f32 followed by the plain GEMM
+    /// gives, through the model and the instructions where the CPU has them.
     #[test]
     fn fused_norm_and_swiglu_inputs_match_the_unfused_ones() {
-        if !amx_or_skip() {
-            return;
+        fused_case::<model::Model>();
+        if hardware_too() {
+            fused_case::<Hw>();
         }
+    }
+
+    fn fused_case<U: TileIsa>() {
         let (m, n, k) = (45, 70, 96);
         let w: Vec<half::bf16> = values(n * k, 3)
             .iter()
@@ -436,7 +477,7 @@ mod tests {
                 weight: &packed,
                 input,
             };
-            matmul(&op.round(x, m, x.len() / m).unwrap(), m, &packed).unwrap()
+            matmul::<U>(&op.round(x, m, x.len() / m).unwrap(), m, &packed).unwrap()
         };
         let close = |a: &[f32], b: &[f32]| {
             a.iter()
@@ -503,6 +544,7 @@ mod tests {
         let wb = vec![half::bf16::ZERO; 6];
         assert!(PackedWeight::pack(&wb, 4, 2).is_err());
         let packed = PackedWeight::pack(&wb, 3, 2).unwrap();
-        assert!(plain(&[0.0; 5], 2, &packed).is_err());
+        assert!(plain::<model::Model>(&[0.0; 5], 2, &packed).is_err());
+        assert!(plain::<Hw>(&[0.0; 5], 2, &packed).is_err());
     }
 }

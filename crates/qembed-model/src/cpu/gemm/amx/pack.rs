@@ -90,8 +90,9 @@ impl PackedWeight {
         Self { n, k, kp, lines }
     }
 
-    pub(super) fn panel(&self, p: usize) -> *const u16 {
-        self.lines[p * self.kp..].as_ptr().cast()
+    /// Panel `p`'s `kp` lines as the bf16 slots a tile load reads.
+    pub(super) fn panel(&self, p: usize) -> &[u16] {
+        lines(&self.lines[p * self.kp..][..self.kp])
     }
 }
 

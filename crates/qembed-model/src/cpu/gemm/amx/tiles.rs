@@ -1,107 +1,59 @@
-//! The tile state and the 2x2-tile micro-kernel.
+//! The 2x2-tile micro-kernel and the strip/panel loop around it, written once over the
+//! instruction layer ([`TileIsa`]): the real instructions in serving, the software
+//! model in tests as well.
 
 use super::*;
 
-/// The tile configuration (palette 1): eight 16-row x 64-byte tiles. tmm0-3 hold the
-/// 32x32 f32 output block, tmm4/5 the two A tiles, tmm6/7 the two B tiles.
-#[repr(C, align(64))]
-struct TileConfig([u8; 64]);
+/// The kernel's tiles on one thread: palette 1, eight 16-row x 64-byte tiles. tmm0-3
+/// hold the 32x32 f32 output block, tmm4/5 the two A tiles, tmm6/7 the two B tiles.
+pub(super) struct Tiles<U: TileIsa>(U);
 
-/// Tile state loaded on this thread for the guard's lifetime; released on drop so that
-/// context switches stop saving 8 KiB of tile registers. The tile registers carry data
-/// from one `asm!` block to the next (zero, multiply-accumulate, store): Rust cannot
-/// name them as operands or clobbers, and that is sound because the compiler never
-/// allocates tile registers itself and nothing between the blocks calls out. Neither
-/// `Send` nor `Sync`: tile registers belong to the thread that configured them.
-pub(super) struct Tiles(PhantomData<*const ()>);
-
-impl Tiles {
+impl<U: TileIsa> Tiles<U> {
     pub(super) fn configure() -> Self {
-        debug_assert!(available(), "AMX tiles used without AMX");
-        let mut cfg = [0u8; 64];
-        cfg[0] = 1;
-        for t in 0..8 {
-            cfg[16 + 2 * t] = 64; // bytes per row
-            cfg[48 + t] = 16; // rows
-        }
-        let cfg = TileConfig(cfg);
-        // SAFETY: `available()` confirmed AMX and the OS grant; the config is valid.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly)) };
-        Tiles(PhantomData)
+        Tiles(U::configure(&TileConfig::uniform(16, 64)))
     }
 
-    /// `out` (32x32 f32, row stride 32) = the 32 rows of A at `a` (row stride `lda`
-    /// elements) times the weight panel at `b`, over `ksteps` * 32 of K.
+    /// `out` (32x32 f32, row stride 32) = the 32 rows of A at the start of `a` (row
+    /// stride `lda` elements) times the weight panel `b`, over `ksteps` * 32 of K.
     ///
     /// # Safety
-    /// `a` must cover 32 rows of `ksteps * 32` values at stride `lda`, `b` a panel of
-    /// `ksteps * 32` lines, both 64-byte aligned.
+    /// `a` must cover 32 rows of `ksteps * 32` values at stride `lda`, `b` a panel of at
+    /// least `ksteps * 32` lines.
     #[inline(always)]
-    unsafe fn block(
-        &self,
-        a: *const u16,
-        lda: usize,
-        b: *const u16,
-        ksteps: usize,
-        out: &mut Block,
-    ) {
-        // For this and the blocks below: the caller's contract puts 32 rows of A at
-        // `a` (the second 16 at `a1`) and `ksteps * 32` panel lines at `b`, all 64-byte
-        // aligned; the tiles were configured by `configure` on this thread (`self`);
-        // the stores write the 32x32 f32 `out`, which `&mut` makes ours.
-        // SAFETY: row 16 of the 32 that `a` covers.
-        let a1 = unsafe { a.add(16 * lda) };
-        // SAFETY: see above.
-        unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            )
-        };
+    unsafe fn block(&mut self, a: &[u16], lda: usize, b: &[u16], ksteps: usize, out: &mut Block) {
+        let t = &mut self.0;
+        t.zero::<0>();
+        t.zero::<1>();
+        t.zero::<2>();
+        t.zero::<3>();
+        // A rows at stride lda * 2 bytes, the second A tile 16 rows down; a B tile is 16
+        // 128-byte panel rows, the left (columns 0-15) or right (16-31) half of each.
+        let a1 = 16 * lda;
         for s in 0..ksteps {
-            // A rows at stride lda * 2 bytes; a B tile is 16 128-byte panel rows, the
-            // left (columns 0-15) or right (16-31) half of each.
-            // SAFETY: see above; step `s` stays inside the `ksteps * 32` of K covered.
+            let (ka, kb) = (s * K_STEP, s * K_STEP * 32);
+            // SAFETY: the caller's contract puts 32 rows of A in `a` and `ksteps * 32`
+            // panel lines in `b`; step `s` stays inside the `ksteps * 32` of K covered.
             unsafe {
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm6, [{b} + {sb}*1]",
-                    "tileloadd tmm7, [{b} + {sb}*1 + 64]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a.add(s * K_STEP),
-                    a1 = in(reg) a1.add(s * K_STEP),
-                    b = in(reg) b.add(s * K_STEP * 32),
-                    sa = in(reg) lda * 2,
-                    sb = in(reg) 128usize,
-                    options(nostack, readonly),
-                )
-            };
+                t.load::<4>(a, ka, lda * 2);
+                t.load::<6>(b, kb, 128);
+                t.load::<7>(b, kb + 32, 128);
+                t.dot::<0, 4, 6>();
+                t.load::<5>(a, a1 + ka, lda * 2);
+                t.dot::<1, 4, 7>();
+                t.dot::<2, 5, 6>();
+                t.dot::<3, 5, 7>();
+            }
         }
-        let c = out.0.as_mut_ptr().cast::<f32>();
-        // SAFETY: see above: four 16x16 f32 tiles fill the 32x32 block at `c`.
+        let c = out.0.as_flattened_mut();
+        // SAFETY: four 16x16 f32 tiles at row stride 128 bytes fill the 32x32 block `c`.
         unsafe {
-            asm!(
-                "tilestored [{c} + {s}*1], tmm0",
-                "tilestored [{c} + {s}*1 + 64], tmm1",
-                "tilestored [{c2} + {s}*1], tmm2",
-                "tilestored [{c2} + {s}*1 + 64], tmm3",
-                c = in(reg) c,
-                c2 = in(reg) c.add(16 * BLOCK_COLS),
-                s = in(reg) BLOCK_COLS * 4,
-                options(nostack),
-            )
-        };
+            t.store::<0>(c, 0, BLOCK_COLS * 4);
+            t.store::<1>(c, 16, BLOCK_COLS * 4);
+            t.store::<2>(c, 16 * BLOCK_COLS, BLOCK_COLS * 4);
+            t.store::<3>(c, 16 * BLOCK_COLS + 16, BLOCK_COLS * 4);
+        }
     }
-}
 
-impl Tiles {
     /// `out[r][c]` for rows `r < rows` and the columns of `panels` below `width`: the bf16
     /// rows of `a` (row stride `lda`) times the panels of `w`, over `ksteps` * 32 of K.
     /// Strip by strip, panel by panel, through a 32x32 block.
@@ -112,7 +64,7 @@ impl Tiles {
     /// `r * ldo + c` for those rows and columns, and no one else may access them.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn product(
-        &self,
+        &mut self,
         a: &[u16],
         lda: usize,
         rows: usize,
@@ -127,9 +79,13 @@ impl Tiles {
             for p in panels.clone() {
                 let c0 = p * BLOCK_COLS;
                 let cols = BLOCK_COLS.min(width.min(w.n).saturating_sub(c0));
-                // SAFETY: strip r0 is 32 whole rows of `a` (the caller's contract), panel
-                // p one of `w`'s, both 64-byte aligned (Line); ksteps * 32 <= w.kp.
-                unsafe { self.block(a[r0 * lda..].as_ptr(), lda, w.panel(p), ksteps, &mut block) };
+                // The strip's 32 rows alone (a bounds check a block, not a tile load): a
+                // tile load past them reads another strip, which the model catches.
+                let strip = &a[r0 * lda..][..BLOCK_ROWS * lda];
+                // SAFETY: `strip` is 32 whole rows of `a`, at least ksteps * 32 wide (the
+                // caller's contract), panel p one of `w`'s, of w.kp >= ksteps * 32 lines;
+                // both 64-byte aligned (Line) for full-speed loads.
+                unsafe { self.block(strip, lda, w.panel(p), ksteps, &mut block) };
                 for (r, src) in block.0[..strip_rows].iter().enumerate() {
                     // SAFETY: row r0 + r < rows and columns c0..c0 + cols of `out` are
                     // ours to write (the caller's contract).
@@ -143,13 +99,6 @@ impl Tiles {
                 }
             }
         }
-    }
-}
-
-impl Drop for Tiles {
-    fn drop(&mut self) {
-        // SAFETY: releases the tile state this guard configured.
-        unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 }
 
