@@ -26,7 +26,7 @@ impl Family {
     pub fn of_path(path: &str) -> Self {
         if path.starts_with("/v2/") {
             Family::Cohere
-        } else if matches!(path, "/" | "/rerank" | "/embed" | "/embed_all") {
+        } else if matches!(path, "/" | "/rerank" | "/embed") {
             Family::Tei
         } else {
             Family::OpenAi
