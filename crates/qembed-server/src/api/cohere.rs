@@ -23,17 +23,17 @@ use axum::extract::{Extension, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use qembed_engine::{quantize, Truncate, DEFAULT_QUERY_INSTRUCTION};
+use qembed_engine::{quantize, Task, Truncate, DEFAULT_QUERY_INSTRUCTION};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::json::{self, parse, Documents, Inputs};
 use super::rerank::{
-    admit, instruction, model_name, one_query, positive, ranked, required, required_documents,
-    response_id, score, Admitted,
+    admit_rerank, instruction, model_name, one_query, positive, ranked, required,
+    required_documents, response_id, score, RerankAdmitted,
 };
-use super::{embed_inputs, embedder, read_body, serving, AppResult, Prepare};
+use super::{admit, dimensions, embed_inputs, AppResult, Prepare};
 use crate::error::{ApiError, Family};
 use crate::middleware::Arrival;
 use crate::state::AppState;
@@ -43,14 +43,14 @@ pub async fn rerank(
     Extension(arrival): Extension<Arrival>,
     request: Request,
 ) -> Response {
-    let answer = match admit(&state, arrival, request).await {
+    let answer = match admit_rerank(&state, arrival, request).await {
         Ok(admitted) => respond(&state, admitted).await,
         Err(e) => Err(e),
     };
     answer.unwrap_or_else(|e| e.in_family(Family::Cohere).into_response())
 }
 
-async fn respond(state: &AppState, mut a: Admitted<'_>) -> AppResult<Response> {
+async fn respond(state: &AppState, mut a: RerankAdmitted<'_>) -> AppResult<Response> {
     let f = &mut a.body;
     model_name(state, &f.model)?;
     let query = required(f.query.take(), "query")?;
@@ -186,12 +186,8 @@ async fn embed_response(
     arrival: Arrival,
     request: Request,
 ) -> AppResult<Response> {
-    let loaded = serving(state, arrival)?;
-    embedder(loaded)?;
-    let slot = loaded.batcher.admit()?;
-    let body = read_body(state, request.into_body()).await?;
-    let req: EmbedRequest = parse(&body, state.args.max_client_batch_size)?;
-    drop(body);
+    let a = admit(state, arrival, request, Task::Embed, parse::<EmbedRequest>).await?;
+    let req = a.body;
     model_name(state, &req.model)?;
     if req.images.is_some() {
         return Err(ApiError::invalid(
@@ -225,13 +221,7 @@ async fn embed_response(
         Some(EmbeddingTypes(t)) => t,
         None => vec![EmbeddingType::Float],
     };
-    let dimensions = req
-        .output_dimension
-        .map(|d| usize::try_from(d).unwrap_or(usize::MAX));
-    loaded
-        .embedder
-        .check_dimensions(dimensions)
-        .map_err(|e| ApiError::from_engine(e, "output_dimension"))?;
+    let dimensions = dimensions(a.loaded, req.output_dimension, "output_dimension")?;
     let truncate = match req
         .truncate
         .as_deref()
@@ -255,7 +245,7 @@ async fn embed_response(
         truncate,
         cap: positive(req.max_tokens, "max_tokens")?,
     };
-    let (vectors, tokens) = embed_inputs(loaded, &slot, p, dimensions, true).await?;
+    let (vectors, tokens) = embed_inputs(a.loaded, &a.slot, p, dimensions, true).await?;
     let mut embeddings = Map::new();
     for t in types {
         embeddings.insert(t.name().to_string(), t.encode(&vectors));

@@ -15,8 +15,8 @@ use axum::Json;
 use serde_json::json;
 
 use super::rerank::{
-    admit, instruction, model_name, one_query, positive, ranked, required, required_documents,
-    response_id, score, Admitted,
+    admit_rerank, instruction, model_name, one_query, positive, ranked, required,
+    required_documents, response_id, score, RerankAdmitted,
 };
 use super::AppResult;
 use crate::middleware::Arrival;
@@ -27,12 +27,12 @@ pub async fn rerank(
     Extension(arrival): Extension<Arrival>,
     request: Request,
 ) -> AppResult<Response> {
-    let admitted = admit(&state, arrival, request).await?;
+    let admitted = admit_rerank(&state, arrival, request).await?;
     respond(&state, admitted).await
 }
 
 /// The Jina/Cohere v1 answer to an admitted request (also `/rerank` with `documents`).
-pub async fn respond(state: &AppState, mut a: Admitted<'_>) -> AppResult<Response> {
+pub async fn respond(state: &AppState, mut a: RerankAdmitted<'_>) -> AppResult<Response> {
     let f = &mut a.body;
     let model = model_name(state, &f.model)?;
     let query = required(f.query.take(), "query")?;

@@ -13,6 +13,7 @@ pub mod tei;
 pub mod vllm;
 
 use axum::body::{Body, Bytes};
+use axum::extract::Request;
 use axum::http::StatusCode;
 use http_body_util::BodyExt;
 use qembed_engine::{postprocess, Admission, EngineError, Input, Task, Truncate};
@@ -35,15 +36,55 @@ pub fn serving(state: &AppState, arrival: Arrival) -> AppResult<&Loaded> {
         .ok_or_else(|| ApiError::unavailable("The model is still loading"))
 }
 
-/// The loaded model if it serves embeddings; a 400 naming `--task` on a reranker.
-pub fn embedder(loaded: &Loaded) -> AppResult<()> {
+/// Ok if the loaded model serves `task`; a 400 naming `--task` otherwise.
+pub fn serves(loaded: &Loaded, task: Task) -> AppResult<()> {
     match loaded.embedder.task() {
-        Task::Embed => Ok(()),
+        t if t == task => Ok(()),
         loaded_task => Err(ApiError::wrong_task(&EngineError::WrongTask {
-            wanted: Task::Embed,
+            wanted: task,
             loaded: loaded_task,
         })),
     }
+}
+
+/// A request let in: the loaded model, the request's slot in the queue, its body.
+pub struct Admitted<'a, T> {
+    pub loaded: &'a Loaded,
+    pub slot: Admission,
+    pub body: T,
+}
+
+/// The gates every model route passes, cheapest first: 503 while loading or draining,
+/// 400 on a server of the other task, 429 past the admission limit; only then is the
+/// body read and handed to `parse_body` with the item limit of a list field.
+pub async fn admit<'a, T>(
+    state: &'a AppState,
+    arrival: Arrival,
+    request: Request,
+    task: Task,
+    parse_body: impl FnOnce(&[u8], usize) -> AppResult<T>,
+) -> AppResult<Admitted<'a, T>> {
+    let loaded = serving(state, arrival)?;
+    serves(loaded, task)?;
+    let slot = loaded.batcher.admit()?;
+    let bytes = read_body(state, request.into_body()).await?;
+    let body = parse_body(&bytes, state.args.max_client_batch_size)?;
+    Ok(Admitted { loaded, slot, body })
+}
+
+/// A request's output size (Matryoshka), checked against the model: 32..=hidden.
+/// `param` names the field in the error (`dimensions`, `output_dimension`).
+pub fn dimensions(
+    loaded: &Loaded,
+    requested: Option<u64>,
+    param: &str,
+) -> AppResult<Option<usize>> {
+    let dims = requested.map(|d| usize::try_from(d).unwrap_or(usize::MAX));
+    loaded
+        .embedder
+        .check_dimensions(dims)
+        .map_err(|e| ApiError::from_engine(e, param))?;
+    Ok(dims)
 }
 
 /// Reads a request body, called only once the request holds its admission slot (so a

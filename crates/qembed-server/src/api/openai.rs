@@ -8,14 +8,12 @@ use axum::extract::{Extension, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use qembed_engine::Truncate;
+use qembed_engine::{Task, Truncate};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::json::{parse, Inputs};
-use super::{
-    embed_inputs, embedder, instruction_for, read_body, serving, truncation, AppResult, Prepare,
-};
+use super::{admit, embed_inputs, instruction_for, truncation, AppResult, Prepare};
 use crate::error::ApiError;
 use crate::middleware::Arrival;
 use crate::state::AppState;
@@ -140,12 +138,15 @@ pub async fn embeddings(
     Extension(arrival): Extension<Arrival>,
     request: Request,
 ) -> AppResult<Response> {
-    let loaded = serving(&state, arrival)?;
-    embedder(loaded)?;
-    let slot = loaded.batcher.admit()?;
-    let body = read_body(&state, request.into_body()).await?;
-    let req = parse_embedding_request(&body, state.args.max_client_batch_size)?;
-    drop(body);
+    let a = admit(
+        &state,
+        arrival,
+        request,
+        Task::Embed,
+        parse_embedding_request,
+    )
+    .await?;
+    let (loaded, slot, req) = (a.loaded, a.slot, a.body);
     let model = match req.model {
         Some(m) if !state.served_names.contains(&m) => return Err(ApiError::model_not_found(&m)),
         Some(m) => m,

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::Request;
 use qembed_engine::rerank::sigmoid;
-use qembed_engine::{Admission, EngineError, Pair, Task};
+use qembed_engine::{Admission, Pair, Task};
 use serde::Deserialize;
 
 use super::json::{self, parse, Documents};
-use super::{instruction_for, read_body, serving, AppResult};
+use super::{admit, instruction_for, Admitted, AppResult};
 use crate::error::ApiError;
 use crate::middleware::Arrival;
 use crate::state::{AppState, Loaded};
@@ -82,26 +82,15 @@ pub struct RerankFields {
 }
 
 /// A rerank request let in: the model (a reranker), its queue slot, its fields.
-pub struct Admitted<'a> {
-    pub loaded: &'a Loaded,
-    pub slot: Admission,
-    pub body: RerankFields,
-}
+pub type RerankAdmitted<'a> = Admitted<'a, RerankFields>;
 
-/// The gates every rerank route passes, cheapest first: 503 while loading or
-/// draining, 400 on an embedding server, 429 past the admission limit; only then is
-/// the body read and parsed.
-pub async fn admit(
+/// The gates every rerank route passes (`api::admit` for the reranker task).
+pub async fn admit_rerank(
     state: &AppState,
     arrival: Arrival,
     request: Request,
-) -> AppResult<Admitted<'_>> {
-    let loaded = serving(state, arrival)?;
-    reranker(loaded)?;
-    let slot = loaded.batcher.admit()?;
-    let bytes = read_body(state, request.into_body()).await?;
-    let body = parse(&bytes, state.args.max_client_batch_size)?;
-    Ok(Admitted { loaded, slot, body })
+) -> AppResult<RerankAdmitted<'_>> {
+    admit(state, arrival, request, Task::Rerank, parse::<RerankFields>).await
 }
 
 /// One query against every document of a list, the shape of all but vLLM's API.
@@ -114,17 +103,6 @@ pub fn one_query(query: String, documents: Vec<String>, field: &'static str) -> 
         truncate: true,
         max_tokens_per_doc: None,
         max_length: None,
-    }
-}
-
-/// The loaded model if it is a reranker; a 400 naming `--task` otherwise.
-pub fn reranker(loaded: &Loaded) -> AppResult<()> {
-    match loaded.embedder.task() {
-        Task::Rerank => Ok(()),
-        loaded_task => Err(ApiError::wrong_task(&EngineError::WrongTask {
-            wanted: Task::Rerank,
-            loaded: loaded_task,
-        })),
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::json::{parse, Inputs};
-use super::{embedder, instruction_for, prepare, read_body, serving, AppResult, Prepare};
+use super::{admit, instruction_for, prepare, AppResult, Prepare};
 use crate::error::ApiError;
 use crate::middleware::Arrival;
 use crate::state::AppState;
@@ -77,12 +77,15 @@ pub async fn tokenize(
     Extension(arrival): Extension<Arrival>,
     request: Request,
 ) -> AppResult<Json<serde_json::Value>> {
-    let loaded = serving(&state, arrival)?;
-    embedder(loaded)?;
-    let _slot = loaded.batcher.admit()?;
-    let body = read_body(&state, request.into_body()).await?;
-    let req: TokenizeRequest = parse(&body, state.args.max_client_batch_size)?;
-    drop(body);
+    let a = admit(
+        &state,
+        arrival,
+        request,
+        Task::Embed,
+        parse::<TokenizeRequest>,
+    )
+    .await?;
+    let (loaded, req) = (a.loaded, a.body);
     let input = req
         .input
         .ok_or_else(|| ApiError::invalid("'input' is a required property", Some("input")))?;

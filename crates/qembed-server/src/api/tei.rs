@@ -16,16 +16,17 @@ use std::sync::Arc;
 use axum::extract::{Extension, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use qembed_engine::Task;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::json::{parse, Inputs};
 use super::rerank::{
-    admit, instruction, one_query, ranked, required, required_documents, score, Admitted,
+    admit_rerank, instruction, one_query, ranked, required, required_documents, score,
+    RerankAdmitted,
 };
 use super::{
-    embed_inputs, embedder, instruction_for, jina, read_body, serving, truncation, AppResult,
-    Prepare,
+    admit, dimensions, embed_inputs, instruction_for, jina, truncation, AppResult, Prepare,
 };
 use crate::error::{ApiError, Family};
 use crate::middleware::Arrival;
@@ -36,7 +37,7 @@ pub async fn rerank(
     Extension(arrival): Extension<Arrival>,
     request: Request,
 ) -> Response {
-    let admitted = match admit(&state, arrival, request).await {
+    let admitted = match admit_rerank(&state, arrival, request).await {
         Ok(a) => a,
         Err(e) => return e.in_family(Family::Tei).into_response(),
     };
@@ -51,7 +52,7 @@ pub async fn rerank(
         .unwrap_or_else(|e| e.in_family(Family::Tei).into_response())
 }
 
-async fn respond(state: &AppState, mut a: Admitted<'_>) -> AppResult<Response> {
+async fn respond(state: &AppState, mut a: RerankAdmitted<'_>) -> AppResult<Response> {
     let f = &mut a.body;
     let query = required(f.query.take(), "query")?;
     let docs = required_documents(f.texts.take(), "texts")?;
@@ -116,22 +117,12 @@ async fn embed_response(
     arrival: Arrival,
     request: Request,
 ) -> AppResult<Response> {
-    let loaded = serving(state, arrival)?;
-    embedder(loaded)?;
-    let slot = loaded.batcher.admit()?;
-    let body = read_body(state, request.into_body()).await?;
-    let req: EmbedRequest = parse(&body, state.args.max_client_batch_size)?;
-    drop(body);
+    let a = admit(state, arrival, request, Task::Embed, parse::<EmbedRequest>).await?;
+    let req = a.body;
     let input = req
         .inputs
         .ok_or_else(|| ApiError::invalid("'inputs' is a required property", Some("inputs")))?;
-    let dimensions = req
-        .dimensions
-        .map(|d| usize::try_from(d).unwrap_or(usize::MAX));
-    loaded
-        .embedder
-        .check_dimensions(dimensions)
-        .map_err(|e| ApiError::from_engine(e, "dimensions"))?;
+    let dimensions = dimensions(a.loaded, req.dimensions, "dimensions")?;
     let explicit_instruction = req.prompt_name.is_some();
     let p = Prepare {
         input,
@@ -141,6 +132,6 @@ async fn embed_response(
         cap: None,
     };
     let normalize = req.normalize.unwrap_or(true);
-    let (vectors, _) = embed_inputs(loaded, &slot, p, dimensions, normalize).await?;
+    let (vectors, _) = embed_inputs(a.loaded, &a.slot, p, dimensions, normalize).await?;
     Ok(Json(vectors).into_response())
 }

@@ -15,8 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::rerank::{admit, instruction, model_name, required_documents, response_id, score};
-use super::rerank::{Admitted, RerankInput};
+use super::rerank::{
+    admit_rerank, instruction, model_name, required_documents, response_id, score,
+};
+use super::rerank::{RerankAdmitted, RerankInput};
 use super::AppResult;
 use crate::error::ApiError;
 use crate::middleware::Arrival;
@@ -27,11 +29,11 @@ pub async fn score_route(
     Extension(arrival): Extension<Arrival>,
     request: Request,
 ) -> AppResult<Response> {
-    let admitted = admit(&state, arrival, request).await?;
+    let admitted = admit_rerank(&state, arrival, request).await?;
     respond(&state, admitted).await
 }
 
-async fn respond(state: &AppState, mut a: Admitted<'_>) -> AppResult<Response> {
+async fn respond(state: &AppState, mut a: RerankAdmitted<'_>) -> AppResult<Response> {
     let f = &mut a.body;
     let model = model_name(state, &f.model)?;
     let queries = required_documents(f.text_1.take(), "text_1")?;
