@@ -5,7 +5,7 @@
 use qembed_engine::{
     DTypeChoice, Embedder, EngineError, Input, LoadOptions, OutputOptions, Qwen3Tokenizer,
 };
-use qembed_testkit::{assert_close, fixture, gate, root, Case, Reference, FIXTURES};
+use qembed_testkit::{assert_close, fixture, gate, root, skipped, Case, Reference, FIXTURES};
 
 fn reference(name: &str) -> Reference {
     Reference::load(name)
@@ -221,9 +221,12 @@ fn real_qwen3_tokenizer_matches_expected_ids() {
             "CI must have {}",
             dir.display()
         );
-        eprintln!(
-            "SKIPPED real_qwen3_tokenizer_matches_expected_ids: no {} (../shared is not beside this checkout)",
-            dir.display()
+        skipped(
+            "real_qwen3_tokenizer_matches_expected_ids",
+            &format!(
+                "no {} (../shared is not beside this checkout)",
+                dir.display()
+            ),
         );
         return;
     }

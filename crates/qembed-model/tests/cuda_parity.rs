@@ -113,7 +113,10 @@ fn two_gpus_or_skip(what: &str, gpus: usize) -> bool {
         allowed,
         "{what} needs 2 GPUs, found {gpus}; set QEMBED_ALLOW_GPU_SKIP=1 to skip it"
     );
-    eprintln!("SKIPPED: {what} needs 2 GPUs, found {gpus} (QEMBED_ALLOW_GPU_SKIP=1)");
+    qembed_testkit::skipped(
+        what,
+        &format!("needs 2 GPUs, found {gpus} (QEMBED_ALLOW_GPU_SKIP=1)"),
+    );
     false
 }
 

@@ -138,6 +138,14 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
+/// Says on stderr that `test` did not run its subject, and why: one line starting
+/// `SKIPPED`, written past the test harness's capture (which swallows `println!` and
+/// `eprintln!` of passing tests), so that CI's output shows every skip.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
 /// Whether this machine's tests must run CPU kernel `name` (`avx2`, `amx`, ...) rather
 /// than skip it: `QEMBED_REQUIRE_<NAME>` is set (`QEMBED_REQUIRE_AVX2`,
 /// `QEMBED_REQUIRE_AMX`, ...), or `QEMBED_REQUIRE_KERNELS` (comma-separated names, or
