@@ -8,6 +8,7 @@ pub mod batcher;
 mod embedder;
 mod error;
 mod fingerprint;
+pub mod parity;
 pub mod postprocess;
 pub mod quantize;
 pub mod rerank;

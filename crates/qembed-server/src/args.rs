@@ -150,6 +150,9 @@ pub enum Command {
     /// Score JSON Lines of documents against `--query` with a Qwen3-Reranker; one JSON
     /// line out per document, in order.
     Rerank(crate::rerank_cmd::RerankArgs),
+    /// Run the repository's fixture checkpoints on a device and dtype against
+    /// transformers' reference outputs; one row per fixture, non-zero exit on any miss.
+    Check(crate::check_cmd::CheckArgs),
     /// Serve embeddings (OpenAI) or rerank scores (Cohere, Jina, TEI, vLLM) over HTTP.
     Serve(ServeArgs),
 }

@@ -1,10 +1,12 @@
-//! `qembed embed` and `qembed rerank` as a user runs them: the real binary, JSON Lines
-//! in and out.
+//! `qembed embed`, `qembed rerank` and `qembed check` as a user runs them: the real
+//! binary, JSON Lines in and out.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use qembed_testkit::{cosine, fixture, Case, Reference, RerankReference, RERANK_FIXTURES};
+use qembed_testkit::{
+    cosine, fixture, root, Case, Reference, RerankReference, FIXTURES, RERANK_FIXTURES,
+};
 use serde::Deserialize;
 
 fn qembed(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
@@ -281,4 +283,158 @@ fn rerank_scores_documents_in_input_order_matching_transformers() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("yes"));
+}
+
+/// `qembed check --json` on `dir`: the exit status, the rows, and stderr.
+fn check(dir: &std::path::Path, dtype: &str) -> (bool, Vec<serde_json::Value>, String) {
+    let args = [
+        "check",
+        "--fixtures",
+        dir.to_str().unwrap(),
+        "--dtype",
+        dtype,
+        "--json",
+    ];
+    let out = qembed(&args, "", &[]);
+    let rows = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.success(),
+        rows,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every fixture of the repository passes on this CPU in f32 and bf16, each with all of
+/// its cases, and the table form lists every fixture too.
+#[test]
+fn check_passes_every_fixture_on_cpu() {
+    let models = root().join("models");
+    for dtype in ["f32", "bf16"] {
+        let (ok, rows, stderr) = check(&models, dtype);
+        assert!(ok, "{dtype}: {stderr} {rows:?}");
+        let names: Vec<&str> = rows
+            .iter()
+            .map(|r| r["fixture"].as_str().unwrap())
+            .collect();
+        let mut want: Vec<&str> = FIXTURES.iter().chain(&RERANK_FIXTURES).copied().collect();
+        want.sort_unstable();
+        assert_eq!(names, want, "{dtype}");
+        for r in &rows {
+            assert_eq!(r["ok"], true, "{r}");
+            assert_eq!(r["dtype"], dtype, "{r}");
+            assert!(r["cases"].as_u64().unwrap() >= 30, "{r}");
+            assert!(r["kernel"].as_str().is_some_and(|k| !k.is_empty()), "{r}");
+        }
+        let embed = rows.iter().find(|r| r["task"] == "embed").unwrap();
+        assert_eq!(embed["cases"], 46);
+        assert!(embed["worst_cosine"].as_f64().unwrap() > 0.9999);
+    }
+    let out = qembed(&["check", "--fixtures", models.to_str().unwrap()], "", &[]);
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("fixture"), "{table}");
+    for name in FIXTURES.iter().chain(&RERANK_FIXTURES) {
+        let line = table.lines().find(|l| l.starts_with(name)).unwrap();
+        assert!(line.ends_with(" ok") && line.contains(" f32 "), "{line}");
+    }
+}
+
+/// Copies fixture `name` into `dir`, its reference.json rewritten by `edit`.
+fn copy_fixture(name: &str, dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let to = dir.join(name);
+    std::fs::create_dir(&to).unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+    let path = to.join("reference.json");
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut r);
+    std::fs::write(&path, r.to_string()).unwrap();
+}
+
+/// One raw reference vector with its sign flipped, or one reranker score moved by
+/// 0.05: that row fails, the others pass, and the exit is non-zero. A fixture
+/// directory without reference.json is an error naming the file.
+#[test]
+fn check_fails_on_a_wrong_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture("qwen3-tiny-mqa", dir.path(), |r| {
+        for x in r["cases"][3]["raw"].as_array_mut().unwrap() {
+            *x = serde_json::json!(-x.as_f64().unwrap());
+        }
+    });
+    copy_fixture("qwen3-tiny-gqa", dir.path(), |_| {});
+    copy_fixture(RERANK_FIXTURES[0], dir.path(), |r| {
+        let s = &mut r["groups"][1]["scores"][2];
+        *s = serde_json::json!(s.as_f64().unwrap() + 0.05);
+    });
+    let (ok, rows, stderr) = check(dir.path(), "f32");
+    assert!(!ok, "{rows:?}");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let row = |name: &str| rows.iter().find(|r| r["fixture"] == name).unwrap();
+    assert_eq!(row("qwen3-tiny-gqa")["ok"], true);
+    let bad = row("qwen3-tiny-mqa");
+    assert_eq!(bad["ok"], false);
+    assert!(bad["worst_cosine"].as_f64().unwrap() < 0.0, "{bad}");
+    let case = r_case_name("qwen3-tiny-mqa", 3);
+    assert!(bad["problem"].as_str().unwrap().contains(&case), "{bad}");
+    let bad = row(RERANK_FIXTURES[0]);
+    assert_eq!(bad["ok"], false);
+    assert!(
+        (bad["worst_abs"].as_f64().unwrap() - 0.05).abs() < 1e-3,
+        "{bad}"
+    );
+    assert!(stderr.contains("2 of 3 fixtures"), "{stderr}");
+
+    // The table says FAIL on the row.
+    let out = qembed(
+        &["check", "--fixtures", dir.path().to_str().unwrap()],
+        "",
+        &[],
+    );
+    assert!(!out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("qwen3-tiny-mqa"))
+        .unwrap();
+    assert!(line.contains("FAIL: case"), "{line}");
+
+    // No reference.json, or an unreadable one: the row fails naming the file.
+    std::fs::create_dir(dir.path().join("qwen3-tiny-none")).unwrap();
+    copy_fixture("qwen3-tiny-f16", dir.path(), |r| {
+        r["cases"] = serde_json::json!(7)
+    });
+    let (ok, rows, _) = check(dir.path(), "f32");
+    assert!(!ok);
+    for (name, what) in [
+        ("qwen3-tiny-none", "reading"),
+        ("qwen3-tiny-f16", "parsing"),
+    ] {
+        let p = row_problem(&rows, name);
+        let file = format!("{name}/reference.json");
+        assert!(p.contains(what) && p.contains(&file), "{p}");
+    }
+    // A directory without any fixture is an error, not a pass.
+    let empty = tempfile::tempdir().unwrap();
+    let (ok, rows, stderr) = check(empty.path(), "f32");
+    assert!(
+        !ok && rows.is_empty() && stderr.contains("no fixtures"),
+        "{stderr}"
+    );
+}
+
+fn r_case_name(fixture: &str, i: usize) -> String {
+    Reference::load(fixture).cases[i].name.clone()
+}
+
+fn row_problem(rows: &[serde_json::Value], name: &str) -> String {
+    let r = rows.iter().find(|r| r["fixture"] == name).unwrap();
+    r["problem"].as_str().unwrap().to_string()
 }

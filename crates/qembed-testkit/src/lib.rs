@@ -10,7 +10,7 @@ use serde::Deserialize;
 pub mod parity;
 mod server;
 
-pub use parity::{assert_close, cuda_gate, gate, same_gate, Gate};
+pub use parity::{assert_close, cuda_gate, gate, rerank_gate, same_gate, Gate};
 pub use server::Server;
 
 /// The fixture checkpoints `models/generate.py` makes, each with the vectors Hugging
@@ -132,10 +132,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
 /// Cosine similarity of two vectors of one length, accumulated in f64.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "cosine of vectors of different lengths");
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
+    qembed_engine::parity::cosine(a, b)
 }
 
 /// Says on stderr that `test` did not run its subject, and why: one line starting

@@ -3,76 +3,52 @@
 //! comparison they all run: counts and lengths first, then the worst cosine and the
 //! worst absolute difference over all cases.
 //!
-//! The bounds are set from measurements with a stated margin (see `gate`): loose enough
-//! for every kernel on every CPU measured, tight enough that a wrong result fails. Two
-//! different fixture texts already reach cosine 0.9954, so a bound of 0.999 would barely
-//! tell right from wrong.
+//! The bounds themselves live in `qembed_engine::parity` (one table, which `qembed
+//! check` reads too); these wrappers take a dtype however a test spells it.
 
-/// How close each vector must be to its reference.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Gate {
-    pub min_cosine: f64,
-    /// Largest |got - want| of any component (raw, unnormalised vectors).
-    pub max_abs: f32,
-}
+use qembed_engine::parity as table;
+pub use qembed_engine::parity::Gate;
+use qembed_engine::DType;
 
-/// The gate against transformers' f32 vectors for a model computing in `dtype` (its
-/// `Debug` name: `F32`, `F16`, `BF16`/`Bf16`).
-///
-/// Measured worst over the 4 fixtures x 46 cases, per kernel of the AMD EPYC Zen 3 CI
-/// machine (portable, avx2, and mkl with its feature; `cargo test -p qembed-model --test
-/// parity -- --nocapture` prints each), as 1 - cosine / max |diff| on the raw vectors,
-/// and the gate set from it (mkl's bf16: 4.2e-5 / 2.8e-2, inside the same gate; the amx
-/// kernel is not measured on this CPU):
-/// - f32: < 1e-8 / 2.7e-6 → gate 1e-6 / 2e-5 (about 7x the difference)
-/// - f16: 7.6e-7 / 3.7e-3 → gate 1e-5 / 2e-2 (13x / 5x)
-/// - bf16: 5.2e-5 / 2.8e-2 → gate 1e-4 / 1e-1 (2x / 3.5x; bf16 keeps 8 bits of mantissa)
-pub fn gate(dtype: impl std::fmt::Debug) -> Gate {
+/// The dtype a test names: a `DType` or `DTypeChoice` (by its `Debug` name: `F32`,
+/// `F16`, `BF16`/`Bf16`) or a `&str`.
+fn dtype_of(dtype: impl std::fmt::Debug) -> DType {
     // A `&str` debug-prints with quotes; a dtype enum without.
     match format!("{dtype:?}")
         .trim_matches('"')
         .to_ascii_lowercase()
         .as_str()
     {
-        "f32" => Gate {
-            min_cosine: 0.999_999,
-            max_abs: 2e-5,
-        },
-        "f16" => Gate {
-            min_cosine: 0.999_99,
-            max_abs: 2e-2,
-        },
-        "bf16" => Gate {
-            min_cosine: 0.999_9,
-            max_abs: 1e-1,
-        },
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
         other => panic!("no parity gate for dtype {other}"),
     }
 }
 
-/// The gate for the CUDA forward pass: **provisional, not yet measured on a GPU** (no
-/// GPU run has happened; the CUDA kernels were built and run only on the emulator). The
-/// GPU computes f16/bf16 activations (the CPU kernels keep f32 activations), so these
-/// are the thresholds the CUDA suite had, cosine 0.999 (0.9999 for f32) with an
-/// absolute bound to match; the first GPU run's printed worst values replace them.
+/// The gate against transformers' f32 vectors for a model computing in `dtype`:
+/// `qembed_engine::parity::gate`, where the table and its measurements live.
+pub fn gate(dtype: impl std::fmt::Debug) -> Gate {
+    let dtype = dtype_of(dtype);
+    table::gate(dtype).unwrap_or_else(|| panic!("no parity gate for dtype {dtype:?}"))
+}
+
+/// The (provisional) gate for the CUDA forward pass: `qembed_engine::parity::cuda_gate`.
 pub fn cuda_gate(dtype: impl std::fmt::Debug) -> Gate {
-    let f32 = format!("{dtype:?}")
-        .trim_matches('"')
-        .eq_ignore_ascii_case("f32");
-    Gate {
-        min_cosine: if f32 { 0.999_9 } else { 0.999 },
-        max_abs: if f32 { 2e-2 } else { 2e-1 },
-    }
+    table::cuda_gate(dtype_of(dtype))
 }
 
 /// Two runs of the same model that must agree (a text alone vs in a batch, TP=N vs
-/// TP=1, fused vs unfused ops) in `dtype`: the same arithmetic up to summation order.
+/// TP=1, fused vs unfused ops) in `dtype`: `qembed_engine::parity::same_gate`.
 pub fn same_gate(dtype: impl std::fmt::Debug) -> Gate {
-    let g = gate(dtype);
-    Gate {
-        min_cosine: 1.0 - (1.0 - g.min_cosine) / 10.0,
-        max_abs: g.max_abs,
-    }
+    table::same_gate(gate(dtype))
+}
+
+/// Largest |score - reference| of a reranker score on the CPU in `dtype`:
+/// `qembed_engine::parity::rerank_gate`.
+pub fn rerank_gate(dtype: impl std::fmt::Debug) -> f64 {
+    let dtype = dtype_of(dtype);
+    table::rerank_gate(dtype).unwrap_or_else(|| panic!("no rerank gate for dtype {dtype:?}"))
 }
 
 /// The worst of one comparison.

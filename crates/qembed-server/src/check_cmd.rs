@@ -1,0 +1,518 @@
+//! `qembed check`: runs the repository's fixture checkpoints on a device and dtype and
+//! compares them with transformers' reference outputs, so that an operator can tell
+//! that these kernels and this build give the reference results on this machine before
+//! serving a real model on it. The bounds are the parity suites' own
+//! (`qembed_engine::parity`), so a device that passes here passes CI's gates.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use qembed_engine::parity::{self, Gate};
+use qembed_engine::rerank::sigmoid;
+use qembed_engine::{Backend, DType, DTypeChoice, DeviceSpec, Embedder, LoadOptions, Pair, Task};
+use qembed_model::PackedBatch;
+use serde::{Deserialize, Serialize};
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Where the fixtures run: cpu, cuda or cuda:N (needs a build with `--features cuda`).
+    #[arg(long, env = "QEMBED_DEVICE", default_value = "cpu")]
+    device: DeviceSpec,
+    /// Compute dtype: auto (f32 on CPU, f16 on CUDA), f32, f16, bf16.
+    #[arg(long, env = "QEMBED_DTYPE", default_value = "auto")]
+    dtype: DTypeChoice,
+    /// The repository's `models/` directory of fixture checkpoints (`qwen3-tiny-*` and
+    /// `qwen3-rerank-*`, each with the `reference.json` transformers produced for it).
+    #[arg(long, default_value = "models")]
+    fixtures: PathBuf,
+    /// Print one JSON line per fixture instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What a fixture's directory name says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Embed,
+    Rerank,
+}
+
+/// One line of the report: a fixture's worst result against its reference.
+#[derive(Debug, Serialize)]
+struct Row {
+    fixture: String,
+    task: &'static str,
+    dtype: String,
+    kernel: String,
+    cases: usize,
+    /// Worst cosine to the reference (embeddings only).
+    worst_cosine: Option<f64>,
+    /// Worst |got - reference|: a vector component, or a reranker score.
+    worst_abs: Option<f64>,
+    /// Worst cosine of a case alone against the same case in the batch (embeddings).
+    alone_vs_batch_cosine: Option<f64>,
+    gate: String,
+    ok: bool,
+    /// Why the row failed, when it did.
+    problem: Option<String>,
+}
+
+pub fn run(args: CheckArgs) -> Result<()> {
+    let dtype = args.dtype.resolve(args.device);
+    let fixtures = discover(&args.fixtures)?;
+    let mut rows = Vec::with_capacity(fixtures.len());
+    for (name, kind, dir) in &fixtures {
+        let result = match kind {
+            Kind::Embed => check_embedding(name, dir, args.device, dtype),
+            Kind::Rerank => check_reranker(name, dir, args.device, dtype),
+        };
+        rows.push(result.unwrap_or_else(|e| Row {
+            fixture: name.clone(),
+            task: match kind {
+                Kind::Embed => "embed",
+                Kind::Rerank => "rerank",
+            },
+            dtype: dtype_name(dtype),
+            kernel: "-".into(),
+            cases: 0,
+            worst_cosine: None,
+            worst_abs: None,
+            alone_vs_batch_cosine: None,
+            gate: "-".into(),
+            ok: false,
+            problem: Some(format!("{e:#}")),
+        }));
+    }
+    print_rows(&rows, args.json)?;
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.fixture.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} fixtures miss their reference on {} in {}: {}",
+            failed.len(),
+            rows.len(),
+            args.device,
+            dtype_name(dtype),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The fixtures in `dir`, sorted by name: `qwen3-tiny-*` embedding checkpoints and
+/// `qwen3-rerank-*` reranker checkpoints. Finding none is an error (the wrong
+/// directory would otherwise pass).
+fn discover(dir: &Path) -> Result<Vec<(String, Kind, PathBuf)>> {
+    let entries = std::fs::read_dir(dir).with_context(|| {
+        format!(
+            "reading fixture directory {} (pass the repository's models/ with --fixtures)",
+            dir.display()
+        )
+    })?;
+    let mut found = BTreeMap::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = if name.starts_with("qwen3-tiny-") {
+            Kind::Embed
+        } else if name.starts_with("qwen3-rerank-") {
+            Kind::Rerank
+        } else {
+            continue;
+        };
+        if entry.path().is_dir() {
+            found.insert(name, (kind, entry.path()));
+        }
+    }
+    if found.is_empty() {
+        bail!(
+            "no fixtures (qwen3-tiny-*, qwen3-rerank-*) in {}; pass the repository's models/ with --fixtures",
+            dir.display()
+        );
+    }
+    Ok(found
+        .into_iter()
+        .map(|(name, (kind, path))| (name, kind, path))
+        .collect())
+}
+
+/// An embedding fixture's reference: what transformers produced per case.
+#[derive(Deserialize)]
+struct EmbedReference {
+    cases: Vec<EmbedCase>,
+}
+
+#[derive(Deserialize)]
+struct EmbedCase {
+    name: String,
+    input_ids: Vec<u32>,
+    /// The last token's final hidden state, un-normalised.
+    raw: Vec<f32>,
+}
+
+/// A reranker fixture's reference: the model card's transformers scoring.
+#[derive(Deserialize)]
+struct RerankReference {
+    groups: Vec<RerankGroup>,
+}
+
+#[derive(Deserialize)]
+struct RerankGroup {
+    name: String,
+    query: String,
+    instruction: Option<String>,
+    /// Token limit of the pairs (`None`: the model's).
+    max_length: Option<usize>,
+    documents: Vec<String>,
+    input_ids: Vec<Vec<u32>>,
+    /// `sigmoid(l_yes - l_no)` per document.
+    scores: Vec<f32>,
+}
+
+/// Reads and parses `dir/reference.json`, naming the file in any error.
+fn read_reference<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
+    let path = dir.join("reference.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// All cases as one packed batch against the reference raw vectors, then each case
+/// alone against its batched vector.
+fn check_embedding(name: &str, dir: &Path, device: DeviceSpec, dtype: DType) -> Result<Row> {
+    let reference: EmbedReference = read_reference(dir)?;
+    if reference.cases.is_empty() || reference.cases.iter().any(|c| c.input_ids.is_empty()) {
+        bail!(
+            "{}: no cases, or a case without token ids",
+            dir.join("reference.json").display()
+        );
+    }
+    let gate = gate(dtype, device)?;
+    let model = Backend::load(dir, device, dtype, 1)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let ids: Vec<&[u32]> = reference
+        .cases
+        .iter()
+        .map(|c| c.input_ids.as_slice())
+        .collect();
+    let batched = model.embed(&PackedBatch::new(&ids))?;
+    let want: Vec<&[f32]> = reference.cases.iter().map(|c| c.raw.as_slice()).collect();
+    let names: Vec<&str> = reference.cases.iter().map(|c| c.name.as_str()).collect();
+    let against_reference = compare(&batched, &want, &names, gate);
+    let mut alone = Vec::with_capacity(ids.len());
+    for seq in &ids {
+        alone.extend(model.embed(&PackedBatch::new(&[*seq]))?);
+    }
+    let same = if device.is_cpu() {
+        parity::same_gate(gate)
+    } else {
+        // The CUDA suite holds batch invariance to its (provisional) gate.
+        gate
+    };
+    let invariance = compare(&alone, &batched, &names, same);
+    let problem = match (&against_reference.problem, &invariance.problem) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(p)) => Some(format!("alone vs batched: {p}")),
+        (None, None) => None,
+    };
+    Ok(Row {
+        fixture: name.into(),
+        task: "embed",
+        dtype: dtype_name(dtype),
+        kernel: kernel_name(model.cpu_kernel(), device),
+        cases: reference.cases.len(),
+        worst_cosine: Some(against_reference.cosine),
+        worst_abs: Some(against_reference.abs as f64),
+        alone_vs_batch_cosine: Some(invariance.cosine),
+        gate: format!(
+            "1-cos<={:.1e} |d|<={:.1e} alone 1-cos<={:.1e}",
+            1.0 - gate.min_cosine,
+            gate.max_abs,
+            1.0 - same.min_cosine
+        ),
+        ok: problem.is_none(),
+        problem,
+    })
+}
+
+/// The worst of one comparison, and the first way it misses the gate.
+struct Compared {
+    cosine: f64,
+    abs: f32,
+    problem: Option<String>,
+}
+
+/// Compares `got[i]` with `want[i]`: as many vectors, each as long and finite, and the
+/// worst cosine and |diff| within `gate`.
+fn compare<G: AsRef<[f32]>, W: AsRef<[f32]>>(
+    got: &[G],
+    want: &[W],
+    names: &[&str],
+    gate: Gate,
+) -> Compared {
+    let mut c = Compared {
+        cosine: f64::INFINITY,
+        abs: 0.0,
+        problem: None,
+    };
+    if got.len() != want.len() {
+        c.problem = Some(format!("{} outputs for {} cases", got.len(), want.len()));
+        return c;
+    }
+    let (mut cos_case, mut abs_case) = (0, 0);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g.as_ref(), w.as_ref());
+        let name = names.get(i).copied().unwrap_or("?");
+        if g.len() != w.len() {
+            c.problem = Some(format!(
+                "case {name}: {} components, reference has {}",
+                g.len(),
+                w.len()
+            ));
+            return c;
+        }
+        if !g.iter().all(|x| x.is_finite()) {
+            c.problem = Some(format!("case {name}: non-finite output"));
+            c.cosine = f64::NAN;
+            return c;
+        }
+        let cos = parity::cosine(g, w);
+        if cos < c.cosine || cos.is_nan() {
+            c.cosine = cos;
+            cos_case = i;
+        }
+        let abs = g
+            .iter()
+            .zip(w)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        if abs > c.abs {
+            c.abs = abs;
+            abs_case = i;
+        }
+    }
+    let name = |i: usize| names.get(i).copied().unwrap_or("?");
+    // A NaN cosine fails too.
+    if c.cosine.is_nan() || c.cosine < gate.min_cosine {
+        c.problem = Some(format!(
+            "case {}: cosine {:.8} < {}",
+            name(cos_case),
+            c.cosine,
+            gate.min_cosine
+        ));
+    } else if c.abs > gate.max_abs {
+        c.problem = Some(format!(
+            "case {}: |diff| {:.2e} > {:e}",
+            name(abs_case),
+            c.abs,
+            gate.max_abs
+        ));
+    }
+    c
+}
+
+/// Every group's documents scored from their texts (template and tokenizer included),
+/// each group at its own length limit, against the card's scores.
+fn check_reranker(name: &str, dir: &Path, device: DeviceSpec, dtype: DType) -> Result<Row> {
+    let path = dir.join("reference.json");
+    let reference: RerankReference = read_reference(dir)?;
+    for g in &reference.groups {
+        let n = g.documents.len();
+        if n == 0 || g.input_ids.len() != n || g.scores.len() != n {
+            bail!(
+                "{} group {}: documents, ids and scores differ in number",
+                path.display(),
+                g.name
+            );
+        }
+    }
+    if reference.groups.is_empty() {
+        bail!("{}: no groups", path.display());
+    }
+    let max_gate = rerank_gate(dtype, device)?;
+    // One load per length limit the groups use.
+    let mut models: BTreeMap<Option<usize>, Embedder> = BTreeMap::new();
+    let (mut worst, mut cases, mut problem) = (0f64, 0usize, None);
+    let mut kernel = None;
+    for g in &reference.groups {
+        let model = match models.entry(g.max_length) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let opts = LoadOptions {
+                    task: Task::Rerank,
+                    device,
+                    dtype: choice(dtype),
+                    max_length: g.max_length,
+                    ..LoadOptions::default()
+                };
+                let m = Embedder::load(dir, &opts)
+                    .with_context(|| format!("loading {}", dir.display()))?;
+                e.insert(m)
+            }
+        };
+        kernel = Some(model.model().cpu_kernel());
+        let mut ids = Vec::with_capacity(g.documents.len());
+        for (i, d) in g.documents.iter().enumerate() {
+            let pair = Pair {
+                query: &g.query,
+                document: d,
+                instruction: g.instruction.as_deref(),
+            };
+            let got = model.tokenize_pair(pair, true)?;
+            if got != g.input_ids[i] && problem.is_none() {
+                problem = Some(format!(
+                    "group {} document {i}: {} template ids, the card's are {} and differ",
+                    g.name,
+                    got.len(),
+                    g.input_ids[i].len()
+                ));
+            }
+            ids.push(got);
+        }
+        let hidden = model.embed_ids(&ids)?;
+        if hidden.len() != ids.len() {
+            bail!(
+                "group {}: {} outputs for {} documents",
+                g.name,
+                hidden.len(),
+                ids.len()
+            );
+        }
+        for (i, (h, want)) in hidden.iter().zip(&g.scores).enumerate() {
+            let score = sigmoid(model.logit(h)?) as f64;
+            let diff = (score - *want as f64).abs();
+            if !diff.is_finite() && problem.is_none() {
+                problem = Some(format!("group {} document {i}: score {score}", g.name));
+            }
+            if diff > worst || diff.is_nan() {
+                worst = diff;
+                if diff > max_gate && problem.is_none() {
+                    problem = Some(format!(
+                        "group {} document {i}: |score - reference| {diff:.2e} > {max_gate:e}",
+                        g.name
+                    ));
+                }
+            }
+            cases += 1;
+        }
+    }
+    Ok(Row {
+        fixture: name.into(),
+        task: "rerank",
+        dtype: dtype_name(dtype),
+        kernel: kernel_name(kernel.flatten(), device),
+        cases,
+        worst_cosine: None,
+        worst_abs: Some(worst),
+        alone_vs_batch_cosine: None,
+        gate: format!("|score|<={max_gate:.1e}"),
+        ok: problem.is_none(),
+        problem,
+    })
+}
+
+fn gate(dtype: DType, device: DeviceSpec) -> Result<Gate> {
+    if device.is_cpu() {
+        parity::gate(dtype).ok_or_else(|| anyhow!("no parity gate for dtype {dtype:?}"))
+    } else {
+        Ok(parity::cuda_gate(dtype))
+    }
+}
+
+fn rerank_gate(dtype: DType, device: DeviceSpec) -> Result<f64> {
+    if device.is_cpu() {
+        parity::rerank_gate(dtype).ok_or_else(|| anyhow!("no rerank gate for dtype {dtype:?}"))
+    } else {
+        Ok(parity::cuda_rerank_gate(dtype))
+    }
+}
+
+/// The `--dtype` that resolves to `dtype` (the engine's loader takes the user's choice).
+fn choice(dtype: DType) -> DTypeChoice {
+    match dtype {
+        DType::F16 => DTypeChoice::F16,
+        DType::BF16 => DTypeChoice::Bf16,
+        _ => DTypeChoice::F32,
+    }
+}
+
+fn dtype_name(dtype: DType) -> String {
+    format!("{dtype:?}").to_ascii_lowercase()
+}
+
+/// The CPU GEMM kernel, or the device when the model is not on the CPU.
+fn kernel_name(cpu_kernel: Option<&str>, device: DeviceSpec) -> String {
+    match cpu_kernel {
+        Some(k) => k.into(),
+        None => device.to_string(),
+    }
+}
+
+fn print_rows(rows: &[Row], json: bool) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if json {
+        for row in rows {
+            serde_json::to_writer(&mut out, row)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        return Ok(());
+    }
+    let width = rows
+        .iter()
+        .map(|r| r.fixture.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    writeln!(
+        out,
+        "{:width$}  {:6}  {:5}  {:8}  {:>5}  {:>11}  {:>9}  {:42}  result",
+        "fixture", "task", "dtype", "kernel", "cases", "worst cos", "worst |d|", "gate"
+    )?;
+    let num = |v: Option<f64>, f: fn(f64) -> String| v.map_or_else(|| "-".into(), f);
+    for r in rows {
+        let result = match &r.problem {
+            None => "ok".to_string(),
+            Some(p) => format!("FAIL: {p}"),
+        };
+        writeln!(
+            out,
+            "{:width$}  {:6}  {:5}  {:8}  {:>5}  {:>11}  {:>9}  {:42}  {}",
+            r.fixture,
+            r.task,
+            r.dtype,
+            r.kernel,
+            r.cases,
+            num(r.worst_cosine, |v| format!("{v:.8}")),
+            num(r.worst_abs, |v| format!("{v:.2e}")),
+            r.gate,
+            result
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flipped_vector_misses_the_gate_and_a_missing_one_is_counted() {
+        let want = vec![vec![1.0f32, 2.0], vec![3.0, -1.0]];
+        let g = parity::gate(DType::F32).unwrap();
+        assert!(compare(&want, &want, &["a", "b"], g).problem.is_none());
+        let flipped = vec![vec![1.0f32, 2.0], vec![-3.0, 1.0]];
+        let c = compare(&flipped, &want, &["a", "b"], g);
+        assert!(c.problem.unwrap().contains("case b: cosine"));
+        let c = compare(&want[..1], &want, &["a", "b"], g);
+        assert!(c.problem.unwrap().contains("1 outputs for 2 cases"));
+    }
+}
