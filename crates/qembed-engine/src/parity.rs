@@ -1,111 +1,33 @@
-//! How close an output must be to its transformers reference: the one table that the
-//! parity test suites (through the test kit) and `qembed check` both read, so that an
-//! operator's check of a device and CI hold the same bounds.
-//!
-//! The bounds are set from measurements with a stated margin: loose enough for every
-//! kernel on every CPU measured, tight enough that a wrong result fails. Two different
-//! fixture texts already reach cosine 0.9954, so a bound of 0.999 would barely tell
-//! right from wrong.
+//! The parity gates (`qembed_gates`) for a model's `DType`: what `qembed check` holds a
+//! device to, from the same table the test suites use.
 
 use qembed_model::DType;
 
-/// How close each vector must be to its reference.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Gate {
-    pub min_cosine: f64,
-    /// Largest |got - want| of any component (raw, unnormalised vectors).
-    pub max_abs: f32,
+pub use qembed_gates::{cosine, same_gate, Gate, Precision};
+
+/// The gates' precision for `dtype`; `None` for a dtype no model computes in.
+pub fn precision(dtype: DType) -> Option<Precision> {
+    Precision::of(&format!("{dtype:?}"))
 }
 
-/// The gate against transformers' f32 vectors for a CPU model computing in `dtype`
-/// (`None` for a dtype the model does not compute in).
-///
-/// Measured worst over the 4 fixtures x 46 cases, per kernel of the AMD EPYC Zen 3 CI
-/// machine (portable, avx2, and mkl with its feature; `cargo test -p qembed-model --test
-/// parity -- --nocapture` prints each), as 1 - cosine / max |diff| on the raw vectors,
-/// and the gate set from it (mkl's bf16: 4.2e-5 / 2.8e-2, inside the same gate; the amx
-/// kernel is not measured on this CPU):
-/// - f32: < 1e-8 / 2.7e-6 → gate 1e-6 / 2e-5 (about 7x the difference)
-/// - f16: 7.6e-7 / 3.7e-3 → gate 1e-5 / 2e-2 (13x / 5x)
-/// - bf16: 5.2e-5 / 2.8e-2 → gate 1e-4 / 1e-1 (2x / 3.5x; bf16 keeps 8 bits of mantissa)
+/// `qembed_gates::gate` for `dtype`.
 pub fn gate(dtype: DType) -> Option<Gate> {
-    match dtype {
-        DType::F32 => Some(Gate {
-            min_cosine: 0.999_999,
-            max_abs: 2e-5,
-        }),
-        DType::F16 => Some(Gate {
-            min_cosine: 0.999_99,
-            max_abs: 2e-2,
-        }),
-        DType::BF16 => Some(Gate {
-            min_cosine: 0.999_9,
-            max_abs: 1e-1,
-        }),
-        _ => None,
-    }
+    precision(dtype).map(qembed_gates::gate)
 }
 
-/// The gate for the CUDA forward pass: **provisional, not yet measured on a GPU** (no
-/// GPU run has happened; the CUDA kernels were built and run only on the emulator). The
-/// GPU computes f16/bf16 activations (the CPU kernels keep f32 activations), so these
-/// are the thresholds the CUDA suite had, cosine 0.999 (0.9999 for f32) with an
-/// absolute bound to match; the first GPU run's printed worst values replace them.
+/// `qembed_gates::cuda_gate` for `dtype` (provisional: never measured on a GPU).
 pub fn cuda_gate(dtype: DType) -> Gate {
-    let f32 = dtype == DType::F32;
-    Gate {
-        min_cosine: if f32 { 0.999_9 } else { 0.999 },
-        max_abs: if f32 { 2e-2 } else { 2e-1 },
-    }
+    qembed_gates::cuda_gate(precision(dtype).unwrap_or(Precision::F16))
 }
 
-/// Two runs of the same model that must agree (a text alone vs in a batch, TP=N vs
-/// TP=1, fused vs unfused ops), given the gate `g` against transformers: the same
-/// arithmetic up to summation order, so ten times closer in cosine.
-pub fn same_gate(g: Gate) -> Gate {
-    Gate {
-        min_cosine: 1.0 - (1.0 - g.min_cosine) / 10.0,
-        max_abs: g.max_abs,
-    }
-}
-
-/// Largest |score - reference| of a reranker score (`sigmoid(l_yes - l_no)`) on the
-/// CPU in `dtype` (`None` for a dtype the model does not compute in).
-///
-/// transformers itself, run in bf16 on the fixtures, is off its own f32 scores by up
-/// to 1.9e-2 (tied) and 9.6e-3 (head); in f16 by 3.0e-3 and 1.3e-3. qembed measured
-/// 1.2e-2 / 1.1e-2 in bf16 and 1.9e-3 / 6.6e-4 in f16; the bounds leave ~20 % above
-/// the worst. f32 is held to 1e-4.
+/// `qembed_gates::rerank_gate` for `dtype`.
 pub fn rerank_gate(dtype: DType) -> Option<f64> {
-    match dtype {
-        DType::F32 => Some(1e-4),
-        DType::F16 => Some(2.3e-3),
-        DType::BF16 => Some(1.5e-2),
-        _ => None,
-    }
+    precision(dtype).map(qembed_gates::rerank_gate)
 }
 
-/// The reranker score gate on CUDA: **provisional, not measured on a GPU**, like
-/// [`cuda_gate`]. The GPU's f16/bf16 activations round more than the CPU's f32 ones,
-/// so reduced precision gets 3e-2 (about twice the CPU's bf16 bound) and f32 1e-3.
+/// `qembed_gates::cuda_rerank_gate` for `dtype` (provisional: never measured on a GPU).
 pub fn cuda_rerank_gate(dtype: DType) -> f64 {
-    if dtype == DType::F32 {
-        1e-3
-    } else {
-        3e-2
-    }
-}
-
-/// Cosine similarity of two vectors of one length, accumulated in f64 (`NaN` when
-/// the lengths differ or a vector is zero, so that it fails every gate).
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    if a.len() != b.len() {
-        return f64::NAN;
-    }
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
+    qembed_gates::cuda_rerank_gate(precision(dtype).unwrap_or(Precision::F16))
 }
 
 #[cfg(test)]
@@ -113,25 +35,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gates_tighten_with_precision() {
-        let (f32, f16, bf16) = (
-            gate(DType::F32).unwrap(),
-            gate(DType::F16).unwrap(),
-            gate(DType::BF16).unwrap(),
-        );
-        assert!(f32.min_cosine > f16.min_cosine && f16.min_cosine > bf16.min_cosine);
-        assert!(f32.max_abs < f16.max_abs && f16.max_abs < bf16.max_abs);
+    fn candle_dtypes_map_to_the_table() {
+        assert_eq!(precision(DType::BF16), Some(Precision::Bf16));
+        assert_eq!(gate(DType::F32), Some(qembed_gates::gate(Precision::F32)));
         assert!(gate(DType::U8).is_none() && rerank_gate(DType::I64).is_none());
-        assert!(same_gate(bf16).min_cosine > bf16.min_cosine);
-        assert!(cuda_gate(DType::F16).min_cosine < f16.min_cosine);
-        assert!(cuda_rerank_gate(DType::F16) > rerank_gate(DType::BF16).unwrap());
-    }
-
-    #[test]
-    fn cosine_is_scale_free_and_nan_on_mismatch() {
-        let a = [1.0, 2.0, -3.0];
-        assert!((cosine(&a, &[2.0, 4.0, -6.0]) - 1.0).abs() < 1e-12);
-        assert!((cosine(&a, &[-1.0, -2.0, 3.0]) + 1.0).abs() < 1e-12);
-        assert!(cosine(&a, &[1.0]).is_nan());
     }
 }

@@ -104,7 +104,7 @@ fn f32_scores_match_transformers() {
 }
 
 /// Reduced precision is held to what its rounding allows (the bounds and their
-/// measurements: `qembed_engine::parity::rerank_gate`).
+/// measurements: `qembed_gates::rerank_gate`).
 #[test]
 fn bf16_scores_match_transformers() {
     for name in RERANK_FIXTURES {

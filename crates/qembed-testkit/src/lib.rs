@@ -132,7 +132,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
 /// Cosine similarity of two vectors of one length, accumulated in f64.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "cosine of vectors of different lengths");
-    qembed_engine::parity::cosine(a, b)
+    qembed_gates::cosine(a, b)
 }
 
 /// Says on stderr that `test` did not run its subject, and why: one line starting

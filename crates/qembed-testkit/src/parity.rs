@@ -3,52 +3,43 @@
 //! comparison they all run: counts and lengths first, then the worst cosine and the
 //! worst absolute difference over all cases.
 //!
-//! The bounds themselves live in `qembed_engine::parity` (one table, which `qembed
+//! The bounds themselves live in `qembed_gates` (one table, which `qembed
 //! check` reads too); these wrappers take a dtype however a test spells it.
 
-use qembed_engine::parity as table;
-pub use qembed_engine::parity::Gate;
-use qembed_engine::DType;
+use qembed_gates as table;
+pub use qembed_gates::Gate;
+use qembed_gates::Precision;
 
-/// The dtype a test names: a `DType` or `DTypeChoice` (by its `Debug` name: `F32`,
+/// The precision a test names: a `DType` or `DTypeChoice` (by its `Debug` name: `F32`,
 /// `F16`, `BF16`/`Bf16`) or a `&str`.
-fn dtype_of(dtype: impl std::fmt::Debug) -> DType {
+fn precision(dtype: impl std::fmt::Debug) -> Precision {
     // A `&str` debug-prints with quotes; a dtype enum without.
-    match format!("{dtype:?}")
-        .trim_matches('"')
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        other => panic!("no parity gate for dtype {other}"),
-    }
+    let name = format!("{dtype:?}");
+    Precision::of(name.trim_matches('"'))
+        .unwrap_or_else(|| panic!("no parity gate for dtype {name}"))
 }
 
 /// The gate against transformers' f32 vectors for a model computing in `dtype`:
-/// `qembed_engine::parity::gate`, where the table and its measurements live.
+/// `qembed_gates::gate`, where the table and its measurements live.
 pub fn gate(dtype: impl std::fmt::Debug) -> Gate {
-    let dtype = dtype_of(dtype);
-    table::gate(dtype).unwrap_or_else(|| panic!("no parity gate for dtype {dtype:?}"))
+    table::gate(precision(dtype))
 }
 
-/// The (provisional) gate for the CUDA forward pass: `qembed_engine::parity::cuda_gate`.
+/// The (provisional) gate for the CUDA forward pass: `qembed_gates::cuda_gate`.
 pub fn cuda_gate(dtype: impl std::fmt::Debug) -> Gate {
-    table::cuda_gate(dtype_of(dtype))
+    table::cuda_gate(precision(dtype))
 }
 
 /// Two runs of the same model that must agree (a text alone vs in a batch, TP=N vs
-/// TP=1, fused vs unfused ops) in `dtype`: `qembed_engine::parity::same_gate`.
+/// TP=1, fused vs unfused ops) in `dtype`: `qembed_gates::same_gate`.
 pub fn same_gate(dtype: impl std::fmt::Debug) -> Gate {
     table::same_gate(gate(dtype))
 }
 
 /// Largest |score - reference| of a reranker score on the CPU in `dtype`:
-/// `qembed_engine::parity::rerank_gate`.
+/// `qembed_gates::rerank_gate`.
 pub fn rerank_gate(dtype: impl std::fmt::Debug) -> f64 {
-    let dtype = dtype_of(dtype);
-    table::rerank_gate(dtype).unwrap_or_else(|| panic!("no rerank gate for dtype {dtype:?}"))
+    table::rerank_gate(precision(dtype))
 }
 
 /// The worst of one comparison.
