@@ -242,13 +242,29 @@ impl Shared {
         if let (Api::Embeddings, Some(d)) = (self.cfg.api, self.cfg.dimensions) {
             body["dimensions"] = json!(d);
         }
-        let mut req = self.client.post(&self.cfg.url).json(&body);
-        if let Some(k) = &self.cfg.api_key {
-            req = req.bearer_auth(k);
-        }
+        let request = || {
+            let req = self.client.post(&self.cfg.url).json(&body);
+            match &self.cfg.api_key {
+                Some(k) => req.bearer_auth(k),
+                None => req,
+            }
+        };
         let sent = Instant::now();
         let since_start = |t: Instant| t.saturating_duration_since(self.start).as_secs_f64();
-        let (status, color, tokens) = match req.send().await {
+        // A request whose connection failed before any answer came (typically a pooled
+        // keep-alive connection that the proxy closed as it reloaded: HTTP lets a server
+        // close an idle connection at any moment) is sent once more on a fresh one, as
+        // the OpenAI and Cohere SDKs retry connection errors; a timeout is not retried.
+        // Retried requests are counted in the report, so they are seen, not hidden.
+        let mut retried = false;
+        let answer = match request().send().await {
+            Err(e) if !e.is_timeout() => {
+                retried = true;
+                request().send().await
+            }
+            other => other,
+        };
+        let (status, color, tokens) = match answer {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let color = resp
@@ -273,6 +289,7 @@ impl Shared {
             status,
             color,
             tokens,
+            retried,
         };
         lock(&self.samples).push(sample);
     }

@@ -29,6 +29,8 @@ pub struct Sample {
     /// `x-qembed-color` of the instance that answered, if any.
     pub color: Option<String>,
     pub tokens: usize,
+    /// The first attempt's connection failed before any answer and it was sent again.
+    pub retried: bool,
 }
 
 impl Sample {
@@ -47,6 +49,8 @@ pub struct Report {
     pub requests: usize,
     pub ok: usize,
     pub failed: usize,
+    /// Requests sent a second time after their connection failed before any answer.
+    pub retried: usize,
     pub error_rate: f64,
     pub duration_s: f64,
     pub qps: f64,
@@ -104,6 +108,7 @@ impl Report {
             requests: samples.len(),
             ok,
             failed: samples.len() - ok,
+            retried: samples.iter().filter(|s| s.retried).count(),
             error_rate: if samples.is_empty() {
                 0.0
             } else {
@@ -128,7 +133,7 @@ impl Report {
     /// A few lines for a terminal.
     pub fn table(&self) -> String {
         format!(
-            "requests {} ok {} failed {} ({:.3}%) in {:.1}s\n\
+            "requests {} ok {} failed {} ({:.3}%) retried {} in {:.1}s\n\
              qps {:.1}  tokens/s {:.0}\n\
              response time ms (from scheduled send): p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}\n\
              service time ms (from actual send):     p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}\n\
@@ -137,6 +142,7 @@ impl Report {
             self.ok,
             self.failed,
             self.error_rate * 100.0,
+            self.retried,
             self.duration_s,
             self.qps,
             self.tokens_per_s,
@@ -167,6 +173,7 @@ mod tests {
             status,
             color: None,
             tokens: 10,
+            retried: false,
         }
     }
 

@@ -140,10 +140,12 @@ async fn blue_green_switch_and_rollback_under_load() {
         }
     }
     println!(
-        "blue/green under load: {} requests sent, {} failed, {} colour-checked; by colour {:?}; \
+        "blue/green under load: {} requests sent, {} failed, {} retried on a fresh connection, \
+         {} colour-checked; by colour {:?}; \
          switch command {:.2}s (incl. verify and {}s watch), rollback command {:.2}s; p99 {:.1} ms",
         report.requests,
         report.failed,
+        report.retried,
         checked,
         report.by_color,
         switched.as_secs_f64(),
