@@ -153,6 +153,9 @@ pub enum Command {
     /// Run the repository's fixture checkpoints on a device and dtype against
     /// transformers' reference outputs; one row per fixture, non-zero exit on any miss.
     Check(crate::check_cmd::CheckArgs),
+    /// Forward-pass tokens/s of a Qwen3-Embedding shape (0.6b, 4b, 8b) with random
+    /// weights: nothing to download, the real loader and kernels.
+    Bench(crate::bench_cmd::BenchArgs),
     /// Serve embeddings (OpenAI) or rerank scores (Cohere, Jina, TEI, vLLM) over HTTP.
     Serve(ServeArgs),
 }

@@ -1,11 +1,12 @@
 //! The `qembed` server as a library: the command line (`args`), the HTTP application
 //! (`app(state) -> Router`, one module per API family under `api`), start-up and drain
-//! (`serve`), `qembed embed`, `qembed rerank` and `qembed check`. The binary is a thin `main` over it, and tests build
+//! (`serve`), `qembed embed`, `qembed rerank`, `qembed check` and `qembed bench`. The binary is a thin `main` over it, and tests build
 //! the router in-process.
 
 pub mod api;
 pub mod app;
 pub mod args;
+pub mod bench_cmd;
 pub mod check_cmd;
 pub mod embed_cmd;
 pub mod error;

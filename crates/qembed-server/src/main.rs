@@ -1,7 +1,7 @@
 //! `qembed`: Qwen3-Embedding and Qwen3-Reranker from the command line.
 
 use clap::Parser;
-use qembed_server::{check_cmd, embed_cmd, rerank_cmd, serve, Cli, Command};
+use qembed_server::{bench_cmd, check_cmd, embed_cmd, rerank_cmd, serve, Cli, Command};
 
 fn main() -> std::process::ExitCode {
     // Before any thread exists: forward passes reuse freed activation memory.
@@ -11,13 +11,14 @@ fn main() -> std::process::ExitCode {
         Command::Serve(_) => "info",
         // Quiet, except for hub download progress (a first run may fetch gigabytes).
         Command::Embed(_) | Command::Rerank(_) => "warn,qembed::hub=info",
-        Command::Check(_) => "warn",
+        Command::Check(_) | Command::Bench(_) => "warn",
     };
     init_logging(cli.json_logs, default_level);
     let result = match cli.command {
         Command::Embed(args) => embed_cmd::run(args),
         Command::Rerank(args) => rerank_cmd::run(args),
         Command::Check(args) => check_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
         Command::Serve(args) => serve::run(args),
     };
     match result {

@@ -438,3 +438,138 @@ fn row_problem(rows: &[serde_json::Value], name: &str) -> String {
     let r = rows.iter().find(|r| r["fixture"] == name).unwrap();
     r["problem"].as_str().unwrap().to_string()
 }
+
+#[test]
+fn bench_tiny_reports_each_batch_shape_as_a_json_line() {
+    let out = qembed(
+        &[
+            "bench",
+            "--shape",
+            "tiny",
+            "--batches",
+            "2x16,mixed",
+            "--repeats",
+            "2",
+            "--json",
+        ],
+        "",
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    // mixed: benches/forward's 16 lengths, 2693 tokens (benches/RESULTS.md).
+    let mixed_tokens: u64 = 2693;
+    for (row, (batch, seqs, tokens)) in rows
+        .iter()
+        .zip([("2x16", 2, 32), ("mixed", 16, mixed_tokens)])
+    {
+        assert_eq!(row["batch"], batch);
+        assert_eq!(row["sequences"], seqs);
+        assert_eq!(row["tokens"].as_u64(), Some(tokens), "{row}");
+        assert_eq!(row["repeats"], 2);
+        let rate = |k: &str| row[k].as_f64().unwrap();
+        assert!(
+            rate("tokens_per_s").is_finite() && rate("tokens_per_s") > 0.0,
+            "{row}"
+        );
+        assert!(rate("tokens_per_s_min") <= rate("tokens_per_s"), "{row}");
+        assert!(rate("tokens_per_s") <= rate("tokens_per_s_max"), "{row}");
+        assert!(
+            rate("tokens_per_cpu_s") > 0.0 && rate("cpu_s") > 0.0,
+            "{row}"
+        );
+        assert_eq!(row["kernel"].as_str().map(str::is_empty), Some(false));
+    }
+}
+
+#[test]
+fn bench_saves_a_checkpoint_that_embed_loads_and_the_same_one_each_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = [tmp.path().join("a"), tmp.path().join("b")];
+    for dir in &dirs {
+        let out = qembed(
+            &[
+                "bench",
+                "--shape",
+                "tiny",
+                "--batches",
+                "1x8",
+                "--repeats",
+                "1",
+                "--save",
+                dir.to_str().unwrap(),
+            ],
+            "",
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The text table: header lines, then one row for the one batch shape.
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(stdout.contains("kernel"), "{stdout}");
+        assert_eq!(
+            stdout.lines().filter(|l| l.starts_with("1x8 ")).count(),
+            1,
+            "{stdout}"
+        );
+    }
+    // A directory with something in it is never overwritten.
+    let again = qembed(
+        &[
+            "bench",
+            "--shape",
+            "tiny",
+            "--save",
+            dirs[0].to_str().unwrap(),
+        ],
+        "",
+        &[],
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    // Seeded weights: two runs write the same bytes.
+    let weights = |d: &std::path::Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert_eq!(weights(&dirs[0]), weights(&dirs[1]));
+
+    let out = qembed(
+        &["embed", "--model-path", dirs[0].to_str().unwrap()],
+        "\"hello world\"\n",
+        &[],
+    );
+    let lines = parse_output(&out);
+    assert_eq!(lines.len(), 1);
+    let v = &lines[0].embedding;
+    assert_eq!(v.len(), 64);
+    assert!(v.iter().all(|x| x.is_finite()));
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-3, "{norm}");
+    assert!(lines[0].tokens >= 2);
+}
+
+#[test]
+fn bench_rejects_bad_batches_and_shapes_clearly() {
+    for (args, needle) in [
+        (["--shape", "tiny", "--batches", "16by512"], "BxL"),
+        (["--shape", "tiny", "--batches", "0x16"], "positive"),
+        (["--shape", "tiny", "--batches", "1x4096"], "2048 positions"),
+        (["--shape", "13b", "--batches", "1x4"], "0.6b, 4b, 8b, tiny"),
+    ] {
+        let out = qembed(&[&["bench"][..], &args[..]].concat(), "", &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
