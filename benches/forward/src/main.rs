@@ -16,7 +16,8 @@ struct Args {
     /// f32 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Shapes: `BxL` (B sequences of L tokens) or `mixed` (16 lengths in 8..512).
+    /// Shapes: `BxL` (B sequences of L tokens) or `mixed` (the 16 lengths 8 + 337·i mod
+    /// 505: 8 to 349 tokens, 2693 in all).
     #[arg(long, value_delimiter = ',', default_value = "1x16,32x128,8x512,mixed")]
     shapes: Vec<String>,
     /// Timed repetitions per shape (after a warm-up for small batches).
