@@ -237,7 +237,7 @@ impl Embedder {
         max_document_tokens: Option<usize>,
         max_length: Option<usize>,
     ) -> Result<Vec<u32>> {
-        let limit = max_length.map_or(self.max_length, |m| m.min(self.max_length));
+        let limit = self.limit(max_length);
         self.reranking()?.template.encode(
             &self.tokenizer,
             pair,
@@ -284,6 +284,12 @@ impl Embedder {
         self.max_length
     }
 
+    /// The length limit for a request with its own `cap` (`max_tokens`,
+    /// `truncate_prompt_tokens`): the lower of the two.
+    fn limit(&self, cap: Option<usize>) -> usize {
+        cap.map_or(self.max_length, |c| c.min(self.max_length))
+    }
+
     /// Token ids the model will see for `input`, EOS included.
     pub fn tokenize(&self, input: Input<'_>, truncate: impl Into<Truncate>) -> Result<Vec<u32>> {
         self.tokenize_capped(input, truncate.into(), None)
@@ -297,7 +303,7 @@ impl Embedder {
         truncate: Truncate,
         cap: Option<usize>,
     ) -> Result<Vec<u32>> {
-        let max = cap.map_or(self.max_length, |c| c.min(self.max_length));
+        let max = self.limit(cap);
         match input.instruction {
             Some(task) if !input.text.is_empty() => {
                 let keep = query_prefix(task).len();
@@ -333,7 +339,7 @@ impl Embedder {
         if ids.last() == Some(&eos) {
             ids.pop();
         }
-        let max = cap.map_or(self.max_length, |c| c.min(self.max_length));
+        let max = self.limit(cap);
         let room = max.saturating_sub(1);
         if ids.len() > room {
             match truncate {
