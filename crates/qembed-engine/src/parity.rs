@@ -3,7 +3,7 @@
 
 use qembed_model::DType;
 
-pub use qembed_gates::{cosine, same_gate, Gate, Precision};
+pub use qembed_gates::{compare, cosine, same_gate, Gate, Miss, Precision, Worst};
 
 /// The gates' precision for `dtype`; `None` for a dtype no model computes in.
 pub fn precision(dtype: DType) -> Option<Precision> {

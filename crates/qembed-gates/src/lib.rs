@@ -114,6 +114,97 @@ pub fn cuda_rerank_gate(p: Precision) -> f64 {
     }
 }
 
+/// The worst of one comparison: its lowest cosine and largest |got - want|, and the
+/// cases (indices) they came from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Worst {
+    pub cosine: f64,
+    pub cosine_case: usize,
+    pub abs: f32,
+    pub abs_case: usize,
+}
+
+/// The first way a comparison misses, for the caller to word (a test panics, `qembed
+/// check` prints a FAIL row).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Miss {
+    /// Not as many outputs as references.
+    Count { got: usize, want: usize },
+    /// Case `case`'s vector is not as long as its reference.
+    Length {
+        case: usize,
+        got: usize,
+        want: usize,
+    },
+    /// Case `case`'s vector holds a NaN or an infinity.
+    NonFinite { case: usize },
+    /// The worst cosine (of case `Worst::cosine_case`) is below the gate, or NaN.
+    Cosine,
+    /// The worst |diff| (of case `Worst::abs_case`) is above the gate.
+    Abs,
+}
+
+/// Compares `got[i]` with `want[i]` for every case: as many vectors, each as long and
+/// finite (checked in that order, stopping at the first miss), then the worst cosine
+/// and worst |diff| over all cases against `gate`. Returns the worst seen (up to a
+/// miss) and the miss, if any.
+pub fn compare<G: AsRef<[f32]>, W: AsRef<[f32]>>(
+    got: &[G],
+    want: &[W],
+    gate: Gate,
+) -> (Worst, Option<Miss>) {
+    let mut worst = Worst {
+        cosine: f64::INFINITY,
+        cosine_case: 0,
+        abs: 0.0,
+        abs_case: 0,
+    };
+    if got.len() != want.len() {
+        let miss = Miss::Count {
+            got: got.len(),
+            want: want.len(),
+        };
+        return (worst, Some(miss));
+    }
+    for (case, (g, w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g.as_ref(), w.as_ref());
+        if g.len() != w.len() {
+            let miss = Miss::Length {
+                case,
+                got: g.len(),
+                want: w.len(),
+            };
+            return (worst, Some(miss));
+        }
+        if !g.iter().all(|x| x.is_finite()) {
+            return (worst, Some(Miss::NonFinite { case }));
+        }
+        let c = cosine(g, w);
+        if c < worst.cosine || c.is_nan() {
+            worst.cosine = c;
+            worst.cosine_case = case;
+        }
+        let a = g
+            .iter()
+            .zip(w)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        if a > worst.abs {
+            worst.abs = a;
+            worst.abs_case = case;
+        }
+    }
+    // A NaN cosine fails too.
+    let miss = if worst.cosine.is_nan() || worst.cosine < gate.min_cosine {
+        Some(Miss::Cosine)
+    } else if worst.abs > gate.max_abs {
+        Some(Miss::Abs)
+    } else {
+        None
+    };
+    (worst, miss)
+}
+
 /// Cosine similarity of two vectors of one length, accumulated in f64 (`NaN` when
 /// the lengths differ or a vector is zero, so that it fails every gate).
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {

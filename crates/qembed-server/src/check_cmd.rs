@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use qembed_engine::parity::{self, Gate};
+use qembed_engine::parity::{self, Gate, Miss};
 use qembed_engine::rerank::sigmoid;
 use qembed_engine::{Backend, DType, DTypeChoice, DeviceSpec, Embedder, LoadOptions, Pair, Task};
 use qembed_model::PackedBatch;
@@ -248,72 +248,44 @@ struct Compared {
     problem: Option<String>,
 }
 
-/// Compares `got[i]` with `want[i]`: as many vectors, each as long and finite, and the
-/// worst cosine and |diff| within `gate`.
+/// Compares `got[i]` with `want[i]` (`qembed_gates::compare`): as many vectors, each as
+/// long and finite, and the worst cosine and |diff| within `gate`.
 fn compare<G: AsRef<[f32]>, W: AsRef<[f32]>>(
     got: &[G],
     want: &[W],
     names: &[&str],
     gate: Gate,
 ) -> Compared {
+    let name = |i: usize| names.get(i).copied().unwrap_or("?");
+    let (worst, miss) = parity::compare(got, want, gate);
     let mut c = Compared {
-        cosine: f64::INFINITY,
-        abs: 0.0,
+        cosine: worst.cosine,
+        abs: worst.abs,
         problem: None,
     };
-    if got.len() != want.len() {
-        c.problem = Some(format!("{} outputs for {} cases", got.len(), want.len()));
-        return c;
-    }
-    let (mut cos_case, mut abs_case) = (0, 0);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let (g, w) = (g.as_ref(), w.as_ref());
-        let name = names.get(i).copied().unwrap_or("?");
-        if g.len() != w.len() {
-            c.problem = Some(format!(
-                "case {name}: {} components, reference has {}",
-                g.len(),
-                w.len()
-            ));
-            return c;
-        }
-        if !g.iter().all(|x| x.is_finite()) {
-            c.problem = Some(format!("case {name}: non-finite output"));
+    c.problem = miss.map(|m| match m {
+        Miss::Count { got, want } => format!("{got} outputs for {want} cases"),
+        Miss::Length { case, got, want } => format!(
+            "case {}: {got} components, reference has {want}",
+            name(case)
+        ),
+        Miss::NonFinite { case } => {
             c.cosine = f64::NAN;
-            return c;
+            format!("case {}: non-finite output", name(case))
         }
-        let cos = parity::cosine(g, w);
-        if cos < c.cosine || cos.is_nan() {
-            c.cosine = cos;
-            cos_case = i;
-        }
-        let abs = g
-            .iter()
-            .zip(w)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        if abs > c.abs {
-            c.abs = abs;
-            abs_case = i;
-        }
-    }
-    let name = |i: usize| names.get(i).copied().unwrap_or("?");
-    // A NaN cosine fails too.
-    if c.cosine.is_nan() || c.cosine < gate.min_cosine {
-        c.problem = Some(format!(
+        Miss::Cosine => format!(
             "case {}: cosine {:.8} < {}",
-            name(cos_case),
-            c.cosine,
+            name(worst.cosine_case),
+            worst.cosine,
             gate.min_cosine
-        ));
-    } else if c.abs > gate.max_abs {
-        c.problem = Some(format!(
+        ),
+        Miss::Abs => format!(
             "case {}: |diff| {:.2e} > {:e}",
-            name(abs_case),
-            c.abs,
+            name(worst.abs_case),
+            worst.abs,
             gate.max_abs
-        ));
-    }
+        ),
+    });
     c
 }
 

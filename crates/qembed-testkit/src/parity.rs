@@ -8,7 +8,7 @@
 
 use qembed_gates as table;
 pub use qembed_gates::Gate;
-use qembed_gates::Precision;
+use qembed_gates::{Miss, Precision};
 
 /// The precision a test names: a `DType` or `DTypeChoice` (by its `Debug` name: `F32`,
 /// `F16`, `BF16`/`Bf16`) or a `&str`.
@@ -42,18 +42,12 @@ pub fn rerank_gate(dtype: impl std::fmt::Debug) -> f64 {
     table::rerank_gate(precision(dtype))
 }
 
-/// The worst of one comparison.
-#[derive(Debug, Clone, Copy)]
-pub struct Worst {
-    pub cosine: f64,
-    pub cosine_case: usize,
-    pub abs: f32,
-    pub abs_case: usize,
-}
+pub use qembed_gates::Worst;
 
-/// Compares `got[i]` with `want[i]` for every case: the same number of vectors, each of
-/// the same length, all within `gate`. `names[i]` names case `i` in messages. Prints
-/// the worst (for the log) and returns it.
+/// Compares `got[i]` with `want[i]` for every case (`qembed_gates::compare`): the same
+/// number of vectors, each of the same length and finite, all within `gate`; panics on
+/// the first miss. `names[i]` names case `i` in messages. Prints the worst (for the
+/// log) and returns it.
 pub fn assert_close<W: AsRef<[f32]>>(
     label: &str,
     got: &[Vec<f32>],
@@ -61,44 +55,19 @@ pub fn assert_close<W: AsRef<[f32]>>(
     names: &[&str],
     gate: Gate,
 ) -> Worst {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{label}: {} outputs for {} references",
-        got.len(),
-        want.len()
-    );
-    assert!(!got.is_empty(), "{label}: nothing to compare");
-    let mut worst = Worst {
-        cosine: f64::INFINITY,
-        cosine_case: 0,
-        abs: 0.0,
-        abs_case: 0,
-    };
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let w = w.as_ref();
-        let name = names.get(i).copied().unwrap_or("?");
-        assert_eq!(g.len(), w.len(), "{label} {name}: vector length");
-        assert!(
-            g.iter().all(|x| x.is_finite()),
-            "{label} {name}: non-finite output"
-        );
-        let c = crate::cosine(g, w);
-        if c < worst.cosine || c.is_nan() {
-            worst.cosine = c;
-            worst.cosine_case = i;
-        }
-        let a = g
-            .iter()
-            .zip(w)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        if a > worst.abs {
-            worst.abs = a;
-            worst.abs_case = i;
-        }
-    }
     let name = |i: usize| names.get(i).copied().unwrap_or("?");
+    let (worst, miss) = table::compare(got, want, gate);
+    match miss {
+        Some(Miss::Count { got, want }) => {
+            panic!("{label}: {got} outputs for {want} references")
+        }
+        Some(Miss::Length { case, .. }) => panic!("{label} {}: vector length", name(case)),
+        Some(Miss::NonFinite { case }) => {
+            panic!("{label} {}: non-finite output", name(case))
+        }
+        _ => {}
+    }
+    assert!(!got.is_empty(), "{label}: nothing to compare");
     println!(
         "{label}: {} cases, worst cosine {:.8} ({}), worst |diff| {:.2e} ({})",
         got.len(),
@@ -108,14 +77,14 @@ pub fn assert_close<W: AsRef<[f32]>>(
         name(worst.abs_case)
     );
     assert!(
-        worst.cosine >= gate.min_cosine,
+        miss != Some(Miss::Cosine),
         "{label}: case {} cosine {} < {}",
         name(worst.cosine_case),
         worst.cosine,
         gate.min_cosine
     );
     assert!(
-        worst.abs <= gate.max_abs,
+        miss != Some(Miss::Abs),
         "{label}: case {} max |diff| {} > {}",
         name(worst.abs_case),
         worst.abs,
