@@ -21,6 +21,7 @@ use std::arch::x86_64::*;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::blocking::Blocking;
 use super::{Gemm, PreparedWeight, Prologue};
 use crate::cpu::f32_slice;
 use crate::cpu::par::SyncPtr;
@@ -33,13 +34,6 @@ const NR: usize = 16;
 /// K per pass over a tile: 256 keeps the tile's A slice (6 KiB) and B slice (16 KiB in
 /// f32) in L1 together.
 const KC: usize = 256;
-/// Weight bytes (per K pass) a task keeps in L2 while it walks down its rows.
-const TASK_WEIGHT_BYTES: usize = 256 << 10;
-/// Row panels per task, for large batches: enough work per task to amortise it.
-const TASK_ROW_PANELS: usize = 16;
-/// Packed input bytes (all of K) a task may keep in L2 and still walk each weight
-/// panel down its whole K in one go.
-const TASK_ROW_BYTES: usize = 256 << 10;
 
 pub(super) struct Avx2;
 
@@ -271,18 +265,7 @@ fn linear(
         candle_core::bail!("avx2: not available on this CPU");
     }
     let k = w.shape().1;
-    let expected = match prologue {
-        Prologue::SwiGlu => 2 * k,
-        Prologue::None | Prologue::RmsNorm(..) => k,
-    };
-    if width != expected || x.len() != m * width {
-        candle_core::bail!("avx2 linear: input rows of {width}, weight width {k}");
-    }
-    if let Prologue::RmsNorm(nw, _) = prologue {
-        if nw.len() != k {
-            candle_core::bail!("avx2 linear: norm weight of {} for rows of {k}", nw.len());
-        }
-    }
+    prologue.check(NAME, x, (m, width), k)?;
     let a = pack_rows(x, m, k, prologue);
     Ok(match w {
         Packed::F32(p) => product(&a, m, p),
@@ -352,65 +335,30 @@ fn product<E: Elem>(a: &[f32], m: usize, w: &Panels<E>) -> Vec<f32> {
         return out;
     }
     let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
-    let (row_panels, col_panels) = (m.div_ceil(MR), n.div_ceil(NR));
-    let threads = rayon::current_num_threads().max(1);
-    // Columns per task: weights within TASK_WEIGHT_BYTES per K pass, and at least ~4
-    // tasks per thread where the rows alone do not make them.
-    let fit = (TASK_WEIGHT_BYTES / (KC * NR * size_of::<E>())).max(1);
-    let row_tasks = row_panels.div_ceil(TASK_ROW_PANELS);
-    let wanted = (threads * 4).div_ceil(row_tasks);
-    let cols_per_task = col_panels.div_ceil(wanted).clamp(1, fit);
-    let tasks: Vec<(usize, usize)> = (0..col_panels)
-        .step_by(cols_per_task)
-        .flat_map(|p0| {
-            (0..row_panels)
-                .step_by(TASK_ROW_PANELS)
-                .map(move |r0| (p0, r0))
-        })
-        .collect();
-    tasks.into_par_iter().for_each(|(p0, r0)| {
-        let panels = p0..(p0 + cols_per_task).min(col_panels);
-        let rows = r0..(r0 + TASK_ROW_PANELS).min(row_panels);
-        // A weight panel's K slice (16 KiB in f32) stays in L1 while the task's row
-        // panels (6 KiB each) stream past it. When all of the task's rows fit in L2,
-        // each weight panel is walked down its whole K before the next: the task's
-        // weights are then one sequential stream from memory, read once (small
-        // batches). Otherwise K is the outer loop, so that the rows' K slice stays in L2.
-        let tile_at = |p: usize, r: usize, k0: usize| {
-            let kc = KC.min(k - k0);
-            let ap = a[r * k * MR + k0 * MR..].as_ptr();
-            // SAFETY: `ap` has kc * 6 values of row panel r, `w.at` kc * 16 of panel
-            // p; the tile (rows r*6.., columns p*16.., row stride n) lies inside the
-            // m x n output and belongs to this task alone. AVX2 was checked in
-            // `linear`.
-            unsafe {
-                tile(
-                    ap,
-                    w.at(p, k0),
-                    kc,
-                    (dst.at(r * MR * n + p * NR), n),
-                    (MR.min(m - r * MR), NR.min(n - p * NR)),
-                    k0 > 0,
-                )
-            };
+    let blocking = Blocking {
+        mr: MR,
+        nr: NR,
+        kc: KC,
+        weight_step_bytes: NR * size_of::<E>(),
+        row_step_bytes: MR * size_of::<f32>(),
+    };
+    blocking.for_each_tile((m, n, k), |p, r, k0| {
+        let kc = KC.min(k - k0);
+        let ap = a[r * k * MR + k0 * MR..].as_ptr();
+        // SAFETY: `ap` has kc * 6 values of row panel r, `w.at` kc * 16 of panel p; the
+        // tile (rows r*6.., columns p*16.., row stride n) lies inside the m x n output
+        // and is written by this call alone (for_each_tile gives each (p, r) to one
+        // task, its passes in order). AVX2 was checked in `linear`.
+        unsafe {
+            tile(
+                ap,
+                w.at(p, k0),
+                kc,
+                (dst.at(r * MR * n + p * NR), n),
+                (MR.min(m - r * MR), NR.min(n - p * NR)),
+                k0 > 0,
+            )
         };
-        if rows.len() * k * MR * size_of::<f32>() <= TASK_ROW_BYTES {
-            for p in panels {
-                for k0 in (0..k).step_by(KC) {
-                    for r in rows.clone() {
-                        tile_at(p, r, k0);
-                    }
-                }
-            }
-        } else {
-            for k0 in (0..k).step_by(KC) {
-                for p in panels.clone() {
-                    for r in rows.clone() {
-                        tile_at(p, r, k0);
-                    }
-                }
-            }
-        }
     });
     // SAFETY: the tasks cover every (row panel, column panel), each tile written (k > 0).
     unsafe { out.set_len(m * n) };

@@ -35,7 +35,6 @@ use rayon::prelude::*;
 use super::{Gemm, PreparedWeight, Prologue};
 use crate::cpu::attention::{causal_softmax, AttentionProducts};
 use crate::cpu::par::SyncPtr;
-use crate::cpu::simd::{inv_rms, multiversion, silu_mul};
 
 mod attention;
 mod isa;
@@ -45,10 +44,11 @@ mod pack;
 mod round;
 mod tiles;
 
+use super::bf16::{bf16_bits, round_input_row, round_row};
 use attention::group_attention;
 use isa::{Hw, TileConfig, TileIsa};
 use pack::PackedWeight;
-use round::{bf16_bits, round_norm_row, round_row, round_rows, round_swiglu_row};
+use round::round_rows;
 use tiles::Tiles;
 
 /// A 64-byte, 64-byte-aligned run of 32 bf16 values (their bits): a tile row.
@@ -235,31 +235,9 @@ impl AmxLinear<'_> {
     /// `x` (`m` rows of `width`) as rounded activations for this layer.
     fn round(&self, x: &[f32], m: usize, width: usize) -> candle_core::Result<Vec<Line>> {
         let (k, kp) = (self.weight.k, self.weight.kp);
-        let expected = match self.input {
-            Prologue::SwiGlu => 2 * k,
-            Prologue::None | Prologue::RmsNorm(..) => k,
-        };
-        if width != expected || x.len() != m * width {
-            candle_core::bail!("amx linear: input rows of {width}, weight width {k}");
-        }
-        if let Prologue::RmsNorm(w, _) = self.input {
-            if w.len() != k {
-                candle_core::bail!("amx linear: norm weight of {} for rows of {k}", w.len());
-            }
-        }
-        // SAFETY: each row function writes its whole `dst` (values, then zero padding).
-        Ok(unsafe {
-            match self.input {
-                Prologue::None => round_rows(m, kp, |r, dst| round_row(dst, &x[r * k..][..k], 1.0)),
-                Prologue::RmsNorm(w, eps) => round_rows(m, kp, |r, dst| {
-                    round_norm_row(dst, &x[r * k..][..k], w, eps)
-                }),
-                Prologue::SwiGlu => round_rows(m, kp, |r, dst| {
-                    let (gate, up) = x[r * 2 * k..][..2 * k].split_at(k);
-                    round_swiglu_row(dst, gate, up)
-                }),
-            }
-        })
+        self.input.check(NAME, x, (m, width), k)?;
+        // SAFETY: round_input_row writes its whole `dst` (values, then zero padding).
+        Ok(unsafe { round_rows(m, kp, |r, dst| round_input_row(dst, x, r, k, self.input)) })
     }
 }
 
@@ -522,21 +500,6 @@ mod tests {
             input: Prologue::SwiGlu,
         };
         assert!(op.round(&x, m, k).is_err());
-    }
-
-    #[test]
-    fn rounding_matches_half() {
-        for v in values(10_000, 7).into_iter().chain([
-            0.0,
-            -0.0,
-            1e-40,
-            f32::MAX,
-            f32::INFINITY,
-            -f32::INFINITY,
-        ]) {
-            assert_eq!(bf16_bits(v), half::bf16::from_f32(v).to_bits(), "{v}");
-        }
-        assert!(half::bf16::from_bits(bf16_bits(f32::NAN)).is_nan());
     }
 
     #[test]

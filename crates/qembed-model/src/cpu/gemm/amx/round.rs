@@ -2,31 +2,6 @@
 
 use super::*;
 
-/// `f32` to bf16 bits, rounding to nearest even (as `half::bf16::from_f32` and
-/// PyTorch do); NaN stays NaN.
-#[inline(always)]
-pub(super) fn bf16_bits(v: f32) -> u16 {
-    let b = v.to_bits();
-    if v.is_nan() {
-        ((b >> 16) | 0x40) as u16
-    } else {
-        ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
-    }
-}
-
-/// `dst` = `src * scale` in bf16, then zeros to the end of `dst` (the K padding).
-#[inline(always)]
-fn round_row_impl(dst: &mut [MaybeUninit<u16>], src: &[f32], scale: f32) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        d.write(bf16_bits(s * scale));
-    }
-    for d in &mut dst[src.len()..] {
-        d.write(0);
-    }
-}
-
-multiversion!(pub(super) fn round_row(dst: &mut [MaybeUninit<u16>], src: &[f32], scale: f32) => round_row_impl);
-
 /// `m` rows of bf16 activations, `kp` values each (zero-padded from `k`), in whole
 /// 32-row strips (the rows past `m` are zero): `row(r, dst)` writes row `r < m`, all of
 /// `dst` (`kp` values). In parallel.
@@ -63,31 +38,3 @@ pub(super) unsafe fn round_rows(
     unsafe { a.set_len(rows * lines_per_row) };
     a
 }
-
-/// RMSNorm of `x` by `w` then bf16, zeros to the end of `dst`: the same values as the
-/// f32 RMSNorm rounded afterwards, in one pass.
-#[inline(always)]
-fn round_norm_row_impl(dst: &mut [MaybeUninit<u16>], x: &[f32], w: &[f32], eps: f32) {
-    let inv = inv_rms(x, eps);
-    for ((d, &v), &w) in dst.iter_mut().zip(x).zip(w) {
-        d.write(bf16_bits(v * inv * w));
-    }
-    for d in &mut dst[x.len()..] {
-        d.write(0);
-    }
-}
-
-multiversion!(pub(super) fn round_norm_row(dst: &mut [MaybeUninit<u16>], x: &[f32], w: &[f32], eps: f32) => round_norm_row_impl);
-
-/// `silu(gate) * up` then bf16, zeros to the end of `dst`.
-#[inline(always)]
-fn round_swiglu_row_impl(dst: &mut [MaybeUninit<u16>], gate: &[f32], up: &[f32]) {
-    for ((d, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
-        d.write(bf16_bits(silu_mul(g, u)));
-    }
-    for d in &mut dst[gate.len()..] {
-        d.write(0);
-    }
-}
-
-multiversion!(pub(super) fn round_swiglu_row(dst: &mut [MaybeUninit<u16>], gate: &[f32], up: &[f32]) => round_swiglu_row_impl);

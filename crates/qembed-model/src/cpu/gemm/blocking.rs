@@ -1,0 +1,90 @@
+//! How a register-tiled GEMM kernel (AVX2, AVX-512) splits `m x n x k` into rayon
+//! tasks and orders its tiles so that the weights stream from memory once and stay in
+//! L2 while the rows pass them.
+//!
+//! The kernels pack their weights in panels of `nr` output columns and their
+//! activations in panels of `mr` rows, both as runs of K "steps" (one value, or one
+//! pair of bf16 values). A tile is one (row panel, column panel) over `kc` steps. A task
+//! owns a block of column panels (its weights, per K pass, within
+//! [`TASK_WEIGHT_BYTES`]) and a block of row panels.
+
+use rayon::prelude::*;
+
+/// Weight bytes (per K pass) a task keeps in L2 while it walks down its rows.
+const TASK_WEIGHT_BYTES: usize = 256 << 10;
+/// Row panels per task, for large batches: enough work per task to amortise it.
+const TASK_ROW_PANELS: usize = 16;
+/// Packed input bytes (all of K) a task may keep in L2 and still walk each weight
+/// panel down its whole K in one go.
+const TASK_ROW_BYTES: usize = 256 << 10;
+
+/// A kernel's tile and panel sizes.
+pub(super) struct Blocking {
+    /// Rows of a tile (and of an activation panel).
+    pub(super) mr: usize,
+    /// Output columns of a tile (and of a weight panel).
+    pub(super) nr: usize,
+    /// K steps per pass over a tile: its slice of both panels stays in L1.
+    pub(super) kc: usize,
+    /// Bytes of one K step of one weight panel.
+    pub(super) weight_step_bytes: usize,
+    /// Bytes of one K step of one activation panel.
+    pub(super) row_step_bytes: usize,
+}
+
+impl Blocking {
+    /// Calls `tile(p, r, k0)` once for every column panel `p` of `n` columns, row panel
+    /// `r` of `m` rows and K pass `k0` (a multiple of `kc` below `k` steps), in
+    /// parallel; each (p, r) sees its passes in order (k0 = 0 first), on one task.
+    pub(super) fn for_each_tile(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        tile: impl Fn(usize, usize, usize) + Sync,
+    ) {
+        if m == 0 || n == 0 || k == 0 {
+            return;
+        }
+        let (row_panels, col_panels) = (m.div_ceil(self.mr), n.div_ceil(self.nr));
+        let threads = rayon::current_num_threads().max(1);
+        // Columns per task: weights within TASK_WEIGHT_BYTES per K pass, and at least
+        // ~4 tasks per thread where the rows alone do not make them.
+        let fit = (TASK_WEIGHT_BYTES / (self.kc * self.weight_step_bytes)).max(1);
+        let row_tasks = row_panels.div_ceil(TASK_ROW_PANELS);
+        let wanted = (threads * 4).div_ceil(row_tasks);
+        let cols_per_task = col_panels.div_ceil(wanted).clamp(1, fit);
+        let tasks: Vec<(usize, usize)> = (0..col_panels)
+            .step_by(cols_per_task)
+            .flat_map(|p0| {
+                (0..row_panels)
+                    .step_by(TASK_ROW_PANELS)
+                    .map(move |r0| (p0, r0))
+            })
+            .collect();
+        tasks.into_par_iter().for_each(|(p0, r0)| {
+            let panels = p0..(p0 + cols_per_task).min(col_panels);
+            let rows = r0..(r0 + TASK_ROW_PANELS).min(row_panels);
+            // A weight panel's K slice stays in L1 while the task's row panels stream
+            // past it. When all of the task's rows fit in L2, each weight panel is
+            // walked down its whole K before the next: the task's weights are then one
+            // sequential stream from memory, read once (small batches). Otherwise K is
+            // the outer loop, so that the rows' K slice stays in L2.
+            if rows.len() * k * self.row_step_bytes <= TASK_ROW_BYTES {
+                for p in panels {
+                    for k0 in (0..k).step_by(self.kc) {
+                        for r in rows.clone() {
+                            tile(p, r, k0);
+                        }
+                    }
+                }
+            } else {
+                for k0 in (0..k).step_by(self.kc) {
+                    for p in panels.clone() {
+                        for r in rows.clone() {
+                            tile(p, r, k0);
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
