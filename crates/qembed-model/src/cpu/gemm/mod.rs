@@ -19,6 +19,8 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+mod avx512bf16;
+#[cfg(target_arch = "x86_64")]
 mod bf16;
 #[cfg(target_arch = "x86_64")]
 mod blocking;
@@ -127,6 +129,8 @@ pub(crate) trait Gemm: Send + Sync {
 static BUILT: &[&dyn Gemm] = &[
     #[cfg(amx)]
     &amx::AMX,
+    #[cfg(target_arch = "x86_64")]
+    &avx512bf16::AVX512BF16,
     #[cfg(feature = "mkl")]
     &mkl::MKL,
     #[cfg(target_arch = "x86_64")]
@@ -223,10 +227,10 @@ pub(crate) fn kernel_or_skip(name: &str) -> bool {
 }
 
 /// Whether kernel `name`'s real instructions run here, for kernels whose tests also run
-/// through a software model of them (AMX): where they do not, says on stderr that the
+/// through a software model of them (AMX, AVX512_BF16): where they do not, says on stderr that the
 /// model alone was tested, or fails as [`kernel_or_skip`] does when the kernel is
 /// required.
-#[cfg(all(test, amx))]
+#[cfg(all(test, target_arch = "x86_64"))]
 pub(crate) fn kernel_or_model(name: &str) -> bool {
     kernel_or_say(name, |why| {
         format!(

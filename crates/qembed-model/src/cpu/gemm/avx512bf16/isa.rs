@@ -1,0 +1,124 @@
+//! The AVX-512 instructions the kernel uses, behind one trait: the real ones ([`Hw`])
+//! and, in tests, a scalar model of them (`super::model::Model`), so that the same
+//! tile loop, tails and packing run, and are tested, on CPUs without AVX512_BF16.
+//!
+//! The micro-kernel is generic over the trait and monomorphised: on [`Hw`] every method
+//! is one intrinsic, inlined into the one `#[target_feature]` function per tile height
+//! ([`Hw::tile`]), so the loop compiles to the instructions a hand-written kernel
+//! would have. The loads and stores take references, so neither needs a contract.
+
+use std::arch::x86_64::*;
+
+use super::{tile_body, Line, TileArgs};
+
+/// One vector of 16 f32 accumulators and one of 16 bf16 pairs, and the operations on
+/// them the micro-kernel needs.
+pub(super) trait DotIsa: Sized {
+    /// 16 f32 lanes.
+    type Acc: Copy;
+    /// 16 lanes of two bf16 values each (the low half the even K index).
+    type Pairs: Copy;
+
+    /// Why this implementation cannot run here; `None` when it can.
+    fn unavailable() -> Option<String>;
+
+    /// All lanes zero.
+    fn zero() -> Self::Acc;
+
+    /// The 16 pairs of one line of a weight panel.
+    fn load(line: &Line) -> Self::Pairs;
+
+    /// `pair` (even | odd << 16) in every lane: `vpbroadcastd`.
+    fn splat(pair: u32) -> Self::Pairs;
+
+    /// `VDPBF16PS acc, a, b`: `acc[j] += a[j].odd * b[j].odd + a[j].even * b[j].even`.
+    fn dot(acc: Self::Acc, a: Self::Pairs, b: Self::Pairs) -> Self::Acc;
+
+    /// `acc + src`, lane by lane.
+    fn add(acc: Self::Acc, src: &[f32; 16]) -> Self::Acc;
+
+    /// The 16 lanes into `dst`.
+    fn store(acc: Self::Acc, dst: &mut [f32; 16]);
+
+    /// One `R`-row tile ([`tile_body`]) on these instructions.
+    ///
+    /// # Safety
+    /// As [`tile_body`]; [`unavailable`](Self::unavailable) is `None`.
+    unsafe fn tile<const R: usize>(args: TileArgs<'_>);
+}
+
+/// The real instructions (AVX512F for the loads and stores, AVX512_BF16 for the dot).
+pub(super) struct Hw;
+
+impl DotIsa for Hw {
+    type Acc = __m512;
+    type Pairs = __m512bh;
+
+    fn unavailable() -> Option<String> {
+        let missing: Vec<&str> = [
+            (is_x86_feature_detected!("avx512f"), "AVX512F"),
+            (is_x86_feature_detected!("avx512bf16"), "AVX512_BF16"),
+        ]
+        .into_iter()
+        .filter(|&(has, _)| !has)
+        .map(|(_, name)| name)
+        .collect();
+        (!missing.is_empty()).then(|| format!("this CPU lacks {}", missing.join(", ")))
+    }
+
+    #[inline(always)]
+    fn zero() -> __m512 {
+        // SAFETY: only reached from `Hw::tile`, compiled for (and run on) AVX512F.
+        unsafe { _mm512_setzero_ps() }
+    }
+
+    #[inline(always)]
+    fn load(line: &Line) -> __m512bh {
+        // SAFETY: a Line is 64 readable bytes, 64-byte aligned; AVX512F is present
+        // (reached from `Hw::tile` only); any bits are valid bf16 pairs.
+        unsafe { std::mem::transmute(_mm512_load_si512((line as *const Line).cast())) }
+    }
+
+    #[inline(always)]
+    fn splat(pair: u32) -> __m512bh {
+        // SAFETY: AVX512F is present (reached from `Hw::tile` only); any 32 bits are a
+        // valid pair of bf16 bit patterns.
+        unsafe { std::mem::transmute(_mm512_set1_epi32(pair as i32)) }
+    }
+
+    #[inline(always)]
+    fn dot(acc: __m512, a: __m512bh, b: __m512bh) -> __m512 {
+        // SAFETY: AVX512_BF16 is present (reached from `Hw::tile` only).
+        unsafe { _mm512_dpbf16_ps(acc, a, b) }
+    }
+
+    #[inline(always)]
+    fn add(acc: __m512, src: &[f32; 16]) -> __m512 {
+        // SAFETY: `src` is 16 readable f32; AVX512F is present (reached from `Hw::tile`
+        // only).
+        unsafe { _mm512_add_ps(acc, _mm512_loadu_ps(src.as_ptr())) }
+    }
+
+    #[inline(always)]
+    fn store(acc: __m512, dst: &mut [f32; 16]) {
+        // SAFETY: `dst` is 16 writable f32; AVX512F is present (reached from `Hw::tile`
+        // only).
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), acc) }
+    }
+
+    unsafe fn tile<const R: usize>(args: TileArgs<'_>) {
+        // SAFETY: the caller's contract: the tile's memory is covered and the CPU has
+        // the instructions `hw_tile` is compiled for.
+        unsafe { hw_tile::<R>(args) }
+    }
+}
+
+/// [`tile_body`] compiled for AVX512F + AVX512_BF16.
+///
+/// # Safety
+/// As [`tile_body`]; the CPU must have those instructions.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn hw_tile<const R: usize>(args: TileArgs<'_>) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe { tile_body::<Hw, R>(args) }
+}
