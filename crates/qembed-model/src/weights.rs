@@ -66,7 +66,9 @@ impl Weights {
     /// As [`get`](Self::get), converted to `dtype` instead.
     pub fn get_as(&self, name: &str, shape: &[usize], to: DType) -> Result<Tensor> {
         let (view, _) = self.view(name, shape)?;
-        Ok(view.load(&self.device)?.to_dtype(to)?)
+        let tensor = view.load(&self.device)?.to_dtype(to)?;
+        release_mapped(view.data());
+        Ok(tensor)
     }
 
     /// Whether the checkpoint holds `name` (with or without the `model.` prefix).
@@ -163,6 +165,33 @@ impl Weights {
             .collect();
         names.join(", ")
     }
+}
+
+/// Drops this process's pages of a tensor's bytes in the mapped file once they have been
+/// copied out, so that the mapping does not keep a second copy of the checkpoint
+/// resident while the model loads (the kernel's page cache may still hold them; this
+/// process no longer counts them).
+fn release_mapped(bytes: &[u8]) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+        if page == 0 {
+            return;
+        }
+        let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+        let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+        if end > start {
+            // SAFETY: [start, end) is whole pages inside the read-only file mapping that
+            // `bytes` borrows. MADV_DONTNEED on file-backed pages only unmaps them from
+            // this process; the next read faults the same file bytes back in, so no
+            // reference into the mapping sees a change (the file not changing is what
+            // mapping it already assumes). A bad range is an error return, not UB.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = bytes;
 }
 
 /// The dtypes a checkpoint may store tensors in.
