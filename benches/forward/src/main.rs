@@ -83,7 +83,7 @@ fn main() -> Result<()> {
         let tokens = batch.num_tokens();
         println!(
             "{}",
-            serde_json::json!({"engine": "qembed", "dtype": args.dtype, "shape": shape,
+            serde_json::json!({"engine": "qembed", "kernel": model.cpu_kernel(), "dtype": args.dtype, "shape": shape,
                                "tokens": tokens, "seconds": secs, "tokens_per_s": tokens as f64 / secs,
                                "tokens_per_cpu_s": tokens as f64 / cpu_secs})
         );

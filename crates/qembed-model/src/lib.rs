@@ -17,11 +17,11 @@ mod packed;
 mod tp;
 mod weights;
 
-pub use candle_core::{DType, Device};
+pub use candle_core::{DType, Device, Tensor};
 pub use config::Qwen3Config;
 #[cfg(feature = "mkl")]
 pub use cpu::gemm::mkl;
-pub use cpu::gemm::{cpu_kernels, CpuKernelInfo};
+pub use cpu::gemm::{cpu_kernels, BenchLinear, CpuKernelInfo};
 pub use error::{ModelError, Result};
 pub use head::ScoreHead;
 pub use memory::{release_freed_memory, retain_freed_memory};

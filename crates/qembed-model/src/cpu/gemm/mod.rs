@@ -172,6 +172,32 @@ pub fn cpu_kernels() -> Vec<CpuKernelInfo> {
         .collect()
 }
 
+/// One linear layer on a named CPU kernel outside a model, for the GEMM
+/// micro-benchmark (`benches/forward`, `qembed-bench-peak`): the weight prepared as a
+/// model load would, `x @ W.T` as the model's layers run it. Not a serving API.
+#[doc(hidden)]
+pub struct BenchLinear {
+    kernel: &'static dyn Gemm,
+    weight: PreparedWeight,
+}
+
+impl BenchLinear {
+    /// `weight` (`[out, in]`, in the dtype to run) prepared for kernel `kernel`, which
+    /// must run here and support that dtype.
+    pub fn new(kernel: &str, weight: Tensor) -> Result<Self> {
+        let kernel = select(weight.dtype(), &Device::Cpu, Some(kernel))?;
+        Ok(Self {
+            kernel,
+            weight: kernel.prepare(weight)?,
+        })
+    }
+
+    /// `x @ W.T` for a 2-D f32 `x`, f32 out.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.kernel.linear(x, &self.weight, Prologue::None)
+    }
+}
+
 /// The kernel for a model whose linear layers are `dtype` on `device`: `forced` (or
 /// else `QEMBED_CPU_KERNEL`) when given, which must exist, run on this CPU and support
 /// `dtype`; otherwise the best built kernel that can. On other devices, candle's
