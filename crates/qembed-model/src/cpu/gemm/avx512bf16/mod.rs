@@ -24,7 +24,7 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::bf16::round_input_row;
@@ -76,8 +76,20 @@ impl Gemm for Avx512Bf16 {
 
     fn prepare(&self, weight: Tensor) -> crate::Result<PreparedWeight> {
         let (n, k) = weight.dims2()?;
+        // Packed straight from the tensor's storage where it is contiguous (a copy of a
+        // layer's weights fewer at the load's peak); a view (a tensor-parallel slice)
+        // is copied out first.
+        let (storage, layout) = weight.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::BF16(values)), Some((from, to))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(PreparedWeight::new(
+                NAME,
+                Packed::pack(&values[from..to], n, k)?,
+            ));
+        }
+        drop(storage);
         let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
-        drop(weight);
         Ok(PreparedWeight::new(NAME, Packed::pack(&values, n, k)?))
     }
 
