@@ -15,9 +15,6 @@
 //! call into panels of 12 rows, `[k/2][12]` pairs. The tasks and the order of tiles are
 //! the AVX2 kernel's ([`Blocking`]).
 //!
-//! Attention's two products run on the same tiles (`attention`), their operands rounded
-//! to bf16 per call, as the AMX kernel's do; softmax stays f32.
-//!
 //! The instructions sit behind a trait (`isa`) with a software model in tests
 //! (`model`), so the packing, tile loop and tails are tested on CPUs without them;
 //! where the CPU has them the tests run both and compare.
@@ -30,11 +27,9 @@ use rayon::prelude::*;
 use super::bf16::round_input_row;
 use super::blocking::Blocking;
 use super::{Gemm, PreparedWeight, Prologue};
-use crate::cpu::attention::AttentionProducts;
 use crate::cpu::f32_slice;
 use crate::cpu::par::SyncPtr;
 
-mod attention;
 mod isa;
 #[cfg(test)]
 mod model;
@@ -103,10 +98,6 @@ impl Gemm for Avx512Bf16 {
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         Ok(x.apply_op1_no_bwd(&Avx512Linear { weight, prologue })?)
     }
-
-    fn attention(&self) -> AttentionProducts {
-        AttentionProducts::PerHead(attention::strided_gemm)
-    }
 }
 
 /// A `[n, k]` bf16 weight in panels of 32 output columns: panel `p`'s pair `t` is lines
@@ -126,58 +117,27 @@ impl Packed {
         if w.len() != n * k {
             candle_core::bail!("avx512bf16: {} weights for a {n}x{k} layer", w.len());
         }
-        let mut packed = Self::zeroed(n, k);
-        if packed.kp > 0 {
-            let get = |j: usize, kk: usize| w[j * k + kk].to_bits();
-            packed
-                .data
-                .par_chunks_mut(packed.kp * 2)
-                .enumerate()
-                .for_each(|(p, panel)| fill_panel(panel, p, (n, k), &get));
-        }
-        Ok(packed)
-    }
-
-    /// Packs the `[n, k]` operand whose element `(j, kk)` is `get(j, kk)` (bf16 bits),
-    /// on this thread: attention's per-call operands.
-    fn gather(n: usize, k: usize, get: impl Fn(usize, usize) -> u16) -> Self {
-        let mut packed = Self::zeroed(n, k);
-        if packed.kp > 0 {
-            for (p, panel) in packed.data.chunks_mut(packed.kp * 2).enumerate() {
-                fill_panel(panel, p, (n, k), &get);
-            }
-        }
-        packed
-    }
-
-    fn zeroed(n: usize, k: usize) -> Self {
         let kp = k.div_ceil(2);
-        Self {
-            n,
-            k,
-            kp,
-            data: vec![Line([0; 32]); n.div_ceil(NR) * kp * 2],
+        let mut data = vec![Line([0; 32]); n.div_ceil(NR) * kp * 2];
+        if kp > 0 {
+            data.par_chunks_mut(kp * 2)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    for j in 0..NR.min(n - p * NR) {
+                        let row = &w[(p * NR + j) * k..][..k];
+                        let (half, slot) = (j / 16, 2 * (j % 16));
+                        for (kk, v) in row.iter().enumerate() {
+                            panel[2 * (kk / 2) + half].0[slot + kk % 2] = v.to_bits();
+                        }
+                    }
+                });
         }
+        Ok(Self { n, k, kp, data })
     }
 
     /// Panel `p`'s lines from pair `t0` on, `kc` pairs of them.
     fn lines(&self, p: usize, t0: usize, kc: usize) -> &[Line] {
         &self.data[2 * (p * self.kp + t0)..][..2 * kc]
-    }
-}
-
-/// Panel `p` (zeroed, `2 kp` lines) of an `[n, k]` operand from `get(j, kk)`.
-fn fill_panel(
-    panel: &mut [Line],
-    p: usize,
-    (n, k): (usize, usize),
-    get: &impl Fn(usize, usize) -> u16,
-) {
-    for j in 0..NR.min(n - p * NR) {
-        let (half, slot) = (j / 16, 2 * (j % 16));
-        for kk in 0..k {
-            panel[2 * (kk / 2) + half].0[slot + kk % 2] = get(p * NR + j, kk);
-        }
     }
 }
 
@@ -227,9 +187,18 @@ fn linear<I: DotIsa>(
         row_step_bytes: MR * size_of::<u32>(),
     };
     blocking.for_each_tile((m, n, w.kp), |p, r, t0| {
-        // SAFETY: the output is m x n at row stride n; for_each_tile gives each (p, r)
-        // to one task, its passes in order; `I` is available (checked above).
-        unsafe { run_tile::<I>(&a, m, w, (p, r, t0), (dst.at(0), n)) };
+        let kc = KC.min(w.kp - t0);
+        let args = TileArgs {
+            a: &a[(r * w.kp + t0) * MR..][..kc * MR],
+            b: w.lines(p, t0, kc),
+            out: (dst.at(r * MR * n + p * NR), n),
+            cols: NR.min(n - p * NR),
+            accumulate: t0 > 0,
+        };
+        // SAFETY: the tile (rows r*12.., columns p*32.., row stride n) lies inside the
+        // m x n output, and only this call writes it (for_each_tile gives each (p, r)
+        // to one task, its passes in order); `I` is available (checked above).
+        unsafe { tile::<I>(args, MR.min(m - r * MR)) };
     });
     // SAFETY: the tiles cover every (row panel, column panel), each written by its
     // first pass (kp > 0, m and n as given).
@@ -237,68 +206,30 @@ fn linear<I: DotIsa>(
     Ok(out)
 }
 
-/// Tile `(p, r)` of `a @ w.T` (`a` from [`pack_rows`] or [`fill_row_panel`], `m` rows),
-/// K pass `t0`: written to the output at `out` (row stride `ldc`) on the first pass,
-/// added to it on later ones.
-///
-/// # Safety
-/// `out` must be valid for the `m x w.n` output at row stride `ldc`; nobody else may
-/// access this tile meanwhile, and its earlier passes are done; `I` is available.
-unsafe fn run_tile<I: DotIsa>(
-    a: &[u32],
-    m: usize,
-    w: &Packed,
-    (p, r, t0): (usize, usize, usize),
-    (out, ldc): (*mut f32, usize),
-) {
-    let kc = KC.min(w.kp - t0);
-    let args = TileArgs {
-        a: &a[(r * w.kp + t0) * MR..][..kc * MR],
-        b: w.lines(p, t0, kc),
-        out: (out.wrapping_add(r * MR * ldc + p * NR), ldc),
-        cols: NR.min(w.n - p * NR),
-        accumulate: t0 > 0,
-    };
-    // SAFETY: the tile (rows r*12.., columns p*32..) lies inside the output, which the
-    // caller's contract makes ours.
-    unsafe { tile::<I>(args, MR.min(m - r * MR)) }
-}
-
 /// The `m` input rows with the prologue applied, in bf16 pairs, in panels of 12 rows,
 /// `[kp][12]` each, the rows past `m` zero. In parallel, one panel a task.
 fn pack_rows(x: &[f32], m: usize, w: &Packed, prologue: Prologue) -> Vec<u32> {
     let (k, kp) = (w.k, w.kp);
     let mut a = vec![0u32; m.div_ceil(MR) * kp * MR];
-    if kp > 0 {
-        a.par_chunks_mut(kp * MR)
-            .enumerate()
-            .for_each(|(panel, dst)| {
-                fill_row_panel(dst, panel, (m, kp), |r, row| {
-                    round_input_row(row, x, r, k, prologue)
-                })
-            });
+    if kp == 0 {
+        return a;
     }
+    a.par_chunks_mut(kp * MR)
+        .enumerate()
+        .for_each(|(panel, dst)| {
+            let mut row = vec![MaybeUninit::<u16>::uninit(); 2 * kp];
+            for i in 0..MR.min(m - panel * MR) {
+                round_input_row(&mut row, x, panel * MR + i, k, prologue);
+                // SAFETY: round_input_row wrote all of `row` (values, then zeros), and
+                // MaybeUninit<u16> has u16's layout.
+                let row: &[u16] =
+                    unsafe { std::slice::from_raw_parts(row.as_ptr().cast(), 2 * kp) };
+                for (t, pair) in row.chunks_exact(2).enumerate() {
+                    dst[t * MR + i] = u32::from(pair[0]) | u32::from(pair[1]) << 16;
+                }
+            }
+        });
     a
-}
-
-/// Row panel `panel` (`[kp][12]` pairs) of `m` rows, row `r` rounded by `round(r, dst)`,
-/// which must write all of its `2 kp` bf16 slots.
-fn fill_row_panel(
-    dst: &mut [u32],
-    panel: usize,
-    (m, kp): (usize, usize),
-    round: impl Fn(usize, &mut [MaybeUninit<u16>]),
-) {
-    let mut row = vec![MaybeUninit::<u16>::uninit(); 2 * kp];
-    for i in 0..MR.min(m - panel * MR) {
-        round(panel * MR + i, &mut row);
-        // SAFETY: `round` wrote all of `row` (its contract), and MaybeUninit<u16> has
-        // u16's layout.
-        let row: &[u16] = unsafe { std::slice::from_raw_parts(row.as_ptr().cast(), 2 * kp) };
-        for (t, pair) in row.chunks_exact(2).enumerate() {
-            dst[t * MR + i] = u32::from(pair[0]) | u32::from(pair[1]) << 16;
-        }
-    }
 }
 
 /// One tile's operands: `kc` pairs of its row panel and of its weight panel, and where
