@@ -454,18 +454,7 @@ unsafe fn tile_of<E: Elem, const R: usize>(
 mod tests {
     use super::*;
     use crate::cpu::gemm::kernel_or_skip;
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
+    use crate::cpu::gemm::test_values as values;
 
     /// The prologue's rows in f64 (what the kernel should multiply).
     fn reference_rows(x: &[f32], m: usize, k: usize, prologue: Prologue) -> Vec<f64> {

@@ -286,6 +286,21 @@ fn kernel_or_say(name: &str, say: impl FnOnce(&str) -> String) -> bool {
     false
 }
 
+/// `len` pseudo-random values in [-0.5, 0.5) from `seed` (a 64-bit LCG): the kernels'
+/// test inputs, the same on every run.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -263,18 +263,7 @@ impl CustomOp1 for AmxLinear<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
+    use crate::cpu::gemm::test_values as values;
 
     /// `x @ w.T` through the op's plain input path, on the instructions `U`.
     fn plain<U: TileIsa>(x: &[f32], m: usize, w: &PackedWeight) -> candle_core::Result<Vec<f32>> {

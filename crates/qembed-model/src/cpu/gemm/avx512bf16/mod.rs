@@ -324,19 +324,8 @@ mod tests {
     use super::model::Model;
     use super::*;
     use crate::cpu::gemm::kernel_or_model;
+    use crate::cpu::gemm::test_values as values;
     use crate::cpu::ops;
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
 
     fn bf16(v: &[f32]) -> Vec<half::bf16> {
         v.iter().map(|&v| half::bf16::from_f32(v)).collect()
