@@ -2,6 +2,9 @@
 # Forward-pass throughput, qembed and PyTorch side by side in one run, same threads.
 #   benches/forward/run.sh [DIR] [f32|bf16 ...]
 # Needs a Python with models/requirements.txt installed (PY, default python3).
+# KERNELS: qembed's CPU kernels to run in turn for every dtype (default: the one chosen at
+# load; a kernel without one of the dtypes stops the run);
+# REPS: repetitions of the whole set, in turn, each headed by the load average (default 1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-python3}
@@ -14,7 +17,14 @@ SHAPES=${SHAPES:-1x16,32x128,8x512,mixed}
 cargo build --release -q -p qembed-bench ${FEATURES:+--features "$FEATURES"}
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | tr -d ' ') model $(grep -m1 '^model[[:space:]]' /proc/cpuinfo | cut -d: -f2 | tr -d ' '); flags:" \
   $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|fma|avx512f|avx512_bf16|avx512_vnni|amx_bf16' | tr '\n' ' ')
-for dt in $DTYPES; do
-  RAYON_NUM_THREADS=2 MKL_NUM_THREADS=2 ./target/release/qembed-bench-forward --model "$DIR" --dtype "$dt" --shapes "$SHAPES"
-  "$PY" benches/forward/torch_forward.py --model "$DIR" --dtype "$dt" --shapes "$SHAPES" --threads 2
+for rep in $(seq 1 "${REPS:-1}"); do
+  echo "# repetition $rep, load average $(cut -d' ' -f1-3 /proc/loadavg), HEAD $(git rev-parse --short HEAD)"
+  for dt in $DTYPES; do
+    for k in ${KERNELS:-default}; do
+      [ "$k" = default ] && k=
+      QEMBED_CPU_KERNEL=$k RAYON_NUM_THREADS=2 MKL_NUM_THREADS=2 ./target/release/qembed-bench-forward \
+        --model "$DIR" --dtype "$dt" --shapes "$SHAPES"
+    done
+    "$PY" benches/forward/torch_forward.py --model "$DIR" --dtype "$dt" --shapes "$SHAPES" --threads 2
+  done
 done
