@@ -25,7 +25,6 @@ use super::blocking::Blocking;
 use super::{Gemm, PreparedWeight, Prologue};
 use crate::cpu::f32_slice;
 use crate::cpu::par::SyncPtr;
-use crate::cpu::simd::{inv_rms, multiversion, silu_mul};
 
 /// Rows of the output tile (activations broadcast per k).
 const MR: usize = 6;
@@ -286,15 +285,7 @@ fn pack_rows(x: &[f32], m: usize, k: usize, prologue: Prologue) -> Vec<f32> {
         .for_each(|(panel, dst)| {
             let mut row = vec![0f32; k];
             for i in 0..MR.min(m - panel * MR) {
-                let r = panel * MR + i;
-                match prologue {
-                    Prologue::None => row.copy_from_slice(&x[r * k..][..k]),
-                    Prologue::RmsNorm(w, eps) => norm_row(&mut row, &x[r * k..][..k], w, eps),
-                    Prologue::SwiGlu => {
-                        let (gate, up) = x[r * 2 * k..][..2 * k].split_at(k);
-                        swiglu_row(&mut row, gate, up)
-                    }
-                }
+                prologue.row_f32(&mut row, x, panel * MR + i, k);
                 for (kk, &v) in row.iter().enumerate() {
                     dst[kk * MR + i] = v;
                 }
@@ -302,26 +293,6 @@ fn pack_rows(x: &[f32], m: usize, k: usize, prologue: Prologue) -> Vec<f32> {
         });
     a
 }
-
-/// `x * w / rms(x)`, as `cpu::ops` computes it.
-#[inline(always)]
-fn norm_row_impl(dst: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
-    let inv = inv_rms(x, eps);
-    for ((d, &v), &w) in dst.iter_mut().zip(x).zip(w) {
-        *d = v * inv * w;
-    }
-}
-
-multiversion!(fn norm_row(dst: &mut [f32], x: &[f32], w: &[f32], eps: f32) => norm_row_impl);
-
-#[inline(always)]
-fn swiglu_row_impl(dst: &mut [f32], gate: &[f32], up: &[f32]) {
-    for ((d, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
-        *d = silu_mul(g, u);
-    }
-}
-
-multiversion!(fn swiglu_row(dst: &mut [f32], gate: &[f32], up: &[f32]) => swiglu_row_impl);
 
 /// `a @ w.T` for the packed rows `a` (`m` of them): f32 `m x n`, every element written.
 fn product<E: Elem>(a: &[f32], m: usize, w: &Panels<E>) -> Vec<f32> {

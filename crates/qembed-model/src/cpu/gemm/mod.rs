@@ -27,52 +27,9 @@ mod blocking;
 #[cfg(feature = "mkl")]
 pub mod mkl;
 mod portable;
+mod prologue;
 
-/// What a linear layer applies to its input rows before the product. Kernels that
-/// read their input into a buffer of their own apply it on the way in (saving the
-/// write and re-read of an f32 activation); the others run the fused op first.
-#[derive(Clone, Copy)]
-pub(crate) enum Prologue<'a> {
-    /// The rows as they are.
-    None,
-    /// RMSNorm by this weight (`eps`) first: the pre-attention and pre-MLP norms.
-    RmsNorm(&'a [f32], f32),
-    /// `silu(gate) * up` of rows `[gate | up]` twice the layer's width: the MLP.
-    SwiGlu,
-}
-
-impl Prologue<'_> {
-    /// The width of the input rows to a layer `k` wide: twice `k` for SwiGLU.
-    pub(crate) fn input_width(&self, k: usize) -> usize {
-        match self {
-            Prologue::SwiGlu => 2 * k,
-            Prologue::None | Prologue::RmsNorm(..) => k,
-        }
-    }
-
-    /// An error (naming `kernel`) unless `x` is `m` rows of `width` values that this
-    /// prologue turns into rows of `k`, the norm weight (if any) `k` long.
-    pub(crate) fn check(
-        &self,
-        kernel: &str,
-        x: &[f32],
-        (m, width): (usize, usize),
-        k: usize,
-    ) -> candle_core::Result<()> {
-        if width != self.input_width(k) || x.len() != m * width {
-            candle_core::bail!("{kernel} linear: input rows of {width}, weight width {k}");
-        }
-        if let Prologue::RmsNorm(w, _) = self {
-            if w.len() != k {
-                candle_core::bail!(
-                    "{kernel} linear: norm weight of {} for rows of {k}",
-                    w.len()
-                );
-            }
-        }
-        Ok(())
-    }
-}
+pub(crate) use prologue::Prologue;
 
 /// A linear layer's `[out, in]` weight in the form its kernel reads (a tensor, packed
 /// tiles, ...): opaque to the model, taken apart only by the kernel that made it.
