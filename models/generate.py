@@ -214,6 +214,23 @@ FIXTURES = [
         "causal_lm": False,
         "max_shard_size": None,
     },
+    {
+        # Activation outliers as real checkpoints have them, for `--quantize int8`: a few
+        # hidden channels 30x the rest in the embeddings and in every layer's two norm
+        # weights, so that the inputs of qkv and gate_up carry them (see add_outliers).
+        "name": "qwen3-tiny-outliers",
+        "seed": 55,
+        "tokenizer_vocab": 900,
+        "eos_post_processor": True,
+        "vocab_pad": 0,
+        "config": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
+                       max_position_embeddings=2048, tie_word_embeddings=True),
+        "dtype": torch.bfloat16,
+        "causal_lm": False,
+        "max_shard_size": None,
+        "outliers": {"channels": [5, 23, 50], "scale": 30.0},
+    },
 ]
 
 
@@ -234,6 +251,26 @@ def randomise(model: torch.nn.Module, seed: int):
             else:
                 fan_in = p.shape[-1]
                 p.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)
+
+
+def add_outliers(model: torch.nn.Module, channels: list, scale: float):
+    """Hidden channels `scale` times the rest in the embedding table and in every decoder
+    layer's input and post-attention norm weights (not the final norm), as the massive
+    activations of real LLM checkpoints; and, as in those checkpoints, the weights that
+    read those channels (the input columns of q/k/v and gate/up) small in proportion
+    (divided by `scale`^2, the two factors the channel's activations carry), so that an
+    outlier channel contributes to the products like any other and the other channels
+    still carry the text. Without that compensation the outliers would drown the other
+    channels in the reference too, and int8 rounding them away would cost nothing."""
+    consumers = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embed_tokens" in name:
+                p[:, channels] *= scale
+            elif name.endswith("input_layernorm.weight") or name.endswith("post_attention_layernorm.weight"):
+                p[channels] *= scale
+            elif any(c in name for c in consumers):
+                p[:, channels] /= scale * scale
 
 
 def encode(tok: Tokenizer, text: str, eos_post_processor: bool, eos_id: int, max_length=None):
@@ -277,6 +314,8 @@ def build_fixture(spec: dict):
     cls = Qwen3ForCausalLM if spec["causal_lm"] else Qwen3Model
     model = cls(config).to(torch.float32)
     randomise(model, spec["seed"])
+    if "outliers" in spec:
+        add_outliers(model, **spec["outliers"])
     model = model.to(spec["dtype"])
     model.config.dtype = spec["dtype"]
     save_kwargs = {"safe_serialization": True}

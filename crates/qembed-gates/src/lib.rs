@@ -205,6 +205,140 @@ pub fn compare<G: AsRef<[f32]>, W: AsRef<[f32]>>(
     (worst, miss)
 }
 
+/// What quantized weights must keep against transformers' f32 vectors over all cases of
+/// a fixture: the worst and the mean cosine of each vector to its reference, and the
+/// ranking retrieval sees (Spearman's correlation between the pairwise cosine
+/// similarities of the quantized vectors and of the references).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantGate {
+    pub worst_cosine: f64,
+    pub mean_cosine: f64,
+    pub spearman: f64,
+}
+
+/// The gate for `--quantize int8` on every fixture, the outlier fixture included: the
+/// bounds the issue that introduced int8 set (worst 0.995, mean 0.999, Spearman 0.99),
+/// not tightened from measurements: an int8 model that meets them is usable, and what
+/// the kernels measure is printed beside them (see docs/quantization.md).
+pub fn int8_gate() -> QuantGate {
+    QuantGate {
+        worst_cosine: 0.995,
+        mean_cosine: 0.999,
+        spearman: 0.99,
+    }
+}
+
+/// Largest |score - reference| of a reranker score served with `--quantize int8`
+/// (smoothed, from bf16), against transformers' f32 scores. Measured on the AMD EPYC
+/// Zen 4 machine over every group of the two reranker fixtures (`crates/qembed-server/
+/// tests/quantize.rs` prints it): 2.99e-2 (tied) and 1.72e-2 (head); the bound leaves
+/// about 65 % above the worst. The scores' ranking is held to [`int8_gate`]'s Spearman
+/// bound as well: adjacent documents whose scores differ by less than this may swap.
+pub fn int8_rerank_gate() -> f64 {
+    5e-2
+}
+
+/// How quantized vectors compare with their references (see [`QuantGate`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quality {
+    pub worst_cosine: f64,
+    /// The case of the worst cosine.
+    pub worst_case: usize,
+    pub mean_cosine: f64,
+    pub spearman: f64,
+}
+
+impl Quality {
+    /// `got[i]` against `want[i]` (as many of each, each pair one length; otherwise
+    /// cosines are NaN and fail every gate).
+    pub fn of<G: AsRef<[f32]>, W: AsRef<[f32]>>(got: &[G], want: &[W]) -> Self {
+        let cosines: Vec<f64> = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| cosine(g.as_ref(), w.as_ref()))
+            .collect();
+        let (worst_case, worst_cosine) =
+            cosines
+                .iter()
+                .copied()
+                .enumerate()
+                .fold((0, f64::INFINITY), |(i, m), (j, c)| {
+                    if c < m || c.is_nan() {
+                        (j, c)
+                    } else {
+                        (i, m)
+                    }
+                });
+        let mean_cosine = if got.len() == want.len() && !cosines.is_empty() {
+            cosines.iter().sum::<f64>() / cosines.len() as f64
+        } else {
+            f64::NAN
+        };
+        let pairs = |v: &[&[f32]]| -> Vec<f64> {
+            let mut out = Vec::new();
+            for i in 0..v.len() {
+                for j in i + 1..v.len() {
+                    out.push(cosine(v[i], v[j]));
+                }
+            }
+            out
+        };
+        let g: Vec<&[f32]> = got.iter().map(AsRef::as_ref).collect();
+        let w: Vec<&[f32]> = want.iter().map(AsRef::as_ref).collect();
+        Self {
+            worst_cosine,
+            worst_case,
+            mean_cosine,
+            spearman: spearman(&pairs(&g), &pairs(&w)),
+        }
+    }
+
+    /// Whether every figure meets `gate` (NaN meets none).
+    pub fn meets(&self, gate: QuantGate) -> bool {
+        self.worst_cosine >= gate.worst_cosine
+            && self.mean_cosine >= gate.mean_cosine
+            && self.spearman >= gate.spearman
+    }
+}
+
+/// Spearman's rank correlation of two samples of one length (ties get their average
+/// rank); NaN when the lengths differ, there are fewer than two values, or a sample is
+/// constant.
+pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    if a.len() != b.len() || a.len() < 2 {
+        return f64::NAN;
+    }
+    let (ra, rb) = (ranks(a), ranks(b));
+    let mean = (a.len() as f64 + 1.0) / 2.0;
+    let (mut num, mut da, mut db) = (0.0, 0.0, 0.0);
+    for (x, y) in ra.iter().zip(&rb) {
+        num += (x - mean) * (y - mean);
+        da += (x - mean).powi(2);
+        db += (y - mean).powi(2);
+    }
+    num / (da * db).sqrt()
+}
+
+/// 1-based ranks, ties averaged; NaN values rank as the largest.
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+    let mut out = vec![0.0; v.len()];
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && v[order[end]] == v[order[start]] {
+            end += 1;
+        }
+        let rank = (start + end + 1) as f64 / 2.0;
+        for &i in &order[start..end] {
+            out[i] = rank;
+        }
+        start = end;
+    }
+    out
+}
+
 /// Cosine similarity of two vectors of one length, accumulated in f64 (`NaN` when
 /// the lengths differ or a vector is zero, so that it fails every gate).
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -236,6 +370,38 @@ mod tests {
         assert_eq!(Precision::of("BF16"), Some(Precision::Bf16));
         assert_eq!(Precision::of("Bf16"), Some(Precision::Bf16));
         assert_eq!(Precision::of("U8"), None);
+    }
+
+    #[test]
+    fn spearman_ranks_with_ties_and_fails_on_nonsense() {
+        assert!((spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]) - 1.0).abs() < 1e-12);
+        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        // Monotone but not linear: still 1.
+        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 8.0, 27.0, 1000.0]) - 1.0).abs() < 1e-12);
+        // Ties averaged: ranks [1.5, 1.5, 3] vs [1, 2, 3] -> 0.866.
+        let r = spearman(&[5.0, 5.0, 7.0], &[1.0, 2.0, 3.0]);
+        assert!((r - 0.75f64.sqrt()).abs() < 1e-12, "{r}");
+        assert!(spearman(&[1.0], &[1.0]).is_nan());
+        assert!(spearman(&[1.0, 2.0], &[1.0]).is_nan());
+        assert!(spearman(&[1.0, 1.0], &[1.0, 2.0]).is_nan());
+    }
+
+    #[test]
+    fn quality_sees_a_swapped_vector_and_a_reordering() {
+        let want = [
+            vec![1.0, 0.0, 0.0],
+            vec![0.9, 0.1, 0.0],
+            vec![0.0, 1.0, 0.2],
+            vec![0.1, 0.3, 1.0],
+        ];
+        let same = Quality::of(&want, &want);
+        assert!((same.worst_cosine - 1.0).abs() < 1e-12 && (same.spearman - 1.0).abs() < 1e-12);
+        assert!(same.meets(int8_gate()));
+        let mut swapped = want.clone();
+        swapped.swap(1, 2);
+        let q = Quality::of(&swapped, &want);
+        assert!(!q.meets(int8_gate()) && q.worst_case == 1, "{q:?}");
+        assert!(Quality::of(&want[..2], &want).mean_cosine.is_nan());
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod head;
 mod memory;
 mod model;
 mod packed;
+mod quantize;
 mod tp;
 mod weights;
 
@@ -27,5 +28,6 @@ pub use head::ScoreHead;
 pub use memory::{release_freed_memory, retain_freed_memory};
 pub use model::Qwen3Embedding;
 pub use packed::PackedBatch;
+pub use quantize::Quantize;
 pub use tp::{AllReduce, LocalGroup};
 pub use weights::{weight_files, Weights};

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use qembed_model::{cpu_kernels, DType, Device, ModelError, PackedBatch, Qwen3Embedding};
+use qembed_model::{cpu_kernels, DType, Device, ModelError, PackedBatch, Quantize, Qwen3Embedding};
 use qembed_testkit::{assert_close, fixture, gate, kernel_required, same_gate, FIXTURES};
 use serde::Deserialize;
 
@@ -60,11 +60,15 @@ fn raw_and_names(r: &Reference) -> (Vec<&[f32]>, Vec<&str>) {
 /// Every CPU GEMM kernel built in, in every dtype it runs, against transformers on
 /// every fixture, within the test kit's gate for each dtype. A kernel this
 /// CPU cannot run is reported on stderr (past the harness's capture) as SKIPPED, or
-/// fails the test where it is required.
+/// fails the test where it is required. The int8 kernels have their own suite
+/// (`tests/int8.rs`) and gate.
 #[test]
 fn every_cpu_kernel_matches_transformers() {
     let mut ran = 0;
     for kernel in cpu_kernels() {
+        if kernel.quantize != Quantize::None {
+            continue;
+        }
         if let Some(why) = &kernel.unavailable {
             assert!(
                 !kernel_required(kernel.name),

@@ -11,16 +11,24 @@ pub mod parity;
 mod server;
 
 pub use parity::{assert_close, cuda_gate, gate, rerank_gate, same_gate, Gate};
+pub use qembed_gates::{int8_gate, int8_rerank_gate, spearman, Quality, QuantGate};
 pub use server::Server;
 
 /// The fixture checkpoints `models/generate.py` makes, each with the vectors Hugging
-/// Face transformers produced for it (`reference.json`).
-pub const FIXTURES: [&str; 4] = [
+/// Face transformers produced for it (`reference.json`). The last has activation
+/// outliers as real checkpoints do ([`OUTLIER_FIXTURE`]).
+pub const FIXTURES: [&str; 5] = [
     "qwen3-tiny-gqa",
     "qwen3-tiny-mqa",
     "qwen3-tiny-f16",
     "qwen3-tiny-tp4",
+    OUTLIER_FIXTURE,
 ];
+
+/// The fixture whose activations have a few channels far above the rest (in the
+/// embeddings and norm weights, with the weights reading them small in proportion):
+/// hard for int8 without smoothing.
+pub const OUTLIER_FIXTURE: &str = "qwen3-tiny-outliers";
 
 /// The workspace root (where `models/` and `Cargo.toml` are).
 pub fn root() -> PathBuf {

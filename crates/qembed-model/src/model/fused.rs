@@ -4,7 +4,8 @@
 
 use candle_core::{DType, Tensor};
 
-use super::layers::DecoderLayer;
+use super::layers::{DecoderLayer, InputMaxima};
+use super::linear::Linear;
 use super::Qwen3Embedding;
 use crate::cpu::attention::QkvAttention;
 use crate::cpu::gemm::Prologue;
@@ -16,21 +17,33 @@ impl Qwen3Embedding {
     pub(super) fn forward_fused_cpu(&self, mut x: Tensor, batch: &PackedBatch) -> Result<Tensor> {
         let (cos, sin) = self.rotary_tables(&batch.positions());
         for layer in &self.layers {
-            x = self.fused_layer(layer, &x, (&cos, &sin), batch.cu_seqlens())?;
+            x = self.fused_layer(layer, &x, (&cos, &sin), batch.cu_seqlens(), None)?;
         }
         Ok(x)
     }
 
-    fn fused_layer(
+    /// One decoder layer; with `measure`, each linear layer's input maxima recorded
+    /// into it as well (for smoothing int8 weights at load).
+    pub(super) fn fused_layer(
         &self,
         l: &DecoderLayer,
         x: &Tensor,
         (cos, sin): (&[f32], &[f32]),
         cu_seqlens: &[usize],
+        mut measure: Option<&mut InputMaxima>,
     ) -> Result<Tensor> {
+        let run = |lin: &Linear, x: &Tensor, p: Prologue, max: Option<&mut Vec<f32>>| match max {
+            Some(max) => lin.forward_measured(x, p, max),
+            None => lin.forward_with(x, p),
+        };
         let eps = self.cfg.rms_norm_eps as f32;
         let input_norm = host(&l.input_norm)?;
-        let qkv = l.qkv.forward_with(x, Prologue::RmsNorm(&input_norm, eps))?;
+        let qkv = run(
+            &l.qkv,
+            x,
+            Prologue::RmsNorm(&input_norm, eps),
+            measure.as_mut().map(|m| &mut m.qkv),
+        )?;
         let attn = qkv.apply_op1_no_bwd(&QkvAttention {
             heads: self.local.heads,
             kv_heads: self.local.kv_heads,
@@ -44,13 +57,27 @@ impl Qwen3Embedding {
             block: self.attention_block,
             products: self.gemm.attention(),
         })?;
-        let x = ops::add(x, &self.reduce(l.o_proj.forward(&attn)?)?)?;
+        let o = run(
+            &l.o_proj,
+            &attn,
+            Prologue::None,
+            measure.as_mut().map(|m| &mut m.o_proj),
+        )?;
+        let x = ops::add(x, &self.reduce(o)?)?;
 
         let post_norm = host(&l.post_attention_norm)?;
-        let gate_up = l
-            .gate_up
-            .forward_with(&x, Prologue::RmsNorm(&post_norm, eps))?;
-        let down = l.down.forward_with(&gate_up, Prologue::SwiGlu)?;
+        let gate_up = run(
+            &l.gate_up,
+            &x,
+            Prologue::RmsNorm(&post_norm, eps),
+            measure.as_mut().map(|m| &mut m.gate_up),
+        )?;
+        let down = run(
+            &l.down,
+            &gate_up,
+            Prologue::SwiGlu,
+            measure.as_mut().map(|m| &mut m.down),
+        )?;
         Ok(ops::add(&x, &self.reduce(down)?)?)
     }
 }

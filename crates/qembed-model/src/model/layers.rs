@@ -29,33 +29,82 @@ pub(super) struct DecoderLayer {
     pub(super) down: Linear,
 }
 
-/// The layers of rank `rank` of `size`: whole heads and whole kv heads, a slice of the
-/// MLP columns; o_proj and down_proj split by row (their partial sums are completed by
-/// an all-reduce). Norms and biases are in `act`, the linear weights prepared for `gemm`.
-/// A group size that does not divide the heads, kv heads and intermediate size is an
+/// Loads decoder layers one at a time for rank `rank` of `size`: whole heads and whole
+/// kv heads, a slice of the MLP columns; o_proj and down_proj split by row (their
+/// partial sums are completed by an all-reduce). Norms and biases are in `act`. A
+/// group size that does not divide the heads, kv heads and intermediate size is an
 /// error.
-pub(super) fn load_layers(
-    cfg: &Qwen3Config,
-    w: &Weights,
-    (rank, size): (usize, usize),
+pub(super) struct LayerLoader<'a> {
+    cfg: &'a Qwen3Config,
+    w: &'a Weights,
+    rank: usize,
     act: DType,
-    gemm: &'static dyn Gemm,
-) -> Result<(Vec<DecoderLayer>, Local)> {
-    let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-    let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-    let inter = cfg.intermediate_size;
-    let (q0, qn) = shard_range("num_attention_heads", nq, rank, size)?;
-    let (k0, kn) = shard_range("num_key_value_heads", nkv, rank, size)?;
-    let (i0, inn) = shard_range("intermediate_size", inter, rank, size)?;
-    // Rows (dim 0) or columns (dim 1) of a full tensor that belong to this rank.
-    let rows = |t: Tensor, start: usize, len: usize| -> Result<Tensor> {
-        Ok(t.narrow(0, start, len)?.contiguous()?)
-    };
-    let cols = |t: Tensor, start: usize, len: usize| -> Result<Tensor> {
-        Ok(t.narrow(1, start, len)?.contiguous()?)
-    };
-    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-    for i in 0..cfg.num_hidden_layers {
+    /// First and count of this rank's heads, kv heads and MLP columns.
+    q: (usize, usize),
+    kv: (usize, usize),
+    mlp: (usize, usize),
+}
+
+/// What each linear layer's input reached per channel when the model measured it,
+/// for smoothing int8 weights ([`LayerLoader::load`]).
+pub(super) struct InputMaxima {
+    pub(super) qkv: Vec<f32>,
+    pub(super) o_proj: Vec<f32>,
+    pub(super) gate_up: Vec<f32>,
+    pub(super) down: Vec<f32>,
+}
+
+impl<'a> LayerLoader<'a> {
+    pub(super) fn new(
+        cfg: &'a Qwen3Config,
+        w: &'a Weights,
+        (rank, size): (usize, usize),
+        act: DType,
+    ) -> Result<Self> {
+        Ok(Self {
+            cfg,
+            w,
+            rank,
+            act,
+            q: shard_range("num_attention_heads", cfg.num_attention_heads, rank, size)?,
+            kv: shard_range("num_key_value_heads", cfg.num_key_value_heads, rank, size)?,
+            mlp: shard_range("intermediate_size", cfg.intermediate_size, rank, size)?,
+        })
+    }
+
+    /// This rank's share.
+    pub(super) fn local(&self) -> Local {
+        Local {
+            heads: self.q.1,
+            kv_heads: self.kv.1,
+            intermediate: self.mlp.1,
+        }
+    }
+
+    /// Layer `i`, its linear weights prepared for `gemm`, smoothed for inputs that
+    /// reached `maxima` when given (int8 kernels only).
+    pub(super) fn load(
+        &self,
+        i: usize,
+        gemm: &'static dyn Gemm,
+        maxima: Option<&InputMaxima>,
+    ) -> Result<DecoderLayer> {
+        let (cfg, w, act) = (self.cfg, self.w, self.act);
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let inter = cfg.intermediate_size;
+        let ((q0, qn), (k0, kn), (i0, inn)) = (self.q, self.kv, self.mlp);
+        // Rows (dim 0) or columns (dim 1) of a full tensor that belong to this rank.
+        let rows = |t: Tensor, start: usize, len: usize| -> Result<Tensor> {
+            Ok(t.narrow(0, start, len)?.contiguous()?)
+        };
+        let cols = |t: Tensor, start: usize, len: usize| -> Result<Tensor> {
+            Ok(t.narrow(1, start, len)?.contiguous()?)
+        };
+        let linear = |weight: Tensor, bias: Option<Tensor>, max: Option<&Vec<f32>>| match max {
+            None => Linear::new(gemm, weight, bias),
+            Some(max) => Linear::new_smoothed(gemm, weight, bias, max),
+        };
         let p = format!("layers.{i}");
         let attn = |n: &str, shape: &[usize]| w.get(&format!("{p}.self_attn.{n}"), shape);
         // Biases are added to the GEMM output, which is in the activation dtype.
@@ -82,25 +131,24 @@ pub(super) fn load_layers(
             None
         };
         // The bias is added once, by rank 0, before the all-reduce sums the ranks.
-        let o_bias = if cfg.attention_bias && rank == 0 {
+        let o_bias = if cfg.attention_bias && self.rank == 0 {
             Some(bias("o_proj", h)?)
         } else {
             None
         };
         let norm = |n: &str, len: usize| w.get_as(&format!("{p}.{n}.weight"), &[len], act);
-        layers.push(DecoderLayer {
+        Ok(DecoderLayer {
             input_norm: norm("input_layernorm", h)?,
             post_attention_norm: norm("post_attention_layernorm", h)?,
-            qkv: Linear::new(gemm, qkv_weight, qkv_bias)?,
+            qkv: linear(qkv_weight, qkv_bias, maxima.map(|m| &m.qkv))?,
             q_norm: norm("self_attn.q_norm", hd)?,
             k_norm: norm("self_attn.k_norm", hd)?,
-            o_proj: Linear::new(
-                gemm,
+            o_proj: linear(
                 cols(attn("o_proj.weight", &[h, nq * hd])?, q0 * hd, qn * hd)?,
                 o_bias,
+                maxima.map(|m| &m.o_proj),
             )?,
-            gate_up: Linear::new(
-                gemm,
+            gate_up: linear(
                 Tensor::cat(
                     &[
                         rows(mlp("gate_proj", &[inter, h])?, i0, inn)?,
@@ -109,14 +157,13 @@ pub(super) fn load_layers(
                     0,
                 )?,
                 None,
+                maxima.map(|m| &m.gate_up),
             )?,
-            down: Linear::new(gemm, cols(mlp("down_proj", &[h, inter])?, i0, inn)?, None)?,
-        });
+            down: linear(
+                cols(mlp("down_proj", &[h, inter])?, i0, inn)?,
+                None,
+                maxima.map(|m| &m.down),
+            )?,
+        })
     }
-    let local = Local {
-        heads: qn,
-        kv_heads: kn,
-        intermediate: inn,
-    };
-    Ok((layers, local))
 }

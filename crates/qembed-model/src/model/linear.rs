@@ -1,8 +1,8 @@
 //! A linear layer: its weight in the form its GEMM kernel reads, and its bias.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
-use crate::cpu::gemm::{Gemm, PreparedWeight, Prologue};
+use crate::cpu::gemm::{apply_prologue, Gemm, PreparedWeight, Prologue};
 use crate::Result;
 
 pub(super) struct Linear {
@@ -26,6 +26,21 @@ impl Linear {
         })
     }
 
+    /// [`new`](Self::new) for an int8 kernel, the weight smoothed for inputs whose
+    /// channels reached `act_max` (see `cpu::gemm::int8`).
+    pub(super) fn new_smoothed(
+        gemm: &'static dyn Gemm,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        act_max: &[f32],
+    ) -> Result<Self> {
+        Ok(Self {
+            gemm,
+            weight: gemm.prepare_smoothed(weight, act_max)?,
+            bias,
+        })
+    }
+
     /// `x @ W.T (+ b)`. With bf16/f16 weights and f32 activations (the CPU layout) the
     /// GEMM runs on the weights' dtype and returns f32.
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -34,6 +49,28 @@ impl Linear {
 
     /// `prologue(x) @ W.T (+ b)`: the kernel applies the prologue (a norm, SwiGLU) as it
     /// reads `x`, where it can.
+    /// [`forward_with`](Self::forward_with), recording into `max` (one per input
+    /// channel) the largest |value| each channel of `prologue(x)` reached: for
+    /// measuring the activations an int8 layer will see.
+    pub(super) fn forward_measured(
+        &self,
+        x: &Tensor,
+        prologue: Prologue,
+        max: &mut [f32],
+    ) -> Result<Tensor> {
+        let input = apply_prologue(x, prologue)?;
+        let values = input
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for row in values.chunks_exact(max.len().max(1)) {
+            for (m, &v) in max.iter_mut().zip(row) {
+                *m = m.max(v.abs());
+            }
+        }
+        self.forward_with(&input, Prologue::None)
+    }
+
     pub(super) fn forward_with(&self, x: &Tensor, prologue: Prologue) -> Result<Tensor> {
         let y = self.gemm.linear(x, &self.weight, prologue)?;
         Ok(match &self.bias {

@@ -14,8 +14,9 @@ use candle_nn::ops::rms_norm;
 
 use crate::cpu::gemm::{self, Gemm};
 use crate::tp::AllReduce;
-use crate::{ModelError, PackedBatch, Qwen3Config, Result, Weights};
+use crate::{ModelError, PackedBatch, Quantize, Qwen3Config, Result, Weights};
 
+mod calibrate;
 mod fused;
 /// The forward pass on CUDA devices: our fused kernels (see `crate::cuda`).
 #[cfg(feature = "cuda")]
@@ -24,7 +25,7 @@ mod layers;
 mod linear;
 mod reference;
 
-use layers::{DecoderLayer, Local};
+use layers::{DecoderLayer, LayerLoader, Local};
 
 /// Query rows attended at once. Bounds the score matrix to `heads x rows x keys` (a
 /// 32k-token input needs 16 MiB of f32 scores per head, not 4 GiB), and keeps the
@@ -37,8 +38,11 @@ pub struct Qwen3Embedding {
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: Tensor,
-    /// Dtype of the linear layers' weights and GEMM operands (what `--dtype` picks).
+    /// Dtype of the linear layers' weights and GEMM operands (what `--dtype` picks), as
+    /// loaded: with `quantize` int8 the kernel holds them quantized.
     dtype: DType,
+    /// The form the linear layers' weights are held in (what `--quantize` picks).
+    quantize: Quantize,
     /// Dtype of activations, norms and attention. On CPU always f32: element-wise work
     /// in bf16/f16 costs a conversion per element there, and f32 accumulation between
     /// GEMMs is also the more exact choice (as oneDNN's bf16 autocast does).
@@ -91,6 +95,21 @@ impl Qwen3Embedding {
         Self::from_weights_with_kernel(cfg, w, comm, None)
     }
 
+    /// As [`load`](Self::load) (or [`load_sharded`](Self::load_sharded) with `comm`),
+    /// the linear layers' weights held as `quantize` says: `Int8` quantizes them at load
+    /// for an int8 CPU kernel (an error off the CPU).
+    pub fn load_quantized(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        quantize: Quantize,
+        comm: Option<Arc<dyn AllReduce>>,
+    ) -> Result<Self> {
+        let cfg = Qwen3Config::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir, dtype, device)?;
+        Self::from_weights_with(cfg, &weights, comm, None, quantize)
+    }
+
     /// As [`load`](Self::load) with the CPU GEMM kernel named (`amx`, `avx2`,
     /// `portable`, ...) instead of chosen: an error if this CPU or build cannot run it
     /// or it does not support `dtype`. It overrides `QEMBED_CPU_KERNEL`.
@@ -114,37 +133,83 @@ impl Qwen3Embedding {
         comm: Option<Arc<dyn AllReduce>>,
         kernel: Option<&str>,
     ) -> Result<Self> {
+        Self::from_weights_with(cfg, w, comm, kernel, Quantize::None)
+    }
+
+    /// [`from_weights_with_kernel`](Self::from_weights_with_kernel) with the linear
+    /// layers' weights held as `quantize` says (the kernel, named or chosen, must hold
+    /// them that way).
+    pub fn from_weights_with(
+        cfg: Qwen3Config,
+        w: &Weights,
+        comm: Option<Arc<dyn AllReduce>>,
+        kernel: Option<&str>,
+        quantize: Quantize,
+    ) -> Result<Self> {
+        Self::build(cfg, w, comm, kernel, quantize, true)
+    }
+
+    /// int8 on kernel `kernel` without the smoothing a load measures (`calibrate`):
+    /// only to show what smoothing buys (tests, benchmarks). Not a serving API.
+    #[doc(hidden)]
+    pub fn from_weights_int8_unsmoothed(
+        cfg: Qwen3Config,
+        w: &Weights,
+        kernel: &str,
+    ) -> Result<Self> {
+        Self::build(cfg, w, None, Some(kernel), Quantize::Int8, false)
+    }
+
+    fn build(
+        cfg: Qwen3Config,
+        w: &Weights,
+        comm: Option<Arc<dyn AllReduce>>,
+        kernel: Option<&str>,
+        quantize: Quantize,
+        smooth: bool,
+    ) -> Result<Self> {
         let (rank, size) = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
         let act = if w.device().is_cpu() {
             DType::F32
         } else {
             w.dtype()
         };
-        let gemm = gemm::select(w.dtype(), w.device(), kernel)?;
+        let gemm = gemm::select(w.dtype(), quantize, w.device(), kernel)?;
         let h = cfg.hidden_size;
         // In the checkpoint's dtype: the rows a batch looks up are widened to the
         // activations' dtype per forward pass, not the whole 151k-row table at load (in
         // bf16 that is 311 MB kept instead of 622 MB). Loaded first, while the heap is
         // empty: after the layers it would land past their freed load-time copies.
         let embed_tokens = w.get("embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let (layers, local) = layers::load_layers(&cfg, w, (rank, size), act, gemm)?;
-        // The layers' load-time copies (each tensor as read, before its kernel packed
-        // it) are free now; hand that memory back rather than keep it as heap.
-        crate::release_freed_memory();
-        Ok(Self {
+        let loader = LayerLoader::new(&cfg, w, (rank, size), act)?;
+        let mut model = Self {
             embed_tokens,
             norm: w.get_as("norm.weight", &[h], act)?,
-            layers,
+            layers: Vec::with_capacity(cfg.num_hidden_layers),
             dtype: w.dtype(),
+            quantize,
             act_dtype: act,
             device: w.device().clone(),
             attention_block: DEFAULT_ATTENTION_BLOCK,
             fused_cpu: act == DType::F32 && w.device().is_cpu(),
             gemm,
-            local,
+            local: loader.local(),
             comm,
-            cfg,
-        })
+            cfg: cfg.clone(),
+        };
+        if quantize == Quantize::Int8 && smooth {
+            // Smoothed for the activations a float pass measures (`calibrate`).
+            let float = gemm::best(w.dtype(), Quantize::None);
+            model.load_int8_layers(&loader, float, gemm)?;
+        } else {
+            for i in 0..cfg.num_hidden_layers {
+                model.layers.push(loader.load(i, gemm, None)?);
+            }
+        }
+        // The layers' load-time copies (each tensor as read, before its kernel packed
+        // it) are free now; hand that memory back rather than keep it as heap.
+        crate::release_freed_memory();
+        Ok(model)
     }
 
     pub fn config(&self) -> &Qwen3Config {
@@ -153,6 +218,11 @@ impl Qwen3Embedding {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The form the linear layers' weights are held in (`--quantize`).
+    pub fn quantize(&self) -> Quantize {
+        self.quantize
     }
 
     pub fn device(&self) -> &Device {

@@ -12,7 +12,7 @@ use std::any::Any;
 use candle_core::{DType, Device, Tensor};
 
 use super::attention::AttentionProducts;
-use crate::{ModelError, Result};
+use crate::{ModelError, Quantize, Result};
 
 #[cfg(amx)]
 mod amx;
@@ -21,15 +21,25 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512bf16;
 #[cfg(target_arch = "x86_64")]
+mod avx512vnni;
+#[cfg(target_arch = "x86_64")]
 mod bf16;
 #[cfg(target_arch = "x86_64")]
 mod blocking;
+mod int8;
 #[cfg(feature = "mkl")]
 pub mod mkl;
 mod portable;
+mod portable_int8;
 mod prologue;
 
 pub(crate) use prologue::Prologue;
+
+/// `prologue(x)` as a tensor of its own (the fused CPU op), for callers that need the
+/// input a kernel would see.
+pub(crate) fn apply_prologue(x: &Tensor, prologue: Prologue) -> candle_core::Result<Tensor> {
+    portable::with_prologue(x, prologue)
+}
 
 /// A linear layer's `[out, in]` weight in the form its kernel reads (a tensor, packed
 /// tiles, ...): opaque to the model, taken apart only by the kernel that made it.
@@ -66,11 +76,29 @@ pub(crate) trait Gemm: Send + Sync {
     /// Why this CPU (or process) cannot run the kernel; `None` when it can.
     fn unavailable(&self) -> Option<String>;
 
-    /// Whether the kernel runs linear layers whose weights are `dtype`.
+    /// Whether the kernel runs linear layers whose weights are `dtype` (as loaded:
+    /// an int8 kernel quantizes them in [`prepare`](Self::prepare)).
     fn supports(&self, dtype: DType) -> bool;
+
+    /// The form the kernel holds the weights in: what `--quantize` must say for the
+    /// kernel to be chosen.
+    fn quantize(&self) -> Quantize {
+        Quantize::None
+    }
 
     /// A `[out, in]` weight in the kernel's form: called once per layer at load.
     fn prepare(&self, weight: Tensor) -> Result<PreparedWeight>;
+
+    /// A `[out, in]` weight whose activations reach `act_max` (`in` long) per input
+    /// channel, smoothed by the int8 rule (`int8`) as it is prepared. Only the int8
+    /// kernels smooth; the others refuse.
+    fn prepare_smoothed(&self, weight: Tensor, act_max: &[f32]) -> Result<PreparedWeight> {
+        let _ = (weight, act_max);
+        Err(ModelError::CpuKernel(format!(
+            "the {} kernel does not take smoothed weights",
+            self.name()
+        )))
+    }
 
     /// `prologue(x) @ W.T` for a 2-D f32 `x`, f32 out.
     fn linear(&self, x: &Tensor, weight: &PreparedWeight, prologue: Prologue) -> Result<Tensor>;
@@ -81,8 +109,9 @@ pub(crate) trait Gemm: Send + Sync {
     }
 }
 
-/// The kernels built into this binary, best first: the first one that the CPU can run
-/// and that supports the weights' dtype is chosen.
+/// The kernels built into this binary, best first: the first one that the CPU can run,
+/// that holds the weights in the form `--quantize` asks for and that supports the
+/// weights' dtype is chosen.
 static BUILT: &[&dyn Gemm] = &[
     #[cfg(amx)]
     &amx::AMX,
@@ -93,10 +122,22 @@ static BUILT: &[&dyn Gemm] = &[
     #[cfg(target_arch = "x86_64")]
     &avx2::AVX2,
     &portable::PORTABLE,
+    #[cfg(target_arch = "x86_64")]
+    &avx512vnni::AVX512VNNI,
+    &portable_int8::PORTABLE_INT8,
 ];
 
 /// Every kernel name `QEMBED_CPU_KERNEL` may name, built here or not.
-const KNOWN: &[&str] = &["amx", "avx512bf16", "avx512", "avx2", "mkl", "portable"];
+const KNOWN: &[&str] = &[
+    "amx",
+    "avx512bf16",
+    "avx512",
+    "avx2",
+    "mkl",
+    "portable",
+    "avx512vnni",
+    "portable-int8",
+];
 
 /// The environment variable that forces one kernel.
 pub(crate) const FORCE_VAR: &str = "QEMBED_CPU_KERNEL";
@@ -108,6 +149,8 @@ pub struct CpuKernelInfo {
     pub name: &'static str,
     /// The weight dtypes it runs (of f32, bf16, f16).
     pub dtypes: Vec<DType>,
+    /// The form it holds the weights in (int8 kernels quantize them at load).
+    pub quantize: Quantize,
     /// Why it cannot run here (missing instructions, a library that did not load);
     /// `None` when it can.
     pub unavailable: Option<String>,
@@ -124,6 +167,7 @@ pub fn cpu_kernels() -> Vec<CpuKernelInfo> {
                 .into_iter()
                 .filter(|&d| k.supports(d))
                 .collect(),
+            quantize: k.quantize(),
             unavailable: k.unavailable(),
         })
         .collect()
@@ -140,9 +184,13 @@ pub struct BenchLinear {
 
 impl BenchLinear {
     /// `weight` (`[out, in]`, in the dtype to run) prepared for kernel `kernel`, which
-    /// must run here and support that dtype.
+    /// must run here and support that dtype (an int8 kernel quantizes it).
     pub fn new(kernel: &str, weight: Tensor) -> Result<Self> {
-        let kernel = select(weight.dtype(), &Device::Cpu, Some(kernel))?;
+        let quantize = BUILT
+            .iter()
+            .find(|k| k.name() == kernel)
+            .map_or(Quantize::None, |k| k.quantize());
+        let kernel = select(weight.dtype(), quantize, &Device::Cpu, Some(kernel))?;
         Ok(Self {
             kernel,
             weight: kernel.prepare(weight)?,
@@ -155,27 +203,30 @@ impl BenchLinear {
     }
 }
 
-/// The kernel for a model whose linear layers are `dtype` on `device`: `forced` (or
-/// else `QEMBED_CPU_KERNEL`) when given, which must exist, run on this CPU and support
-/// `dtype`; otherwise the best built kernel that can. On other devices, candle's
-/// matmul there (`portable`).
+/// The kernel for a model whose linear layers are `dtype` on `device`, held as
+/// `quantize` says: `forced` (or else `QEMBED_CPU_KERNEL`) when given, which must
+/// exist, run on this CPU, hold weights that way and support `dtype`; otherwise the best
+/// built kernel that can. On other devices, candle's matmul there (`portable`), and no
+/// quantization.
 pub(crate) fn select(
     dtype: DType,
+    quantize: Quantize,
     device: &Device,
     forced: Option<&str>,
 ) -> Result<&'static dyn Gemm> {
     if !device.is_cpu() {
+        if quantize != Quantize::None {
+            return Err(ModelError::CpuKernel(format!(
+                "--quantize {quantize} runs on CPU only for now; serve without it on this device"
+            )));
+        }
         return Ok(&portable::PORTABLE);
     }
     let from_env = std::env::var(FORCE_VAR)
         .ok()
         .filter(|v| !v.trim().is_empty());
     let Some(name) = forced.map(str::to_string).or(from_env) else {
-        return Ok(BUILT
-            .iter()
-            .copied()
-            .find(|k| k.supports(dtype) && k.unavailable().is_none())
-            .unwrap_or(&portable::PORTABLE));
+        return Ok(best(dtype, quantize));
     };
     let name = name.trim().to_ascii_lowercase();
     let err = |why: String| ModelError::CpuKernel(format!("{FORCE_VAR}={name}: {why}"));
@@ -189,10 +240,32 @@ pub(crate) fn select(
     if let Some(why) = kernel.unavailable() {
         return Err(err(why));
     }
+    if kernel.quantize() != quantize {
+        return Err(err(format!(
+            "the kernel holds {} weights, and --quantize is {quantize}",
+            match kernel.quantize() {
+                Quantize::None => "unquantized",
+                Quantize::Int8 => "int8",
+            }
+        )));
+    }
     if !kernel.supports(dtype) {
         return Err(err(format!("the kernel does not run {dtype:?} weights")));
     }
     Ok(kernel)
+}
+
+/// The best built kernel this CPU runs for weights loaded as `dtype` and held as
+/// `quantize`, whatever `QEMBED_CPU_KERNEL` says (the portable ones run everywhere).
+pub(crate) fn best(dtype: DType, quantize: Quantize) -> &'static dyn Gemm {
+    BUILT
+        .iter()
+        .copied()
+        .find(|k| k.quantize() == quantize && k.supports(dtype) && k.unavailable().is_none())
+        .unwrap_or(match quantize {
+            Quantize::None => &portable::PORTABLE,
+            Quantize::Int8 => &portable_int8::PORTABLE_INT8,
+        })
 }
 
 /// Whether the tests of kernel `name` can run here. Where they cannot, says so on
@@ -263,7 +336,7 @@ mod tests {
     use super::*;
 
     fn forced(dtype: DType, name: &str) -> Result<&'static str> {
-        select(dtype, &Device::Cpu, Some(name)).map(|k| k.name())
+        select(dtype, Quantize::None, &Device::Cpu, Some(name)).map(|k| k.name())
     }
 
     #[test]
@@ -282,12 +355,37 @@ mod tests {
 
     #[test]
     fn the_chosen_kernel_runs_here_and_supports_the_dtype() {
-        for dtype in [DType::F32, DType::BF16, DType::F16] {
-            let k = select(dtype, &Device::Cpu, None).unwrap();
-            assert!(
-                k.supports(dtype) && k.unavailable().is_none(),
-                "{}",
-                k.name()
+        for quantize in [Quantize::None, Quantize::Int8] {
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
+                let k = select(dtype, quantize, &Device::Cpu, None).unwrap();
+                assert!(
+                    k.supports(dtype) && k.unavailable().is_none() && k.quantize() == quantize,
+                    "{}",
+                    k.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn int8_takes_an_int8_kernel_and_refuses_the_others() {
+        let int8 = |name: &str| {
+            select(DType::BF16, Quantize::Int8, &Device::Cpu, Some(name)).map(|k| k.name())
+        };
+        assert_eq!(int8("portable-int8").unwrap(), "portable-int8");
+        let err = int8("portable").unwrap_err().to_string();
+        assert!(err.contains("--quantize is int8"), "{err}");
+        let err = forced(DType::BF16, "portable-int8")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("int8 weights"), "{err}");
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512vnni") {
+            assert_eq!(
+                select(DType::F32, Quantize::Int8, &Device::Cpu, None)
+                    .unwrap()
+                    .name(),
+                "avx512vnni"
             );
         }
     }

@@ -1,0 +1,492 @@
+//! int8 linear layers on AVX512_VNNI (`VPDPBUSD`: AMD Zen 4 and later, Intel Ice Lake
+//! and later), the weights quantized and packed once at load.
+//!
+//! One `VPDPBUSD` multiplies 16 groups of four unsigned bytes by four signed bytes and
+//! adds each group's four products to an int32 accumulator: 64 multiply-adds, twice
+//! what `VDPBF16PS` does, from half the bytes of weights. The rule (what is quantized
+//! how) is [`super::int8`]'s; this module only computes its exact integer sums faster.
+//!
+//! The instruction wants one operand unsigned. The activations, int8 in −127..=127,
+//! are biased by 128 into 1..=255 as they are packed (`q ^ 0x80`), and the bias is
+//! taken back out exactly: `sum (q + 128) w = sum q w + 128 sum w`, with each output
+//! column's `128 sum w` computed at load.
+//!
+//! The micro-kernel keeps a 12x32 int32 output tile in 24 zmm accumulators: per four K
+//! it loads one line of the weight panel (two vectors: 16 columns of four bytes each)
+//! and broadcasts 12 activation quads, 24 dot products. Weights are panels of 32 output
+//! columns, `[k/4][32][4]` each, in 64-byte aligned lines; activations are packed per
+//! call into panels of 12 rows, `[k/4][12]` quads. The tasks and the order of tiles
+//! are the other register-tiled kernels' ([`Blocking`]). Between K passes a tile's
+//! partial sums wait in the output buffer as int32; the last pass rescales them to f32.
+//!
+//! The instructions sit behind a trait (`isa`) with a software model in tests
+//! (`model`); integer sums are exact, so the instructions, the model and the portable
+//! int8 kernel must all give the same bits.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::blocking::Blocking;
+use super::int8::{quantize_input_row, rescale, QuantRows};
+use super::{Gemm, PreparedWeight, Prologue};
+use crate::cpu::f32_slice;
+use crate::cpu::par::SyncPtr;
+use crate::Quantize;
+
+mod isa;
+#[cfg(test)]
+mod model;
+
+use isa::{DotIsa, Hw};
+
+/// Rows of the output tile: 24 of the 32 zmm registers hold its accumulators.
+const MR: usize = 12;
+/// Columns of the output tile and of a weight panel (two 16-lane vectors).
+const NR: usize = 32;
+/// K quads per pass over a tile: 128 quads keep the tile's weight slice (16 KiB) and
+/// activation slice (6 KiB) in L1 together.
+const KC: usize = 128;
+
+/// 64 bytes, 64-byte aligned: 16 columns of four int8 weights, one vector load.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([i8; 64]);
+
+/// The AVX512_VNNI int8 kernel of the CPU family.
+pub(super) struct Avx512Vnni;
+
+pub(super) static AVX512VNNI: Avx512Vnni = Avx512Vnni;
+
+const NAME: &str = "avx512vnni";
+
+impl Gemm for Avx512Vnni {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        Hw::unavailable()
+    }
+
+    fn supports(&self, dtype: DType) -> bool {
+        matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+    }
+
+    fn quantize(&self) -> Quantize {
+        Quantize::Int8
+    }
+
+    fn prepare(&self, weight: Tensor) -> crate::Result<PreparedWeight> {
+        let rows = QuantRows::from_weight(&weight, None)?;
+        Ok(PreparedWeight::new(NAME, Packed::pack(&rows)))
+    }
+
+    fn prepare_smoothed(&self, weight: Tensor, act_max: &[f32]) -> crate::Result<PreparedWeight> {
+        let rows = QuantRows::from_weight(&weight, Some(act_max))?;
+        Ok(PreparedWeight::new(NAME, Packed::pack(&rows)))
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        prologue: Prologue,
+    ) -> crate::Result<Tensor> {
+        let weight = weight.form::<Packed>(NAME)?;
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        Ok(x.apply_op1_no_bwd(&VnniLinear { weight, prologue })?)
+    }
+}
+
+/// A quantized `[n, k]` weight in panels of 32 output columns: panel `p`'s quad `t` is
+/// lines `2 (p kq + t)` (columns 0-15) and `+ 1` (16-31), column `j`'s four values at
+/// bytes `4 (j % 16)..`. Columns past `n` and K past `k` are zero; `scale` and `bias`
+/// are padded with zeros to whole panels.
+struct Packed {
+    n: usize,
+    k: usize,
+    /// Quads of K: `k` rounded up to a multiple of four, quartered.
+    kq: usize,
+    data: Vec<Line>,
+    /// Each output column's scale.
+    scale: Vec<f32>,
+    /// Each output column's `128 * sum(w)`: what the activations' bias adds.
+    bias: Vec<i32>,
+    /// The activations' smoothing ([`QuantRows::input_scale`]).
+    input_scale: Option<Vec<f32>>,
+}
+
+impl Packed {
+    /// Packs weights quantized by the rule (in parallel: called at load).
+    fn pack(w: &QuantRows) -> Self {
+        let (n, k) = (w.n, w.k);
+        let kq = k.div_ceil(4);
+        let panels = n.div_ceil(NR);
+        let mut data = vec![Line([0; 64]); panels * kq * 2];
+        if kq > 0 {
+            data.par_chunks_mut(kq * 2)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    for j in 0..NR.min(n - p * NR) {
+                        let (half, slot) = (j / 16, 4 * (j % 16));
+                        for (kk, &v) in w.row(p * NR + j).iter().enumerate() {
+                            panel[2 * (kk / 4) + half].0[slot + kk % 4] = v;
+                        }
+                    }
+                });
+        }
+        let mut scale = w.scale.clone();
+        scale.resize(panels * NR, 0.0);
+        let mut bias: Vec<i32> = (0..n)
+            .map(|j| 128 * w.row(j).iter().map(|&v| i32::from(v)).sum::<i32>())
+            .collect();
+        bias.resize(panels * NR, 0);
+        Self {
+            n,
+            k,
+            kq,
+            data,
+            scale,
+            bias,
+            input_scale: w.input_scale.clone(),
+        }
+    }
+
+    /// Panel `p`'s lines from quad `t0` on, `kc` quads of them.
+    fn lines(&self, p: usize, t0: usize, kc: usize) -> &[Line] {
+        &self.data[2 * (p * self.kq + t0)..][..2 * kc]
+    }
+}
+
+/// `prologue(x) @ w.T` as a candle op on a contiguous 2-D f32 CPU tensor.
+struct VnniLinear<'a> {
+    weight: &'a Packed,
+    prologue: Prologue<'a>,
+}
+
+impl CustomOp1 for VnniLinear<'_> {
+    fn name(&self) -> &'static str {
+        "avx512vnni-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, width) = l.shape().dims2()?;
+        let out = linear::<Hw>(f32_slice(s, l)?, (m, width), self.weight, self.prologue)?;
+        Ok((CpuStorage::F32(out), Shape::from((m, self.weight.n))))
+    }
+}
+
+/// `prologue(x) @ w.T` for `m` rows of `width` values: f32 `m x n`, on the
+/// instructions `I` ([`Hw`] but in tests).
+fn linear<I: DotIsa>(
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+) -> candle_core::Result<Vec<f32>> {
+    if let Some(why) = I::unavailable() {
+        candle_core::bail!("avx512vnni: {why}");
+    }
+    prologue.check(NAME, x, (m, width), w.k)?;
+    let (a, row_scale) = pack_rows(x, m, w, prologue);
+    let n = w.n;
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    if w.kq == 0 {
+        out.resize(m * n, 0.0);
+        return Ok(out);
+    }
+    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
+    let blocking = Blocking {
+        mr: MR,
+        nr: NR,
+        kc: KC,
+        weight_step_bytes: 2 * size_of::<Line>(),
+        row_step_bytes: MR * size_of::<u32>(),
+    };
+    blocking.for_each_tile((m, n, w.kq), |p, r, t0| {
+        let kc = KC.min(w.kq - t0);
+        let args = TileArgs {
+            a: &a[(r * w.kq + t0) * MR..][..kc * MR],
+            b: w.lines(p, t0, kc),
+            out: (dst.at(r * MR * n + p * NR), n),
+            cols: NR.min(n - p * NR),
+            first: t0 == 0,
+            last: t0 + kc == w.kq,
+            row_scale: &row_scale[r * MR..][..MR],
+            col_scale: &w.scale[p * NR..][..NR],
+            bias: &w.bias[p * NR..][..NR],
+        };
+        // SAFETY: the tile (rows r*12.., columns p*32.., row stride n) lies inside the
+        // m x n output, and only this call writes it (for_each_tile gives each (p, r)
+        // to one task, its passes in order, the first with t0 = 0); `I` is available
+        // (checked above).
+        unsafe { tile::<I>(args, MR.min(m - r * MR)) };
+    });
+    // SAFETY: the tiles cover every (row panel, column panel), each finished (written
+    // as f32) by its last pass (kq > 0, m and n as given).
+    unsafe { out.set_len(m * n) };
+    Ok(out)
+}
+
+/// The `m` input rows with the prologue applied, quantized by the rule and biased to
+/// unsigned, in panels of 12 rows, `[kq][12]` quads each (rows past `m` zero, K past
+/// `k` the bias, a zero value); and each row's scale (zero past `m`, to whole panels).
+fn pack_rows(x: &[f32], m: usize, w: &Packed, prologue: Prologue) -> (Vec<u32>, Vec<f32>) {
+    let (k, kq) = (w.k, w.kq);
+    let panels = m.div_ceil(MR);
+    let mut a = vec![0u32; panels * kq * MR];
+    let mut scale = vec![0f32; panels * MR];
+    if kq == 0 {
+        return (a, scale);
+    }
+    a.par_chunks_mut(kq * MR)
+        .zip(scale.par_chunks_mut(MR))
+        .enumerate()
+        .for_each(|(panel, (dst, scale))| {
+            let mut row = vec![0i8; 4 * kq];
+            let mut tmp = vec![0f32; k];
+            for (i, s) in scale.iter_mut().enumerate().take(MR.min(m - panel * MR)) {
+                let input = (x, panel * MR + i, k);
+                let smooth = w.input_scale.as_deref();
+                *s = quantize_input_row(&mut row[..k], &mut tmp, input, prologue, smooth);
+                for (t, quad) in row.chunks_exact(4).enumerate() {
+                    let biased = [quad[0], quad[1], quad[2], quad[3]].map(|q| (q as u8) ^ 0x80);
+                    dst[t * MR + i] = u32::from_le_bytes(biased);
+                }
+            }
+        });
+    (a, scale)
+}
+
+/// One tile's operands: `kc` quads of its row panel and of its weight panel, where its
+/// output goes, and what the last pass needs to finish it.
+struct TileArgs<'a> {
+    /// `[kc][12]` activation quads.
+    a: &'a [u32],
+    /// `2 kc` weight lines.
+    b: &'a [Line],
+    /// The tile's first output element and the output's row stride.
+    out: (*mut f32, usize),
+    /// Output columns of the tile to write (1..=32).
+    cols: usize,
+    /// The first K pass: nothing in the output yet.
+    first: bool,
+    /// The last K pass: write f32; before it, the int32 partial sums.
+    last: bool,
+    /// The tile's rows' scales (12).
+    row_scale: &'a [f32],
+    /// The tile's columns' scales and activation biases (32 each).
+    col_scale: &'a [f32],
+    bias: &'a [i32],
+}
+
+/// [`tile_body`] for `rows` (1..=12) rows, so that a batch of a few tokens does not pay
+/// for twelve.
+///
+/// # Safety
+/// As [`tile_body`].
+unsafe fn tile<I: DotIsa>(args: TileArgs, rows: usize) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        match rows {
+            1 => I::tile::<1>(args),
+            2 => I::tile::<2>(args),
+            3 => I::tile::<3>(args),
+            4 => I::tile::<4>(args),
+            5 => I::tile::<5>(args),
+            6 => I::tile::<6>(args),
+            7 => I::tile::<7>(args),
+            8 => I::tile::<8>(args),
+            9 => I::tile::<9>(args),
+            10 => I::tile::<10>(args),
+            11 => I::tile::<11>(args),
+            _ => I::tile::<MR>(args),
+        }
+    }
+}
+
+/// The first `R` rows and `cols` columns of one tile: their int32 sums over this pass
+/// added to the earlier passes' (kept in the output as int32), and on the last pass
+/// rescaled to f32.
+///
+/// # Safety
+/// `out` must be valid for reads and writes of those `R` rows (at its row stride) and
+/// `cols` columns, written by the earlier passes unless this is the first, and nobody
+/// else may access them meanwhile; `I` must be available.
+#[inline(always)]
+unsafe fn tile_body<I: DotIsa, const R: usize>(t: TileArgs) {
+    let mut acc = [[I::zero(); 2]; R];
+    // Cut to whole steps, so that the indexing below needs no bounds checks.
+    for (a, b) in t.a.chunks_exact(MR).zip(t.b.chunks_exact(2)) {
+        let (b0, b1) = (I::load(&b[0]), I::load(&b[1]));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = I::splat(a[r]);
+            acc[0] = I::dot(acc[0], x, b0);
+            acc[1] = I::dot(acc[1], x, b1);
+        }
+    }
+    let (c, ldc) = t.out;
+    let mut buf = [[0i32; 16]; 2];
+    let (col_scale, bias) = (&t.col_scale[..t.cols], &t.bias[..t.cols]);
+    for (r, acc) in acc.iter().enumerate() {
+        I::store(acc[0], &mut buf[0]);
+        I::store(acc[1], &mut buf[1]);
+        let row = c.wrapping_add(r * ldc).cast::<i32>();
+        let rs = t.row_scale[r];
+        for (j, ((&s, &cs), &b)) in buf
+            .as_flattened()
+            .iter()
+            .zip(col_scale)
+            .zip(bias)
+            .enumerate()
+        {
+            // SAFETY: (r, j) is one of the tile's elements (the contract); before the
+            // first pass it is not read, and an f32 and an i32 are the same 4 bytes.
+            unsafe {
+                let at = row.add(j);
+                let sum = if t.first {
+                    s
+                } else {
+                    at.read().wrapping_add(s)
+                };
+                at.write(if t.last {
+                    rescale(sum.wrapping_sub(b), rs, cs).to_bits() as i32
+                } else {
+                    sum
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model::Model;
+    use super::*;
+    use crate::cpu::gemm::test_values as values;
+    use crate::cpu::gemm::{kernel_or_model, portable_int8};
+
+    /// Whether the real instructions run here (else: says so, or fails where
+    /// `QEMBED_REQUIRE_AVX512VNNI` asks for them).
+    fn hardware_too() -> bool {
+        kernel_or_model(NAME)
+    }
+
+    /// What the portable int8 kernel gives for the same weights and input: the rule's
+    /// result, which this kernel must equal bit for bit.
+    fn portable(x: &[f32], (m, width): (usize, usize), w: &QuantRows, p: Prologue) -> Vec<f32> {
+        portable_int8::linear(x, (m, width), w, p).unwrap()
+    }
+
+    /// Bit-equal to the portable kernel over shapes with every kind of tail: no rows,
+    /// one row, rows not a multiple of 12, columns not a multiple of 32 (and fewer than
+    /// 16), K not a multiple of 4, K over several passes of [`KC`] quads (int32 partial
+    /// sums kept between passes). Through the model always, and through the
+    /// instructions where the CPU has them.
+    #[test]
+    fn equals_the_portable_kernel_on_ragged_shapes() {
+        let hardware = hardware_too();
+        let shapes = [
+            (0, 32, 16),
+            (1, 7, 3),
+            (1, 32, 1),
+            (12, 32, 512),
+            (13, 33, 777),
+            (17, 40, 50),
+            (25, 100, 1030),
+            (64, 129, 257),
+        ];
+        for &(m, n, k) in &shapes {
+            let x: Vec<f32> = values(m * k, 1 + m as u64)
+                .iter()
+                .map(|v| 4.0 * v)
+                .collect();
+            let rows = QuantRows::from_f32(&values(n * k, 2 + n as u64), n, k);
+            let packed = Packed::pack(&rows);
+            let want = portable(&x, (m, k), &rows, Prologue::None);
+            let model = linear::<Model>(&x, (m, k), &packed, Prologue::None).unwrap();
+            assert_eq!(model, want, "model {m}x{n}x{k}");
+            if hardware {
+                let real = linear::<Hw>(&x, (m, k), &packed, Prologue::None).unwrap();
+                assert_eq!(real, want, "instructions {m}x{n}x{k}");
+            }
+        }
+    }
+
+    /// The prologue applied on the way in: the same bits as the portable kernel, which
+    /// applies it in the same f32 arithmetic.
+    #[test]
+    fn fused_norm_and_swiglu_inputs_match_the_portable_kernel() {
+        let hardware = hardware_too();
+        let (m, n, k) = (19, 45, 130);
+        let rows = QuantRows::from_f32(&values(n * k, 5), n, k);
+        let packed = Packed::pack(&rows);
+        let x = values(m * k, 6);
+        let norm: Vec<f32> = values(k, 9).iter().map(|v| 1.0 + v).collect();
+        let gate_up = values(m * 2 * k, 7);
+        for (input, width, p) in [
+            (&x, k, Prologue::RmsNorm(&norm, 1e-6)),
+            (&gate_up, 2 * k, Prologue::SwiGlu),
+        ] {
+            let want = portable(input, (m, width), &rows, p);
+            assert_eq!(
+                linear::<Model>(input, (m, width), &packed, p).unwrap(),
+                want
+            );
+            if hardware {
+                assert_eq!(linear::<Hw>(input, (m, width), &packed, p).unwrap(), want);
+            }
+        }
+    }
+
+    /// The model's dot is the SDM's: `a` unsigned, `b` signed, four products a lane,
+    /// wrapping.
+    #[test]
+    fn the_model_follows_the_instruction_definition() {
+        // a = [255, 1, 2, 128], b = [-1, -128, 127, 1]:
+        // -255 - 128 + 254 + 128 = -1.
+        let a = u32::from_le_bytes([255, 1, 2, 128]);
+        let b = u32::from_le_bytes([0xff, 0x80, 0x7f, 0x01]);
+        let acc = Model::dot([10; 16], Model::splat(a), Model::splat(b));
+        assert_eq!(acc, [9; 16]);
+        // Wrapping at the top of int32.
+        let one = u32::from_le_bytes([1, 0, 0, 0]);
+        assert_eq!(
+            Model::dot([i32::MAX; 16], Model::splat(one), Model::splat(one)),
+            [i32::MIN; 16]
+        );
+        if hardware_too() {
+            // SAFETY: AVX512F/VNNI present (checked).
+            let got = unsafe { hw_dot(10, a, b) };
+            assert_eq!(got, 9);
+            // SAFETY: as above.
+            assert_eq!(unsafe { hw_dot(i32::MAX, one, one) }, i32::MIN);
+        }
+    }
+
+    /// One VPDPBUSD on splatted quads, lane 0.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512F and AVX512_VNNI.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn hw_dot(acc: i32, a: u32, b: u32) -> i32 {
+        let mut out = [0i32; 16];
+        let acc = Hw::dot(Hw::splat(acc as u32), Hw::splat(a), Hw::splat(b));
+        Hw::store(acc, &mut out);
+        out[0]
+    }
+
+    #[test]
+    fn rejects_inputs_that_do_not_fit_the_layer() {
+        let packed = Packed::pack(&QuantRows::from_f32(&values(12, 5), 4, 3));
+        assert!(linear::<Model>(&[0.0; 5], (1, 5), &packed, Prologue::None).is_err());
+        assert!(linear::<Model>(&[0.0; 3], (1, 3), &packed, Prologue::SwiGlu).is_err());
+        assert!(linear::<Model>(
+            &[0.0; 3],
+            (1, 3),
+            &packed,
+            Prologue::RmsNorm(&[1.0; 2], 1e-6)
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,210 @@
+//! The int8 rule every int8 kernel follows, in one place, so that their results are
+//! the same bits: only the order of exact integer additions differs between them.
+//!
+//! - Weights: symmetric per output channel (row of `[out, in]`): `scale = max |w| / 127`,
+//!   `q = round_half_even(w * 127 / max |w|)` in −127..=127 (−128 is never used, so
+//!   that a negated value is representable and the unsigned-by-signed instructions'
+//!   bias trick stays exact).
+//! - Activations: the same per row (token) at run time, after the layer's prologue
+//!   (RMSNorm, SwiGLU) has been applied in f32.
+//! - Products: exact in int32 (a row of 12288 products of ±127 stays below 2^28).
+//! - Output: `sum as f32 * (row_scale * col_scale)`, f32.
+//! - Smoothing (SmoothQuant, Xiao et al. 2023, with α = 1/2), where the model measured
+//!   its activations at load: input channel `c` of the weight is multiplied by
+//!   `s_c = sqrt(max |x_c| / max |w_c|)` before it is quantized, and the activations
+//!   are divided by it before theirs. The product is the same; a channel whose
+//!   activations are 30x the rest no longer takes every row's int8 range for itself,
+//!   it shares the difficulty with the weights.
+
+use candle_core::{DType, Tensor};
+use rayon::prelude::*;
+
+use super::Prologue;
+use crate::cpu::simd::multiversion;
+use crate::Result;
+
+/// A `[n, k]` weight quantized per output channel: row-major int8 values and one f32
+/// scale per row, and the smoothing its activations take, if any.
+pub(super) struct QuantRows {
+    pub(super) n: usize,
+    pub(super) k: usize,
+    pub(super) q: Vec<i8>,
+    pub(super) scale: Vec<f32>,
+    /// What each input channel of the activations is multiplied by before they are
+    /// quantized (`1 / s_c`); `None` without smoothing.
+    pub(super) input_scale: Option<Vec<f32>>,
+}
+
+impl QuantRows {
+    /// Quantizes a 2-D weight of any float dtype (in parallel: called at load),
+    /// smoothed for activations whose channels reach `act_max` (`k` of them) when given.
+    pub(super) fn from_weight(weight: &Tensor, act_max: Option<&[f32]>) -> Result<Self> {
+        let (n, k) = weight.dims2()?;
+        let mut values = weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let Some(act_max) = act_max else {
+            return Ok(Self::from_f32(&values, n, k));
+        };
+        if act_max.len() != k {
+            return Err(crate::ModelError::CpuKernel(format!(
+                "int8: activation maxima of {} channels for a weight {k} wide",
+                act_max.len()
+            )));
+        }
+        let s = smoothing(&values, k, act_max);
+        if k > 0 {
+            values.par_chunks_mut(k).for_each(|row| {
+                for (v, &s) in row.iter_mut().zip(&s) {
+                    *v *= s;
+                }
+            });
+        }
+        let mut rows = Self::from_f32(&values, n, k);
+        rows.input_scale = Some(s.iter().map(|s| 1.0 / s).collect());
+        Ok(rows)
+    }
+
+    /// Quantizes row-major `[n, k]` f32 values (`values.len() == n * k`).
+    pub(super) fn from_f32(values: &[f32], n: usize, k: usize) -> Self {
+        debug_assert_eq!(values.len(), n * k);
+        let mut q = vec![0i8; n * k];
+        let mut scale = vec![0f32; n];
+        if k > 0 {
+            q.par_chunks_mut(k)
+                .zip(values.par_chunks(k))
+                .zip(scale.par_iter_mut())
+                .for_each(|((dst, src), s)| *s = quantize_row(dst, src));
+        }
+        Self {
+            n,
+            k,
+            q,
+            scale,
+            input_scale: None,
+        }
+    }
+
+    /// Row `j`'s int8 values.
+    pub(super) fn row(&self, j: usize) -> &[i8] {
+        &self.q[j * self.k..][..self.k]
+    }
+}
+
+/// SmoothQuant's per-input-channel factor for row-major `[_, k]` weights `values` and
+/// activation channel maxima `act_max`: `sqrt(max |x_c| / max |w_c|)`, kept within
+/// 1e-4..1e4, and 1 for a channel that is zero on either side.
+fn smoothing(values: &[f32], k: usize, act_max: &[f32]) -> Vec<f32> {
+    let mut w_max = vec![0f32; k];
+    for row in values.chunks_exact(k.max(1)) {
+        for (m, &v) in w_max.iter_mut().zip(row) {
+            *m = m.max(v.abs());
+        }
+    }
+    w_max
+        .iter()
+        .zip(act_max)
+        .map(|(&w, &a)| {
+            if w > 0.0 && a > 0.0 && a.is_finite() {
+                (a / w).sqrt().clamp(1e-4, 1e4)
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+/// `dst` = `src` quantized by the rule (zeros for an all-zero row); returns the scale.
+#[inline(always)]
+fn quantize_row_impl(dst: &mut [i8], src: &[f32]) -> f32 {
+    // Sixteen independent maxima, so that the reduction vectorises.
+    let mut lanes = [0f32; 16];
+    let chunks = src.chunks_exact(16);
+    let mut max = chunks.remainder().iter().fold(0f32, |m, &v| m.max(v.abs()));
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.abs());
+        }
+    }
+    max = lanes.iter().fold(max, |m, &l| m.max(l));
+    let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+    for (d, &v) in dst.iter_mut().zip(src) {
+        // `as` saturates (and maps NaN to 0); |v * inv| <= 127 up to rounding.
+        *d = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    max / 127.0
+}
+
+multiversion!(pub(super) fn quantize_row(dst: &mut [i8], src: &[f32]) -> f32 => quantize_row_impl);
+
+/// `v *= s`, element by element.
+#[inline(always)]
+fn scale_row_impl(v: &mut [f32], s: &[f32]) {
+    for (v, &s) in v.iter_mut().zip(s) {
+        *v *= s;
+    }
+}
+
+multiversion!(fn scale_row(v: &mut [f32], s: &[f32]) => scale_row_impl);
+
+/// Row `r` of a layer's input `x`, the prologue applied in f32 (into `tmp`, `k` long)
+/// and the weight's smoothing (`input_scale`, `k` long) after it, quantized by the rule
+/// into `dst` (`k` long); returns its scale. The caller has checked the shapes
+/// ([`Prologue::check`]).
+pub(super) fn quantize_input_row(
+    dst: &mut [i8],
+    tmp: &mut [f32],
+    (x, r, k): (&[f32], usize, usize),
+    prologue: Prologue,
+    input_scale: Option<&[f32]>,
+) -> f32 {
+    match (prologue, input_scale) {
+        // Nothing to apply: quantized straight from the input.
+        (Prologue::None, None) => quantize_row(dst, &x[r * k..][..k]),
+        _ => {
+            prologue.row_f32(tmp, x, r, k);
+            if let Some(s) = input_scale {
+                scale_row(tmp, s);
+            }
+            quantize_row(dst, tmp)
+        }
+    }
+}
+
+/// One output value from its exact integer sum and the two scales.
+#[inline(always)]
+pub(super) fn rescale(sum: i32, row_scale: f32, col_scale: f32) -> f32 {
+    sum as f32 * (row_scale * col_scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rule_is_symmetric_per_row_and_round_half_even() {
+        // max 2.54: scale 0.02, so 1.27 -> 63.5 -> 64 (even), -0.01 -> -0.5 -> -0 -> 0.
+        let src = [2.54, -2.54, 1.27, -0.01, 0.0, 0.03];
+        let mut q = [0i8; 6];
+        let s = quantize_row(&mut q, &src);
+        assert!((s - 0.02).abs() < 1e-7, "{s}");
+        assert_eq!(q, [127, -127, 64, 0, 0, 2]);
+        // An all-zero row: scale 0, zeros, no NaN.
+        let mut q = [1i8; 3];
+        assert_eq!(quantize_row(&mut q, &[0.0; 3]), 0.0);
+        assert_eq!(q, [0; 3]);
+        // Long rows take the vector path: every value within half a step of its own.
+        let src: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let mut q = vec![0i8; 1000];
+        let s = quantize_row(&mut q, &src);
+        let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(s, max / 127.0);
+        for (&q, &v) in q.iter().zip(&src) {
+            assert!((f32::from(q) * s - v).abs() <= 0.5 * s * 1.0001, "{q} {v}");
+        }
+        assert_eq!(q.iter().map(|q| q.unsigned_abs()).max(), Some(127));
+    }
+}
