@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use qembed_model::{
-    AllReduce, DType, Device, ModelError, PackedBatch, Qwen3Config, Qwen3Embedding,
+    AllReduce, DType, Device, ModelError, PackedBatch, Quantize, Qwen3Config, Qwen3Embedding,
 };
 
 use crate::{EngineError, Result};
@@ -102,17 +102,30 @@ pub enum Backend {
 impl Backend {
     /// Loads the checkpoint at `dir` onto `device`, as `tp` ranks when `tp > 1`.
     pub fn load(dir: &Path, device: DeviceSpec, dtype: DType, tp: usize) -> Result<Self> {
+        Self::load_quantized(dir, device, dtype, Quantize::None, tp)
+    }
+
+    /// [`load`](Self::load) with the linear layers' weights held as `quantize` says.
+    pub fn load_quantized(
+        dir: &Path,
+        device: DeviceSpec,
+        dtype: DType,
+        quantize: Quantize,
+        tp: usize,
+    ) -> Result<Self> {
         match tp {
             0 => Err(EngineError::Setting(
                 "tensor parallel size must be at least 1".into(),
             )),
-            1 => Ok(Self::Single(Qwen3Embedding::load(
+            1 => Ok(Self::Single(Qwen3Embedding::load_quantized(
                 dir,
                 dtype,
                 &device.device(0)?,
+                quantize,
+                None,
             )?)),
             n => Ok(Self::TensorParallel(RankGroup::load(
-                dir, device, dtype, n,
+                dir, device, dtype, quantize, n,
             )?)),
         }
     }
@@ -132,7 +145,14 @@ impl Backend {
         }
     }
 
-    /// Ranks in the group (1 on a single device).
+    /// The form the linear layers' weights are held in (what `--quantize` said).
+    pub fn quantize(&self) -> Quantize {
+        match self {
+            Self::Single(m) => m.quantize(),
+            Self::TensorParallel(g) => g.quantize,
+        }
+    }
+
     /// The CPU GEMM kernel chosen at load (`avx2`, `amx`, `portable`, ...), for logs
     /// and `/info`; `None` off the CPU.
     pub fn cpu_kernel(&self) -> Option<&'static str> {
@@ -188,12 +208,19 @@ pub struct RankGroup {
     failed: AtomicBool,
     cfg: Qwen3Config,
     dtype: DType,
+    quantize: Quantize,
     /// The CPU GEMM kernel the ranks' linear layers run on (`None` off the CPU).
     cpu_kernel: Option<&'static str>,
 }
 
 impl RankGroup {
-    fn load(dir: &Path, device: DeviceSpec, dtype: DType, size: usize) -> Result<Self> {
+    fn load(
+        dir: &Path,
+        device: DeviceSpec,
+        dtype: DType,
+        quantize: Quantize,
+        size: usize,
+    ) -> Result<Self> {
         let comms = communicators(device, size)?;
         let mut ranks = Vec::with_capacity(size);
         let mut loaded = Vec::with_capacity(size);
@@ -205,7 +232,13 @@ impl RankGroup {
                 .name(format!("qembed-rank-{rank}"))
                 .spawn(move || {
                     let model = device.rank_device(rank).and_then(|d| {
-                        Ok(Qwen3Embedding::load_sharded(&dir, dtype, &d, comm.clone())?)
+                        Ok(Qwen3Embedding::load_quantized(
+                            &dir,
+                            dtype,
+                            &d,
+                            quantize,
+                            Some(comm.clone()),
+                        )?)
                     });
                     let model = match model {
                         Ok(m) => {
@@ -262,6 +295,7 @@ impl RankGroup {
             failed: AtomicBool::new(false),
             cfg,
             dtype,
+            quantize,
             cpu_kernel,
         })
     }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use qembed_model::{DType, PackedBatch, ScoreHead};
+use qembed_model::{DType, PackedBatch, Quantize, ScoreHead};
 
 use crate::backend::{Backend, DeviceSpec};
 
@@ -43,7 +43,15 @@ impl std::str::FromStr for DTypeChoice {
 
 impl DTypeChoice {
     pub fn resolve(self, device: DeviceSpec) -> DType {
+        self.resolve_for(device, Quantize::None)
+    }
+
+    /// The load dtype for weights held as `quantize` says: with int8, `auto` loads bf16
+    /// (the embedding table stays in the load dtype, and int8 weights gain nothing from
+    /// an f32 original).
+    pub fn resolve_for(self, device: DeviceSpec, quantize: Quantize) -> DType {
         match self {
+            Self::Auto if device.is_cpu() && quantize == Quantize::Int8 => DType::BF16,
             Self::Auto if device.is_cpu() => DType::F32,
             Self::Auto => DType::F16,
             Self::F32 => DType::F32,
@@ -93,6 +101,8 @@ pub struct LoadOptions {
     /// Ranks of a tensor-parallel group (1: no tensor parallelism).
     pub tensor_parallel: usize,
     pub dtype: DTypeChoice,
+    /// How the linear layers' weights are held (`--quantize`).
+    pub quantize: Quantize,
     /// Token limit per input including the EOS (embeddings) or the template (rerank);
     /// default from the config, capped at 32k for embeddings and 8192 for rerank.
     pub max_length: Option<usize>,
@@ -107,6 +117,7 @@ impl Default for LoadOptions {
             device: DeviceSpec::Cpu,
             tensor_parallel: 1,
             dtype: DTypeChoice::Auto,
+            quantize: Quantize::None,
             max_length: None,
             max_batch_tokens: 16_384,
         }
@@ -154,7 +165,7 @@ struct Reranking {
 impl Embedder {
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let tokenizer = Qwen3Tokenizer::from_dir(dir)?;
-        let dtype = opts.dtype.resolve(opts.device);
+        let dtype = opts.dtype.resolve_for(opts.device, opts.quantize);
         // The head needs only the config and two rows of the checkpoint: check it before
         // the (slow) model load, so a checkpoint that cannot rerank fails at once.
         let rerank = match opts.task {
@@ -166,7 +177,8 @@ impl Embedder {
                 Some(Reranking { template, head })
             }
         };
-        let model = Backend::load(dir, opts.device, dtype, opts.tensor_parallel)?;
+        let model =
+            Backend::load_quantized(dir, opts.device, dtype, opts.quantize, opts.tensor_parallel)?;
         let positions = model.config().max_position_embeddings;
         let cap = match opts.task {
             Task::Embed => MAX_LENGTH_CAP,

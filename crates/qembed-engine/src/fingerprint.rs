@@ -6,6 +6,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use qembed_model::Quantize;
+
 use crate::{EngineError, Result, Task};
 
 /// Above this many bytes of weights, hash a sample instead of everything: a fine-tune or
@@ -18,12 +20,16 @@ const SAMPLE_STRIDE: u64 = 64 << 20;
 /// `sha256:<first 16 hex digits>` over config.json, tokenizer.json and the weight files
 /// (names, sizes and contents; sampled every 64 MiB past 2 GiB in all). A checkpoint
 /// served as a reranker gets its own fingerprint (the task is hashed too), so that it
-/// is never mistaken for the same checkpoint serving embeddings; an embedding
-/// fingerprint is what it always was.
-pub fn fingerprint(dir: &Path, task: Task) -> Result<String> {
+/// is never mistaken for the same checkpoint serving embeddings, and so does one served
+/// with quantized weights (`quantize` is hashed too: its vectors are not the
+/// unquantized ones); an unquantized embedding fingerprint is what it always was.
+pub fn fingerprint(dir: &Path, task: Task, quantize: Quantize) -> Result<String> {
     let mut h = Sha256::new();
     if task != Task::Embed {
         h.update(format!("task={task}").as_bytes());
+    }
+    if quantize != Quantize::None {
+        h.update(format!("quantize={quantize}").as_bytes());
     }
     for name in ["config.json", "tokenizer.json"] {
         let bytes = std::fs::read(dir.join(name)).map_err(|e| io_err(&dir.join(name), e))?;

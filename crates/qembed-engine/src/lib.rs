@@ -23,7 +23,7 @@ pub use embedder::{
 };
 pub use error::{EngineError, Result};
 pub use fingerprint::fingerprint;
-pub use qembed_model::{DType, Device};
+pub use qembed_model::{DType, Device, Quantize};
 pub use rerank::Pair;
 pub use source::{resolve_model, resolve_model_with, HubSettings, ProgressMode};
 pub use tokenize::{

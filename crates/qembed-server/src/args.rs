@@ -2,7 +2,7 @@
 //! cannot drift apart in names, defaults or environment variables.
 
 use clap::Args;
-use qembed_engine::{DTypeChoice, DeviceSpec, LoadOptions, Task};
+use qembed_engine::{DTypeChoice, DeviceSpec, LoadOptions, Quantize, Task};
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
@@ -12,6 +12,11 @@ pub struct ModelArgs {
     /// Compute dtype: auto (f32 on CPU, f16 on CUDA), f32, f16, bf16.
     #[arg(long, env = "QEMBED_DTYPE", default_value = "auto")]
     pub dtype: DTypeChoice,
+    /// Quantize the linear layers' weights at load: `none`, or `int8` (symmetric per
+    /// output channel; activations per token at run time; CPU only). With `int8`,
+    /// `--dtype auto` loads bf16.
+    #[arg(long, env = "QEMBED_QUANTIZE", default_value = "none")]
+    pub quantize: Quantize,
     /// Where the model runs: cpu, cuda or cuda:N (needs a build with `--features cuda`).
     #[arg(long, env = "QEMBED_DEVICE", default_value = "cpu")]
     pub device: DeviceSpec,
@@ -36,6 +41,7 @@ impl ModelArgs {
             device: self.device,
             tensor_parallel: self.tensor_parallel,
             dtype: self.dtype,
+            quantize: self.quantize,
             max_length: self.max_input_tokens,
             max_batch_tokens: self.max_batch_tokens,
             ..LoadOptions::default()

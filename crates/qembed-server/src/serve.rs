@@ -94,7 +94,7 @@ pub fn load_and_warm(state: &AppState) -> Result<()> {
         Embedder::load(&dir, &opts)
             .with_context(|| format!("loading model from {}", dir.display()))?,
     );
-    let fingerprint = fingerprint(&dir, args.task)?;
+    let fingerprint = fingerprint(&dir, args.task, args.model.quantize)?;
     let dtype = format!("{:?}", embedder.model().dtype()).to_lowercase();
     // Warm-up: one real forward pass (and score) before turning ready.
     match args.task {
@@ -142,8 +142,9 @@ pub fn load_and_warm(state: &AppState) -> Result<()> {
     // The CPU GEMM kernel chosen at load (`none` off the CPU): which instruction set
     // the numbers a deployment sees come from.
     let cpu_kernel = embedder.model().cpu_kernel().unwrap_or("none");
+    let quantize = embedder.model().quantize();
     tracing::info!(
-        model = %dir.display(), task = %args.task, %fingerprint, %dtype, cpu_kernel, secs = started.elapsed().as_secs_f64(),
+        model = %dir.display(), task = %args.task, %fingerprint, %dtype, %quantize, cpu_kernel, secs = started.elapsed().as_secs_f64(),
         "model loaded and warmed; ready"
     );
     let _ = state.loaded.set(Loaded {

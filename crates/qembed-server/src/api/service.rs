@@ -44,6 +44,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value>
         "ready": state.is_ready(),
         "task": state.args.task.to_string(),
         "cpu_kernel": loaded.and_then(|l| l.embedder.model().cpu_kernel()),
+        "quantize": state.args.model.quantize.to_string(),
         "version": env!("CARGO_PKG_VERSION"),
         // text-embeddings-inference's names for the same facts, for its clients.
         "model_sha": null,
