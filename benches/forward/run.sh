@@ -4,7 +4,9 @@
 # Needs a Python with models/requirements.txt installed (PY, default python3).
 # KERNELS: qembed's CPU kernels to run in turn for every dtype (default: the one chosen at
 # load; a kernel without one of the dtypes stops the run);
-# REPS: repetitions of the whole set, in turn, each headed by the load average (default 1).
+# REPS: repetitions of the whole set, in turn, each headed by the load average (default 1);
+# QUANTIZE: qembed's weight forms to run in turn for every dtype and kernel (default none;
+# "none int8" adds --quantize int8, its kernel chosen at load unless KERNELS names one).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-python3}
@@ -20,10 +22,12 @@ echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 for rep in $(seq 1 "${REPS:-1}"); do
   echo "# repetition $rep, load average $(cut -d' ' -f1-3 /proc/loadavg), HEAD $(git rev-parse --short HEAD)"
   for dt in $DTYPES; do
-    for k in ${KERNELS:-default}; do
-      [ "$k" = default ] && k=
-      QEMBED_CPU_KERNEL=$k RAYON_NUM_THREADS=2 MKL_NUM_THREADS=2 ./target/release/qembed-bench-forward \
-        --model "$DIR" --dtype "$dt" --shapes "$SHAPES"
+    for q in ${QUANTIZE:-none}; do
+      for k in ${KERNELS:-default}; do
+        [ "$k" = default ] && k=
+        QEMBED_CPU_KERNEL=$k RAYON_NUM_THREADS=2 MKL_NUM_THREADS=2 ./target/release/qembed-bench-forward \
+          --model "$DIR" --dtype "$dt" --quantize "$q" --shapes "$SHAPES"
+      done
     done
     "$PY" benches/forward/torch_forward.py --model "$DIR" --dtype "$dt" --shapes "$SHAPES" --threads 2
   done

@@ -6,16 +6,20 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use qembed_model::{DType, Device, PackedBatch, Qwen3Embedding};
+use qembed_model::{DType, Device, PackedBatch, Quantize, Qwen3Embedding};
 
 #[derive(Parser)]
 struct Args {
     /// Checkpoint directory (config.json + safetensors).
     #[arg(long)]
     model: PathBuf,
-    /// f32 or bf16.
+    /// f32 or bf16: the load dtype (with `--quantize int8`, of the embedding table and
+    /// of the weights before they are quantized).
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// none or int8.
+    #[arg(long, default_value = "none")]
+    quantize: Quantize,
     /// Shapes: `BxL` (B sequences of L tokens) or `mixed` (the 16 lengths 8 + 337·i mod
     /// 505: 8 to 349 tokens, 2693 in all).
     #[arg(long, value_delimiter = ',', default_value = "1x16,32x128,8x512,mixed")]
@@ -46,6 +50,14 @@ fn cpu_time() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
+/// This process's resident set (VmRSS) in bytes, from /proc; `None` where there is none.
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     qembed_model::retain_freed_memory();
@@ -55,7 +67,11 @@ fn main() -> Result<()> {
         "f16" => DType::F16,
         d => anyhow::bail!("unknown dtype {d}"),
     };
-    let model = Qwen3Embedding::load(&args.model, dtype, &Device::Cpu)?;
+    let started = Instant::now();
+    let model =
+        Qwen3Embedding::load_quantized(&args.model, dtype, &Device::Cpu, args.quantize, None)?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    let rss_after_load = rss_bytes();
     let vocab = model.config().vocab_size as u64;
     for shape in &args.shapes {
         let lens = lengths(shape)?;
@@ -83,9 +99,11 @@ fn main() -> Result<()> {
         let tokens = batch.num_tokens();
         println!(
             "{}",
-            serde_json::json!({"engine": "qembed", "kernel": model.cpu_kernel(), "dtype": args.dtype, "shape": shape,
+            serde_json::json!({"engine": "qembed", "kernel": model.cpu_kernel(), "dtype": args.dtype,
+                               "quantize": args.quantize.to_string(), "shape": shape,
                                "tokens": tokens, "seconds": secs, "tokens_per_s": tokens as f64 / secs,
-                               "tokens_per_cpu_s": tokens as f64 / cpu_secs})
+                               "tokens_per_cpu_s": tokens as f64 / cpu_secs,
+                               "load_seconds": load_seconds, "rss_after_load": rss_after_load})
         );
     }
     Ok(())

@@ -130,8 +130,10 @@ fn quantize_row_impl(dst: &mut [i8], src: &[f32]) -> f32 {
     max = lanes.iter().fold(max, |m, &l| m.max(l));
     let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
     for (d, &v) in dst.iter_mut().zip(src) {
-        // `as` saturates (and maps NaN to 0); |v * inv| <= 127 up to rounding.
-        *d = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        // Clamped first, so the conversion to i32 is exact and the one to i8 only
+        // drops zero bits: both vectorise (an f32 `as i8` does not). NaN clamps to NaN
+        // and converts to 0.
+        *d = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32 as i8;
     }
     max / 127.0
 }

@@ -37,6 +37,31 @@ pub(super) trait DotIsa: Sized {
     /// The 16 lanes into `dst`.
     fn store(acc: Self::Acc, dst: &mut [i32; 16]);
 
+    /// `acc + src`, lane by lane (wrapping).
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of 16 `i32`.
+    unsafe fn add_from(acc: Self::Acc, src: *const i32) -> Self::Acc;
+
+    /// The 16 lanes into `dst`, as int32 partial sums.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of 16 `i32`.
+    unsafe fn store_to(acc: Self::Acc, dst: *mut i32);
+
+    /// The 16 lanes finished by the int8 rule into `dst`: `f32(acc - bias) * (row_scale
+    /// * col_scale)`, lane by lane (the same roundings as `int8::rescale`).
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of 16 `f32`.
+    unsafe fn store_rescaled(
+        acc: Self::Acc,
+        bias: &[i32; 16],
+        col_scale: &[f32; 16],
+        row_scale: f32,
+        dst: *mut f32,
+    );
+
     /// One `R`-row tile ([`tile_body`]) on these instructions.
     ///
     /// # Safety
@@ -93,6 +118,42 @@ impl DotIsa for Hw {
         // SAFETY: `dst` is 64 writable bytes; AVX512F is present (reached from
         // `Hw::tile` only).
         unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), acc) }
+    }
+
+    #[inline(always)]
+    unsafe fn add_from(acc: __m512i, src: *const i32) -> __m512i {
+        // SAFETY: `src` is 16 readable i32 (the caller's contract); AVX512F is present
+        // (reached from `Hw::tile` only).
+        unsafe { _mm512_add_epi32(acc, _mm512_loadu_si512(src.cast())) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_to(acc: __m512i, dst: *mut i32) {
+        // SAFETY: `dst` is 16 writable i32 (the caller's contract); AVX512F is present
+        // (reached from `Hw::tile` only).
+        unsafe { _mm512_storeu_si512(dst.cast(), acc) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_rescaled(
+        acc: __m512i,
+        bias: &[i32; 16],
+        col_scale: &[f32; 16],
+        row_scale: f32,
+        dst: *mut f32,
+    ) {
+        // SAFETY: `bias` and `col_scale` are 16 readable values and `dst` 16 writable
+        // f32 (the caller's contract); AVX512F is present (reached from `Hw::tile`
+        // only). cvtepi32_ps rounds to nearest even under the default MXCSR, as `as
+        // f32` does.
+        unsafe {
+            let sum = _mm512_sub_epi32(acc, _mm512_loadu_si512(bias.as_ptr().cast()));
+            let scale = _mm512_mul_ps(
+                _mm512_loadu_ps(col_scale.as_ptr()),
+                _mm512_set1_ps(row_scale),
+            );
+            _mm512_storeu_ps(dst, _mm512_mul_ps(_mm512_cvtepi32_ps(sum), scale));
+        }
     }
 
     unsafe fn tile<const R: usize>(args: TileArgs<'_>) {

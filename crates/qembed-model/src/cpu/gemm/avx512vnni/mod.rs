@@ -326,6 +326,26 @@ unsafe fn tile_body<I: DotIsa, const R: usize>(t: TileArgs) {
         }
     }
     let (c, ldc) = t.out;
+    if t.cols == NR {
+        // A whole tile row straight from the registers.
+        let (bias, col_scale) = (t.bias.as_chunks::<16>().0, t.col_scale.as_chunks::<16>().0);
+        for (r, &[lo, hi]) in acc.iter().enumerate() {
+            let rs = t.row_scale[r];
+            let at = c.wrapping_add(r * ldc);
+            // SAFETY: row r's 32 columns are the tile's (the contract; cols is 32).
+            unsafe {
+                finish_half::<I>(lo, at, (&bias[0], &col_scale[0], rs), (t.first, t.last));
+                finish_half::<I>(
+                    hi,
+                    at.add(16),
+                    (&bias[1], &col_scale[1], rs),
+                    (t.first, t.last),
+                );
+            }
+        }
+        return;
+    }
+    // A partial tile (the last column panel): through a buffer, value by value.
     let mut buf = [[0i32; 16]; 2];
     let (col_scale, bias) = (&t.col_scale[..t.cols], &t.bias[..t.cols]);
     for (r, acc) in acc.iter().enumerate() {
@@ -355,6 +375,34 @@ unsafe fn tile_body<I: DotIsa, const R: usize>(t: TileArgs) {
                     sum
                 });
             }
+        }
+    }
+}
+
+/// 16 columns of one tile row: this pass's sums added to the earlier passes' (unless
+/// `first`), then stored as int32, or on the `last` pass rescaled to f32.
+///
+/// # Safety
+/// `at` must be valid for reads and writes of 16 values, written by the earlier passes
+/// unless this is the first, and accessed by nobody else meanwhile; `I` available.
+#[inline(always)]
+unsafe fn finish_half<I: DotIsa>(
+    acc: I::Acc,
+    at: *mut f32,
+    (bias, col_scale, row_scale): (&[i32; 16], &[f32; 16], f32),
+    (first, last): (bool, bool),
+) {
+    // SAFETY: the contract; an f32 and an i32 are the same 4 bytes.
+    unsafe {
+        let sum = if first {
+            acc
+        } else {
+            I::add_from(acc, at.cast::<i32>())
+        };
+        if last {
+            I::store_rescaled(sum, bias, col_scale, row_scale, at);
+        } else {
+            I::store_to(sum, at.cast::<i32>());
         }
     }
 }

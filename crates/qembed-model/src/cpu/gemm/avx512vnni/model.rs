@@ -9,6 +9,7 @@
 
 use super::isa::DotIsa;
 use super::{tile_body, Line, TileArgs};
+use crate::cpu::gemm::int8::rescale;
 
 /// The instructions in plain arithmetic.
 pub(super) struct Model;
@@ -53,6 +54,32 @@ impl DotIsa for Model {
 
     fn store(acc: [i32; 16], dst: &mut [i32; 16]) {
         *dst = acc;
+    }
+
+    unsafe fn add_from(acc: [i32; 16], src: *const i32) -> [i32; 16] {
+        // SAFETY: `src` is 16 readable i32 (the caller's contract).
+        std::array::from_fn(|j| acc[j].wrapping_add(unsafe { src.add(j).read() }))
+    }
+
+    unsafe fn store_to(acc: [i32; 16], dst: *mut i32) {
+        for (j, &v) in acc.iter().enumerate() {
+            // SAFETY: `dst` is 16 writable i32 (the caller's contract).
+            unsafe { dst.add(j).write(v) };
+        }
+    }
+
+    unsafe fn store_rescaled(
+        acc: [i32; 16],
+        bias: &[i32; 16],
+        col_scale: &[f32; 16],
+        row_scale: f32,
+        dst: *mut f32,
+    ) {
+        for j in 0..16 {
+            let v = rescale(acc[j].wrapping_sub(bias[j]), row_scale, col_scale[j]);
+            // SAFETY: `dst` is 16 writable f32 (the caller's contract).
+            unsafe { dst.add(j).write(v) };
+        }
     }
 
     unsafe fn tile<const R: usize>(args: TileArgs<'_>) {
