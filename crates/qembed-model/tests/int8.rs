@@ -126,3 +126,22 @@ fn the_outlier_fixture_needs_smoothing() {
     );
     assert!(!q.meets(int8_gate()), "{q:?}");
 }
+
+/// What `qembed-rollout verify`'s vector-space gate would see between an int8 colour
+/// and a bf16 colour of the same checkpoint: the cosine of their vectors for the same
+/// inputs, on every fixture, held to the int8 gate's worst cosine (the rollout's own
+/// bound is its configuration's `compat_min_cosine`, 0.999 by default).
+#[test]
+fn int8_vectors_stand_beside_bf16_ones() {
+    for name in FIXTURES {
+        let r = Reference::load(name);
+        let bf16 = Qwen3Embedding::load(&fixture(name), DType::BF16, &Device::Cpu).unwrap();
+        let int8 = load(name, DType::BF16, "portable-int8");
+        let q = Quality::of(&run(&int8, &r), &run(&bf16, &r));
+        println!(
+            "int8 vs bf16 {name}: worst cosine {:.6} ({}), mean {:.6}",
+            q.worst_cosine, r.cases[q.worst_case].name, q.mean_cosine
+        );
+        assert!(q.worst_cosine >= int8_gate().worst_cosine, "{name}: {q:?}");
+    }
+}

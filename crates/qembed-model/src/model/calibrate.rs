@@ -63,10 +63,7 @@ impl Qwen3Embedding {
     ) -> Result<()> {
         let batch = calibration_batch(self.cfg.vocab_size);
         let ids = Tensor::from_slice(batch.ids(), batch.num_tokens(), &self.device)?;
-        let mut x = self
-            .embed_tokens
-            .index_select(&ids, 0)?
-            .to_dtype(DType::F32)?;
+        let mut x = self.embed_tokens.index_select(&ids, DType::F32)?;
         let (cos, sin) = self.rotary_tables(&batch.positions());
         // Attention's products on the float kernel while it runs.
         let chosen = std::mem::replace(&mut self.gemm, float);

@@ -20,7 +20,8 @@ impl Qwen3Embedding {
     pub(super) fn forward_cuda(&self, batch: &PackedBatch) -> Result<Tensor> {
         let n = batch.num_tokens();
         let ids = Tensor::from_slice(batch.ids(), n, &self.device)?;
-        let mut x = self.embed_tokens.index_select(&ids, 0)?;
+        // In the activations' dtype, which on CUDA is the table's: no conversion.
+        let mut x = self.embed_tokens.index_select(&ids, self.act_dtype)?;
         // f32 angles (the kernel rotates in f32), uploaded once for all layers.
         let (cos, sin) = self.rotary_tables(&batch.positions());
         let (cos, sin) = self.rotary_tensors(cos, sin, DType::F32)?;

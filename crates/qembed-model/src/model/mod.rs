@@ -17,6 +17,7 @@ use crate::tp::AllReduce;
 use crate::{ModelError, PackedBatch, Quantize, Qwen3Config, Result, Weights};
 
 mod calibrate;
+mod embedding;
 mod fused;
 /// The forward pass on CUDA devices: our fused kernels (see `crate::cuda`).
 #[cfg(feature = "cuda")]
@@ -25,6 +26,7 @@ mod layers;
 mod linear;
 mod reference;
 
+use embedding::Embedding;
 use layers::{DecoderLayer, LayerLoader, Local};
 
 /// Query rows attended at once. Bounds the score matrix to `heads x rows x keys` (a
@@ -35,7 +37,7 @@ const DEFAULT_ATTENTION_BLOCK: usize = 128;
 
 pub struct Qwen3Embedding {
     cfg: Qwen3Config,
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: Tensor,
     /// Dtype of the linear layers' weights and GEMM operands (what `--dtype` picks), as
@@ -180,7 +182,16 @@ impl Qwen3Embedding {
         // activations' dtype per forward pass, not the whole 151k-row table at load (in
         // bf16 that is 311 MB kept instead of 622 MB). Loaded first, while the heap is
         // empty: after the layers it would land past their freed load-time copies.
-        let embed_tokens = w.get("embed_tokens.weight", &[cfg.vocab_size, h])?;
+        // With int8 weights the table is int8 too: a quarter of the 0.6B model's
+        // parameters would otherwise stay in the load dtype. (The loaded table is
+        // dropped here, before the layers load.)
+        let embed_tokens = {
+            let table = w.get("embed_tokens.weight", &[cfg.vocab_size, h])?;
+            match quantize {
+                Quantize::Int8 if w.device().is_cpu() => Embedding::int8(&table)?,
+                _ => Embedding::Dense(table),
+            }
+        };
         let loader = LayerLoader::new(&cfg, w, (rank, size), act)?;
         let mut model = Self {
             embed_tokens,
@@ -262,10 +273,7 @@ impl Qwen3Embedding {
         }
         let n = batch.num_tokens();
         let ids = Tensor::from_slice(batch.ids(), n, &self.device)?;
-        let x = self
-            .embed_tokens
-            .index_select(&ids, 0)?
-            .to_dtype(self.act_dtype)?;
+        let x = self.embed_tokens.index_select(&ids, self.act_dtype)?;
         let x = if self.fused_cpu {
             self.forward_fused_cpu(x, batch)?
         } else {

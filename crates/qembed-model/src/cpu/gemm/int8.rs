@@ -115,6 +115,67 @@ fn smoothing(values: &[f32], k: usize, act_max: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// A 2-D tensor quantized for lookups rather than products (the token embeddings):
+/// each column first divided by its largest |value| (so that a channel far above the
+/// rest, as real checkpoints have, does not take every row's range), then each row by
+/// the rule; a row is widened back to f32 on demand.
+pub(crate) struct QuantizedRows {
+    rows: QuantRows,
+    /// Each column's largest |value| (1 for an all-zero column).
+    col_scale: Vec<f32>,
+}
+
+impl QuantizedRows {
+    pub(crate) fn new(table: &Tensor) -> Result<Self> {
+        let (n, k) = table.dims2()?;
+        let mut values = table
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut col_scale = vec![0f32; k];
+        for row in values.chunks_exact(k.max(1)) {
+            for (m, &v) in col_scale.iter_mut().zip(row) {
+                *m = m.max(v.abs());
+            }
+        }
+        for m in &mut col_scale {
+            if !(*m > 0.0 && m.is_finite()) {
+                *m = 1.0;
+            }
+        }
+        if k > 0 {
+            values.par_chunks_mut(k).for_each(|row| {
+                for (v, &m) in row.iter_mut().zip(&col_scale) {
+                    *v /= m;
+                }
+            });
+        }
+        Ok(Self {
+            rows: QuantRows::from_f32(&values, n, k),
+            col_scale,
+        })
+    }
+
+    /// Appends row `i`, dequantized, to `out`; an error past the last row.
+    pub(crate) fn push_row(&self, i: usize, out: &mut Vec<f32>) -> Result<()> {
+        let rows = &self.rows;
+        if i >= rows.n {
+            return Err(crate::ModelError::Input(format!(
+                "row {i} of a table of {}",
+                rows.n
+            )));
+        }
+        let s = rows.scale[i];
+        out.extend(
+            rows.row(i)
+                .iter()
+                .zip(&self.col_scale)
+                .map(|(&q, &c)| f32::from(q) * s * c),
+        );
+        Ok(())
+    }
+}
+
 /// `dst` = `src` quantized by the rule (zeros for an all-zero row); returns the scale.
 #[inline(always)]
 fn quantize_row_impl(dst: &mut [i8], src: &[f32]) -> f32 {
@@ -183,6 +244,33 @@ pub(super) fn rescale(sum: i32, row_scale: f32, col_scale: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table with a column 30x the rest keeps its other columns' precision: each
+    /// value within half a step of its own column's range, not of the outlier's.
+    #[test]
+    fn a_lookup_table_scales_columns_before_rows() {
+        let (n, k) = (50, 8);
+        let values: Vec<f32> = crate::cpu::gemm::test_values(n * k, 3)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i % k == 2 { 30.0 * v } else { *v })
+            .collect();
+        let t = Tensor::from_slice(&values, (n, k), &candle_core::Device::Cpu).unwrap();
+        let table = QuantizedRows::new(&t).unwrap();
+        let mut worst = 0f32;
+        for i in 0..n {
+            let mut row = Vec::new();
+            table.push_row(i, &mut row).unwrap();
+            for (c, (&got, &want)) in row.iter().zip(&values[i * k..][..k]).enumerate() {
+                if c != 2 {
+                    worst = worst.max((got - want).abs());
+                }
+            }
+        }
+        // The non-outlier columns span ±0.5: a step of 1/127 of that at most.
+        assert!(worst <= 0.5 / 127.0 * 1.01, "{worst}");
+        assert!(table.push_row(n, &mut Vec::new()).is_err());
+    }
 
     #[test]
     fn the_rule_is_symmetric_per_row_and_round_half_even() {

@@ -33,6 +33,7 @@ mod portable;
 mod portable_int8;
 mod prologue;
 
+pub(crate) use int8::QuantizedRows;
 pub(crate) use prologue::Prologue;
 
 /// `prologue(x)` as a tensor of its own (the fused CPU op), for callers that need the
