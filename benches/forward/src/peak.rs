@@ -59,6 +59,22 @@ mod loops {
         acc.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
     }
 
+    /// `TRIPS * CHAINS` `VPDPBUSD zmm`: 64 multiply-adds, 128 integer ops, each.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512F and AVX512_VNNI.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn dpbusd(seed: f32) -> f32 {
+        let a = _mm512_set1_epi32((seed * 1e3) as i32 | 0x0101_0101);
+        let mut acc = [_mm512_setzero_si512(); CHAINS];
+        for _ in 0..TRIPS {
+            for acc in &mut acc {
+                *acc = _mm512_dpbusd_epi32(*acc, a, a);
+            }
+        }
+        acc.iter().map(|&v| _mm512_reduce_add_epi32(v) as f32).sum()
+    }
+
     /// `TRIPS * CHAINS` `VFMADD231PS zmm`: 32 flops each.
     ///
     /// # Safety
@@ -114,6 +130,10 @@ fn peaks() -> Vec<(&'static str, f64)> {
         // SAFETY: both features were just detected.
         out.push(("vdpbf16ps_zmm", run(64.0, &|s| unsafe { loops::dpbf16(s) })));
     }
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni") {
+        // SAFETY: both features were just detected.
+        out.push(("vpdpbusd_zmm", run(128.0, &|s| unsafe { loops::dpbusd(s) })));
+    }
     if is_x86_feature_detected!("avx512f") {
         // SAFETY: detected.
         out.push(("fma_zmm", run(32.0, &|s| unsafe { loops::fma512(s) })));
@@ -134,6 +154,7 @@ fn peaks() -> Vec<(&'static str, f64)> {
 fn instruction(kernel: &str, dtype: DType) -> Option<&'static str> {
     match (kernel, dtype) {
         ("avx512bf16", _) => Some("vdpbf16ps_zmm"),
+        ("avx512vnni", _) => Some("vpdpbusd_zmm"),
         ("avx2", _) => Some("fma_ymm"),
         _ => None,
     }
