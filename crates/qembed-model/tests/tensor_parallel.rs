@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use qembed_model::{DType, Device, LocalGroup, ModelError, PackedBatch, Qwen3Embedding};
-use qembed_testkit::{assert_close, fixture, gate, same_gate};
+use qembed_model::{DType, Device, LocalGroup, ModelError, PackedBatch, Quantize, Qwen3Embedding};
+use qembed_testkit::{assert_close, fixture, gate, int8_gate, same_gate, Quality};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -137,5 +137,50 @@ fn tp_size_that_does_not_divide_heads_is_a_clear_error() {
         let err = run_tp(&fixture(name), DType::F32, size, &batch).unwrap_err();
         assert!(matches!(err, ModelError::TensorParallel(_)), "{err}");
         assert!(err.to_string().contains(what), "{err}");
+    }
+}
+
+/// int8 over 2 ranks (every rank calibrating its own share, in step through the
+/// all-reduce): not the same bits as one rank (o_proj and down are quantized per output
+/// row over a rank's columns only), so held to the int8 gate against one int8 rank and
+/// against transformers.
+#[test]
+fn tp_in_int8_keeps_the_int8_gate() {
+    let name = qembed_testkit::OUTLIER_FIXTURE;
+    let dir = fixture(name);
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+    let r: Reference = serde_json::from_str(&text).unwrap();
+    let ids: Vec<&[u32]> = r.cases.iter().map(|c| c.input_ids.as_slice()).collect();
+    let batch = PackedBatch::new(&ids);
+    let load = |comm: Option<Arc<dyn qembed_model::AllReduce>>| {
+        Qwen3Embedding::load_quantized(&dir, DType::BF16, &Device::Cpu, Quantize::Int8, comm)
+    };
+    let single = load(None).unwrap().embed(&batch).unwrap();
+    let handles: Vec<_> = LocalGroup::new(2)
+        .into_iter()
+        .map(|comm| {
+            let (dir, batch) = (dir.clone(), batch.clone());
+            std::thread::spawn(move || {
+                Qwen3Embedding::load_quantized(
+                    &dir,
+                    DType::BF16,
+                    &Device::Cpu,
+                    Quantize::Int8,
+                    Some(Arc::new(comm)),
+                )?
+                .embed(&batch)
+            })
+        })
+        .collect();
+    let want: Vec<&[f32]> = r.cases.iter().map(|c| c.raw.as_slice()).collect();
+    for (rank, h) in handles.into_iter().enumerate() {
+        let out = h.join().unwrap().unwrap();
+        for (label, q) in [
+            ("one int8 rank", Quality::of(&out, &single)),
+            ("transformers", Quality::of(&out, &want)),
+        ] {
+            println!("{name} int8 TP=2 rank {rank} vs {label}: {q:?}");
+            assert!(q.meets(int8_gate()), "rank {rank} vs {label}: {q:?}");
+        }
     }
 }

@@ -15,8 +15,12 @@ use crate::Result;
 pub(super) enum Embedding {
     /// The table as loaded (the checkpoint's or `--dtype`'s dtype).
     Dense(Tensor),
-    /// Per-row int8 values and scales, `[rows, cols]`, on the CPU.
-    Int8 { rows: QuantizedRows, cols: usize },
+    /// Per-row int8 values and scales, `[rows, cols]`, on the CPU (boxed: the model
+    /// holds one of the two, and a tensor is a pointer).
+    Int8 {
+        rows: Box<QuantizedRows>,
+        cols: usize,
+    },
 }
 
 impl Embedding {
@@ -24,7 +28,7 @@ impl Embedding {
     pub(super) fn int8(table: &Tensor) -> Result<Self> {
         let cols = table.dims2()?.1;
         Ok(Self::Int8 {
-            rows: QuantizedRows::new(table)?,
+            rows: Box::new(QuantizedRows::new(table)?),
             cols,
         })
     }
