@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use qembed_engine::{Backend, DType, DTypeChoice, DeviceSpec};
+use qembed_engine::{Backend, DType, DTypeChoice, DeviceSpec, Quantize};
 use qembed_model::PackedBatch;
 use serde::Serialize;
 
@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// Compute dtype: auto (f32 on CPU, f16 on CUDA), f32, f16, bf16.
     #[arg(long, env = "QEMBED_DTYPE", default_value = "auto")]
     dtype: DTypeChoice,
+    /// Quantize the linear layers at load: none or int8 (CPU only; auto then loads bf16).
+    #[arg(long, env = "QEMBED_QUANTIZE", default_value = "none")]
+    quantize: Quantize,
     /// Batch shapes, comma-separated: BxL (B sequences of L tokens, one forward pass)
     /// or mixed (16 sequences of 8 to 349 tokens, 2693 in all: benches/forward's list).
     #[arg(long, value_delimiter = ',', value_parser = parse_batch,
@@ -61,6 +64,8 @@ struct Row {
     model: &'static str,
     device: String,
     dtype: String,
+    /// `none` or `int8` (`--quantize`).
+    quantize: String,
     kernel: String,
     batch: String,
     sequences: usize,
@@ -95,7 +100,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             shape.max_position_embeddings
         );
     }
-    let dtype = args.dtype.resolve(args.device);
+    let dtype = args.dtype.resolve_for(args.device, args.quantize);
     check_memory(&shape, dtype, args.device)?;
 
     let temp;
@@ -124,7 +129,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     synth::write_checkpoint(&shape, &dir, SEED)?;
     let written = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let model = Backend::load(&dir, args.device, dtype, 1)
+    let model = Backend::load_quantized(&dir, args.device, dtype, args.quantize, 1)
         .with_context(|| format!("loading {}", dir.display()))?;
     eprintln!(
         "written in {written:.1} s, loaded in {:.1} s",
@@ -135,9 +140,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .cpu_kernel()
         .map_or_else(|| args.device.to_string(), str::to_string);
     let header = format!(
-        "qembed bench: {} shape, random weights, {} on {}, kernel {kernel}\n{}",
+        "qembed bench: {} shape, random weights, {}{} on {}, kernel {kernel}\n{}",
         shape.name,
         dtype_name(dtype),
+        match args.quantize {
+            Quantize::None => String::new(),
+            q => format!(" quantized {q}"),
+        },
         args.device,
         if args.device.is_cpu() {
             format!("cpu: {}", host::cpu_description())
@@ -202,6 +211,7 @@ fn measure(
         model: args.shape.name,
         device: args.device.to_string(),
         dtype: dtype_name(dtype),
+        quantize: args.quantize.to_string(),
         kernel: kernel.to_string(),
         batch: batch.name.clone(),
         sequences: packed.num_seqs(),

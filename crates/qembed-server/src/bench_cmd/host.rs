@@ -5,12 +5,15 @@
 use std::path::Path;
 
 /// SIMD and matrix flags from /proc/cpuinfo that decide which GEMM kernel runs.
-const FLAGS: [&str; 8] = [
+const FLAGS: [&str; 11] = [
     "avx2",
     "fma",
     "f16c",
     "avx512f",
     "avx512_bf16",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
     "amx_tile",
     "amx_bf16",
     "amx_fp16",

@@ -88,3 +88,37 @@ impl Blocking {
         });
     }
 }
+
+/// A register-tile micro-kernel compiled once per tile height `R` (1 to 12 rows), so
+/// that a batch of a few tokens does not pay for a full tile; `A` is its operands.
+pub(super) trait TileHeights<A> {
+    /// One tile of `R` rows.
+    ///
+    /// # Safety
+    /// The kernel's own contract for `args`.
+    unsafe fn tile<const R: usize>(args: A);
+}
+
+/// `K`'s tile for `rows` rows (1 to 12; more is 12).
+///
+/// # Safety
+/// As [`TileHeights::tile`].
+pub(super) unsafe fn tile_rows<A, K: TileHeights<A>>(args: A, rows: usize) {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        match rows {
+            1 => K::tile::<1>(args),
+            2 => K::tile::<2>(args),
+            3 => K::tile::<3>(args),
+            4 => K::tile::<4>(args),
+            5 => K::tile::<5>(args),
+            6 => K::tile::<6>(args),
+            7 => K::tile::<7>(args),
+            8 => K::tile::<8>(args),
+            9 => K::tile::<9>(args),
+            10 => K::tile::<10>(args),
+            11 => K::tile::<11>(args),
+            _ => K::tile::<12>(args),
+        }
+    }
+}

@@ -126,16 +126,31 @@ pub(crate) struct QuantizedRows {
 }
 
 impl QuantizedRows {
+    /// Quantizes `table` (any float dtype) in blocks of rows, so that no f32 copy of
+    /// the whole table is made: two passes, the column maxima first.
     pub(crate) fn new(table: &Tensor) -> Result<Self> {
+        /// Rows converted to f32 at a time (16 MiB at 1024 columns).
+        const BLOCK: usize = 4096;
         let (n, k) = table.dims2()?;
-        let mut values = table
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let block = |r0: usize| -> Result<Vec<f32>> {
+            Ok(table
+                .narrow(0, r0, BLOCK.min(n - r0))?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
         let mut col_scale = vec![0f32; k];
-        for row in values.chunks_exact(k.max(1)) {
-            for (m, &v) in col_scale.iter_mut().zip(row) {
-                *m = m.max(v.abs());
+        let mut rows = QuantRows::from_f32(&[], 0, k);
+        if n == 0 || k == 0 {
+            col_scale.fill(1.0);
+            rows.n = n;
+            return Ok(Self { rows, col_scale });
+        }
+        for r0 in (0..n).step_by(BLOCK) {
+            for row in block(r0)?.chunks_exact(k) {
+                for (m, &v) in col_scale.iter_mut().zip(row) {
+                    *m = m.max(v.abs());
+                }
             }
         }
         for m in &mut col_scale {
@@ -143,17 +158,24 @@ impl QuantizedRows {
                 *m = 1.0;
             }
         }
-        if k > 0 {
-            values.par_chunks_mut(k).for_each(|row| {
-                for (v, &m) in row.iter_mut().zip(&col_scale) {
-                    *v /= m;
-                }
-            });
+        rows.n = n;
+        rows.q = vec![0i8; n * k];
+        rows.scale = vec![0f32; n];
+        for r0 in (0..n).step_by(BLOCK) {
+            let mut values = block(r0)?;
+            let len = values.len() / k;
+            values
+                .par_chunks_mut(k)
+                .zip(rows.q[r0 * k..][..len * k].par_chunks_mut(k))
+                .zip(rows.scale[r0..][..len].par_iter_mut())
+                .for_each(|((row, q), s)| {
+                    for (v, &m) in row.iter_mut().zip(&col_scale) {
+                        *v /= m;
+                    }
+                    *s = quantize_row(q, row);
+                });
         }
-        Ok(Self {
-            rows: QuantRows::from_f32(&values, n, k),
-            col_scale,
-        })
+        Ok(Self { rows, col_scale })
     }
 
     /// Appends row `i`, dequantized, to `out`; an error past the last row.
@@ -249,7 +271,8 @@ mod tests {
     /// value within half a step of its own column's range, not of the outlier's.
     #[test]
     fn a_lookup_table_scales_columns_before_rows() {
-        let (n, k) = (50, 8);
+        // More rows than one block of the two-pass quantization.
+        let (n, k) = (5000, 8);
         let values: Vec<f32> = crate::cpu::gemm::test_values(n * k, 3)
             .iter()
             .enumerate()

@@ -25,7 +25,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::bf16::round_input_row;
-use super::blocking::Blocking;
+use super::blocking::{tile_rows, Blocking, TileHeights};
 use super::{Gemm, PreparedWeight, Prologue};
 use crate::cpu::f32_slice;
 use crate::cpu::par::SyncPtr;
@@ -198,7 +198,7 @@ fn linear<I: DotIsa>(
         // SAFETY: the tile (rows r*12.., columns p*32.., row stride n) lies inside the
         // m x n output, and only this call writes it (for_each_tile gives each (p, r)
         // to one task, its passes in order); `I` is available (checked above).
-        unsafe { tile::<I>(args, MR.min(m - r * MR)) };
+        unsafe { tile_rows::<_, I>(args, MR.min(m - r * MR)) };
     });
     // SAFETY: the tiles cover every (row panel, column panel), each written by its
     // first pass (kp > 0, m and n as given).
@@ -247,28 +247,11 @@ struct TileArgs<'a> {
     accumulate: bool,
 }
 
-/// [`tile_body`] for `rows` (1..=12) rows, so that a batch of a few tokens does not pay
-/// for twelve.
-///
-/// # Safety
-/// As [`tile_body`].
-unsafe fn tile<I: DotIsa>(args: TileArgs, rows: usize) {
-    // SAFETY: the caller's contract, passed on.
-    unsafe {
-        match rows {
-            1 => I::tile::<1>(args),
-            2 => I::tile::<2>(args),
-            3 => I::tile::<3>(args),
-            4 => I::tile::<4>(args),
-            5 => I::tile::<5>(args),
-            6 => I::tile::<6>(args),
-            7 => I::tile::<7>(args),
-            8 => I::tile::<8>(args),
-            9 => I::tile::<9>(args),
-            10 => I::tile::<10>(args),
-            11 => I::tile::<11>(args),
-            _ => I::tile::<MR>(args),
-        }
+// Each tile height its own monomorphised tile (`blocking::tile_rows`).
+impl<'a, I: DotIsa> TileHeights<TileArgs<'a>> for I {
+    unsafe fn tile<const R: usize>(args: TileArgs<'a>) {
+        // SAFETY: the caller's contract ([`tile_body`]'s), passed on.
+        unsafe { <I as DotIsa>::tile::<R>(args) }
     }
 }
 
