@@ -3,7 +3,10 @@
 
 use qembed_model::DType;
 
-pub use qembed_gates::{compare, cosine, same_gate, Gate, Miss, Precision, Worst};
+pub use qembed_gates::{
+    compare, cosine, int8_gate, int8_rerank_gate, same_gate, Gate, Miss, Precision, Quality,
+    QuantGate, Worst,
+};
 
 /// The gates' precision for `dtype`; `None` for a dtype no model computes in.
 pub fn precision(dtype: DType) -> Option<Precision> {

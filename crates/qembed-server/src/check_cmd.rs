@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use qembed_engine::parity::{self, Gate, Miss};
+use qembed_engine::parity::{self, Gate, Miss, Quality};
 use qembed_engine::rerank::sigmoid;
-use qembed_engine::{Backend, DType, DTypeChoice, DeviceSpec, Embedder, LoadOptions, Pair, Task};
+use qembed_engine::{
+    Backend, DType, DTypeChoice, DeviceSpec, Embedder, LoadOptions, Pair, Quantize, Task,
+};
 use qembed_model::PackedBatch;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +26,10 @@ pub struct CheckArgs {
     /// Compute dtype: auto (f32 on CPU, f16 on CUDA), f32, f16, bf16.
     #[arg(long, env = "QEMBED_DTYPE", default_value = "auto")]
     dtype: DTypeChoice,
+    /// Check the fixtures quantized: none, or int8 (CPU only; auto then loads bf16),
+    /// against the int8 gates (`qembed_gates::int8_gate`, `int8_rerank_gate`).
+    #[arg(long, env = "QEMBED_QUANTIZE", default_value = "none")]
+    quantize: Quantize,
     /// The repository's `models/` directory of fixture checkpoints (`qwen3-tiny-*` and
     /// `qwen3-rerank-*`, each with the `reference.json` transformers produced for it).
     #[arg(long, default_value = "models")]
@@ -46,6 +52,8 @@ struct Row {
     fixture: String,
     task: &'static str,
     dtype: String,
+    /// `none` or `int8` (`--quantize`).
+    quantize: String,
     kernel: String,
     cases: usize,
     /// Worst cosine to the reference (embeddings only).
@@ -61,13 +69,14 @@ struct Row {
 }
 
 pub fn run(args: CheckArgs) -> Result<()> {
-    let dtype = args.dtype.resolve(args.device);
+    let dtype = args.dtype.resolve_for(args.device, args.quantize);
     let fixtures = discover(&args.fixtures)?;
     let mut rows = Vec::with_capacity(fixtures.len());
+    let on = (args.device, dtype, args.quantize);
     for (name, kind, dir) in &fixtures {
         let result = match kind {
-            Kind::Embed => check_embedding(name, dir, args.device, dtype),
-            Kind::Rerank => check_reranker(name, dir, args.device, dtype),
+            Kind::Embed => check_embedding(name, dir, on),
+            Kind::Rerank => check_reranker(name, dir, on),
         };
         rows.push(result.unwrap_or_else(|e| Row {
             fixture: name.clone(),
@@ -76,6 +85,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
                 Kind::Rerank => "rerank",
             },
             dtype: dtype_name(dtype),
+            quantize: args.quantize.to_string(),
             kernel: "-".into(),
             cases: 0,
             worst_cosine: None,
@@ -185,7 +195,11 @@ fn read_reference<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
 
 /// All cases as one packed batch against the reference raw vectors, then each case
 /// alone against its batched vector.
-fn check_embedding(name: &str, dir: &Path, device: DeviceSpec, dtype: DType) -> Result<Row> {
+fn check_embedding(
+    name: &str,
+    dir: &Path,
+    (device, dtype, quantize): (DeviceSpec, DType, Quantize),
+) -> Result<Row> {
     let reference: EmbedReference = read_reference(dir)?;
     if reference.cases.is_empty() || reference.cases.iter().any(|c| c.input_ids.is_empty()) {
         bail!(
@@ -194,7 +208,7 @@ fn check_embedding(name: &str, dir: &Path, device: DeviceSpec, dtype: DType) -> 
         );
     }
     let gate = gate(dtype, device)?;
-    let model = Backend::load(dir, device, dtype, 1)
+    let model = Backend::load_quantized(dir, device, dtype, quantize, 1)
         .with_context(|| format!("loading {}", dir.display()))?;
     let ids: Vec<&[u32]> = reference
         .cases
@@ -204,7 +218,10 @@ fn check_embedding(name: &str, dir: &Path, device: DeviceSpec, dtype: DType) -> 
     let batched = model.embed(&PackedBatch::new(&ids))?;
     let want: Vec<&[f32]> = reference.cases.iter().map(|c| c.raw.as_slice()).collect();
     let names: Vec<&str> = reference.cases.iter().map(|c| c.name.as_str()).collect();
-    let against_reference = compare(&batched, &want, &names, gate);
+    let against_reference = match quantize {
+        Quantize::None => compare(&batched, &want, &names, gate),
+        Quantize::Int8 => compare_int8(&batched, &want, &names),
+    };
     let mut alone = Vec::with_capacity(ids.len());
     for seq in &ids {
         alone.extend(model.embed(&PackedBatch::new(&[*seq]))?);
@@ -225,20 +242,66 @@ fn check_embedding(name: &str, dir: &Path, device: DeviceSpec, dtype: DType) -> 
         fixture: name.into(),
         task: "embed",
         dtype: dtype_name(dtype),
+        quantize: quantize.to_string(),
         kernel: kernel_name(model.cpu_kernel(), device),
         cases: reference.cases.len(),
         worst_cosine: Some(against_reference.cosine),
         worst_abs: Some(against_reference.abs as f64),
         alone_vs_batch_cosine: Some(invariance.cosine),
-        gate: format!(
-            "1-cos<={:.1e} |d|<={:.1e} alone 1-cos<={:.1e}",
-            1.0 - gate.min_cosine,
-            gate.max_abs,
-            1.0 - same.min_cosine
-        ),
+        gate: match quantize {
+            Quantize::None => format!(
+                "1-cos<={:.1e} |d|<={:.1e} alone 1-cos<={:.1e}",
+                1.0 - gate.min_cosine,
+                gate.max_abs,
+                1.0 - same.min_cosine
+            ),
+            Quantize::Int8 => {
+                let g = parity::int8_gate();
+                format!(
+                    "int8 cos>={} mean>={} spearman>={} alone 1-cos<={:.1e}",
+                    g.worst_cosine,
+                    g.mean_cosine,
+                    g.spearman,
+                    1.0 - same.min_cosine
+                )
+            }
+        },
         ok: problem.is_none(),
         problem,
     })
+}
+
+/// int8 vectors against their references by the int8 gate (worst and mean cosine,
+/// Spearman of the pairwise similarities); `abs` is the worst |diff|, not gated.
+fn compare_int8<G: AsRef<[f32]>, W: AsRef<[f32]>>(
+    got: &[G],
+    want: &[W],
+    names: &[&str],
+) -> Compared {
+    // Counts, lengths and finiteness as for every row (a gate nothing can miss otherwise).
+    let open = Gate {
+        min_cosine: f64::NEG_INFINITY,
+        max_abs: f32::INFINITY,
+    };
+    let mut c = compare(got, want, names, open);
+    if c.problem.is_some() {
+        return c;
+    }
+    let (q, g) = (Quality::of(got, want), parity::int8_gate());
+    c.cosine = q.worst_cosine;
+    if !q.meets(g) {
+        c.problem = Some(format!(
+            "int8: worst cosine {:.6} ({}), mean {:.6}, spearman {:.6} against {} / {} / {}",
+            q.worst_cosine,
+            names.get(q.worst_case).copied().unwrap_or("?"),
+            q.mean_cosine,
+            q.spearman,
+            g.worst_cosine,
+            g.mean_cosine,
+            g.spearman
+        ));
+    }
+    c
 }
 
 /// The worst of one comparison, and the first way it misses the gate.
@@ -291,7 +354,11 @@ fn compare<G: AsRef<[f32]>, W: AsRef<[f32]>>(
 
 /// Every group's documents scored from their texts (template and tokenizer included),
 /// each group at its own length limit, against the card's scores.
-fn check_reranker(name: &str, dir: &Path, device: DeviceSpec, dtype: DType) -> Result<Row> {
+fn check_reranker(
+    name: &str,
+    dir: &Path,
+    (device, dtype, quantize): (DeviceSpec, DType, Quantize),
+) -> Result<Row> {
     let path = dir.join("reference.json");
     let reference: RerankReference = read_reference(dir)?;
     for g in &reference.groups {
@@ -307,7 +374,10 @@ fn check_reranker(name: &str, dir: &Path, device: DeviceSpec, dtype: DType) -> R
     if reference.groups.is_empty() {
         bail!("{}: no groups", path.display());
     }
-    let max_gate = rerank_gate(dtype, device)?;
+    let max_gate = match quantize {
+        Quantize::None => rerank_gate(dtype, device)?,
+        Quantize::Int8 => parity::int8_rerank_gate(),
+    };
     // One load per length limit the groups use.
     let mut models: BTreeMap<Option<usize>, Embedder> = BTreeMap::new();
     let (mut worst, mut cases, mut problem) = (0f64, 0usize, None);
@@ -320,6 +390,7 @@ fn check_reranker(name: &str, dir: &Path, device: DeviceSpec, dtype: DType) -> R
                     task: Task::Rerank,
                     device,
                     dtype: choice(dtype),
+                    quantize,
                     max_length: g.max_length,
                     ..LoadOptions::default()
                 };
@@ -378,6 +449,7 @@ fn check_reranker(name: &str, dir: &Path, device: DeviceSpec, dtype: DType) -> R
         fixture: name.into(),
         task: "rerank",
         dtype: dtype_name(dtype),
+        quantize: quantize.to_string(),
         kernel: kernel_name(kernel.flatten(), device),
         cases,
         worst_cosine: None,

@@ -343,6 +343,48 @@ fn check_passes_every_fixture_on_cpu() {
     }
 }
 
+/// `qembed check --quantize int8`: every fixture passes the int8 gates on this CPU,
+/// on an int8 kernel, loaded from bf16 (what `--dtype auto` loads with int8).
+#[test]
+fn check_passes_every_fixture_in_int8() {
+    let models = root().join("models");
+    let out = qembed(
+        &[
+            "check",
+            "--fixtures",
+            models.to_str().unwrap(),
+            "--quantize",
+            "int8",
+            "--json",
+        ],
+        "",
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(out.status.success(), "{stderr} {rows:?}");
+    assert_eq!(
+        rows.len(),
+        FIXTURES.len() + RERANK_FIXTURES.len(),
+        "{rows:?}"
+    );
+    for r in &rows {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["quantize"], "int8", "{r}");
+        assert_eq!(r["dtype"], "bf16", "{r}");
+        let kernel = r["kernel"].as_str().unwrap();
+        assert!(["avx512vnni", "portable-int8"].contains(&kernel), "{r}");
+        if r["task"] == "embed" {
+            let cosine = r["worst_cosine"].as_f64().unwrap();
+            assert!((0.995..0.99999).contains(&cosine), "{r}");
+        }
+    }
+}
+
 /// Copies fixture `name` into `dir`, its reference.json rewritten by `edit`.
 fn copy_fixture(name: &str, dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let to = dir.join(name);
