@@ -47,8 +47,8 @@ impl DTypeChoice {
     }
 
     /// The load dtype for weights held as `quantize` says: with int8, `auto` loads bf16
-    /// (the embedding table stays in the load dtype, and int8 weights gain nothing from
-    /// an f32 original).
+    /// (what is quantized gains nothing from an f32 original, and the load's transient
+    /// copies are half the size).
     pub fn resolve_for(self, device: DeviceSpec, quantize: Quantize) -> DType {
         match self {
             Self::Auto if device.is_cpu() && quantize == Quantize::Int8 => DType::BF16,

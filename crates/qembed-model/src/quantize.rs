@@ -1,15 +1,16 @@
-//! How the linear layers' weights are held once loaded: as the checkpoint (or `--dtype`)
-//! gives them, or quantized to int8 at load (`--quantize int8`).
+//! How the weights are held once loaded: as the checkpoint (or `--dtype`) gives them,
+//! or quantized to int8 at load (`--quantize int8`).
 
-/// The form of the linear layers' weights. Embeddings, norms, attention and the
-/// reranker head are not affected: they stay in the load dtype and f32.
+/// The form of the linear layers' weights and of the embedding table. Norms, attention
+/// and the reranker head are not affected: they stay in the load dtype and f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum Quantize {
     /// The weights in the load dtype (f32, bf16, f16).
     #[default]
     None,
-    /// Symmetric int8 per output channel, with an f32 scale each; activations
-    /// quantized per row at run time, int32 sums, f32 out. CPU only.
+    /// Symmetric int8 per output channel, with an f32 scale each (the embedding table
+    /// per column, then per row); activations quantized per row at run time, int32
+    /// sums, f32 out. CPU only.
     Int8,
 }
 
