@@ -6,9 +6,10 @@
 //! range and the others round to a few levels. Which channels, and by how much, is a
 //! property of the weights, so a short batch run in float at load finds them.
 //!
-//! Layer by layer: a layer is loaded in float, the calibration batch's hidden states
-//! run through it recording each linear input's largest |value| per channel, then the
-//! layer is loaded again as int8 smoothed for those maxima and the float copy dropped.
+//! Layer by layer: a layer's tensors are read once and prepared in float, the
+//! calibration batch's hidden states run through it recording each linear input's
+//! largest |value| per channel, then the same tensors are prepared as int8 smoothed for
+//! those maxima and the float copy dropped.
 //! The next layer sees the float layer's output. One float layer is resident at a time.
 
 use candle_core::{DType, Tensor};
@@ -68,12 +69,15 @@ impl Qwen3Embedding {
         // Attention's products on the float kernel while it runs.
         let chosen = std::mem::replace(&mut self.gemm, float);
         for i in 0..self.cfg.num_hidden_layers {
-            let layer = loader.load(i, float, None)?;
+            // Read once, prepared twice.
+            let tensors = loader.tensors(i)?;
+            let layer = LayerLoader::build(tensors.clone(), float, None)?;
             let mut maxima = InputMaxima::zeros(self);
             let rope = (cos.as_slice(), sin.as_slice());
             let next = self.fused_layer(&layer, &x, rope, batch.cu_seqlens(), Some(&mut maxima))?;
             drop(layer);
-            self.layers.push(loader.load(i, int8, Some(&maxima))?);
+            self.layers
+                .push(LayerLoader::build(tensors, int8, Some(&maxima))?);
             x = next;
         }
         self.gemm = chosen;

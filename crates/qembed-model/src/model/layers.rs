@@ -89,6 +89,12 @@ impl<'a> LayerLoader<'a> {
         gemm: &'static dyn Gemm,
         maxima: Option<&InputMaxima>,
     ) -> Result<DecoderLayer> {
+        Self::build(self.tensors(i)?, gemm, maxima)
+    }
+
+    /// Layer `i`'s tensors as this rank holds them, read from the checkpoint once:
+    /// q/k/v and gate/up stacked, norms and biases in the activation dtype.
+    pub(super) fn tensors(&self, i: usize) -> Result<LayerTensors> {
         let (cfg, w, act) = (self.cfg, self.w, self.act);
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
@@ -101,16 +107,12 @@ impl<'a> LayerLoader<'a> {
         let cols = |t: Tensor, start: usize, len: usize| -> Result<Tensor> {
             Ok(t.narrow(1, start, len)?.contiguous()?)
         };
-        let linear = |weight: Tensor, bias: Option<Tensor>, max: Option<&Vec<f32>>| match max {
-            None => Linear::new(gemm, weight, bias),
-            Some(max) => Linear::new_smoothed(gemm, weight, bias, max),
-        };
         let p = format!("layers.{i}");
         let attn = |n: &str, shape: &[usize]| w.get(&format!("{p}.self_attn.{n}"), shape);
         // Biases are added to the GEMM output, which is in the activation dtype.
         let bias = |n: &str, len: usize| w.get_as(&format!("{p}.self_attn.{n}.bias"), &[len], act);
         let mlp = |n: &str, shape: &[usize]| w.get(&format!("{p}.mlp.{n}.weight"), shape);
-        let qkv_weight = Tensor::cat(
+        let qkv = Tensor::cat(
             &[
                 rows(attn("q_proj.weight", &[nq * hd, h])?, q0 * hd, qn * hd)?,
                 rows(attn("k_proj.weight", &[nkv * hd, h])?, k0 * hd, kn * hd)?,
@@ -137,33 +139,63 @@ impl<'a> LayerLoader<'a> {
             None
         };
         let norm = |n: &str, len: usize| w.get_as(&format!("{p}.{n}.weight"), &[len], act);
-        Ok(DecoderLayer {
+        Ok(LayerTensors {
             input_norm: norm("input_layernorm", h)?,
             post_attention_norm: norm("post_attention_layernorm", h)?,
-            qkv: linear(qkv_weight, qkv_bias, maxima.map(|m| &m.qkv))?,
+            qkv: (qkv, qkv_bias),
             q_norm: norm("self_attn.q_norm", hd)?,
             k_norm: norm("self_attn.k_norm", hd)?,
-            o_proj: linear(
+            o_proj: (
                 cols(attn("o_proj.weight", &[h, nq * hd])?, q0 * hd, qn * hd)?,
                 o_bias,
-                maxima.map(|m| &m.o_proj),
+            ),
+            gate_up: Tensor::cat(
+                &[
+                    rows(mlp("gate_proj", &[inter, h])?, i0, inn)?,
+                    rows(mlp("up_proj", &[inter, h])?, i0, inn)?,
+                ],
+                0,
             )?,
-            gate_up: linear(
-                Tensor::cat(
-                    &[
-                        rows(mlp("gate_proj", &[inter, h])?, i0, inn)?,
-                        rows(mlp("up_proj", &[inter, h])?, i0, inn)?,
-                    ],
-                    0,
-                )?,
-                None,
-                maxima.map(|m| &m.gate_up),
-            )?,
-            down: linear(
-                cols(mlp("down_proj", &[h, inter])?, i0, inn)?,
-                None,
-                maxima.map(|m| &m.down),
-            )?,
+            down: cols(mlp("down_proj", &[h, inter])?, i0, inn)?,
         })
     }
+
+    /// A layer from its tensors, the linear weights prepared for `gemm` (smoothed for
+    /// `maxima` when given, int8 kernels only).
+    pub(super) fn build(
+        t: LayerTensors,
+        gemm: &'static dyn Gemm,
+        maxima: Option<&InputMaxima>,
+    ) -> Result<DecoderLayer> {
+        let linear = |weight: Tensor, bias: Option<Tensor>, max: Option<&Vec<f32>>| match max {
+            None => Linear::new(gemm, weight, bias),
+            Some(max) => Linear::new_smoothed(gemm, weight, bias, max),
+        };
+        Ok(DecoderLayer {
+            input_norm: t.input_norm,
+            post_attention_norm: t.post_attention_norm,
+            qkv: linear(t.qkv.0, t.qkv.1, maxima.map(|m| &m.qkv))?,
+            q_norm: t.q_norm,
+            k_norm: t.k_norm,
+            o_proj: linear(t.o_proj.0, t.o_proj.1, maxima.map(|m| &m.o_proj))?,
+            gate_up: linear(t.gate_up, None, maxima.map(|m| &m.gate_up))?,
+            down: linear(t.down, None, maxima.map(|m| &m.down))?,
+        })
+    }
+}
+
+/// One decoder layer's tensors before their linear weights are prepared for a kernel
+/// (cheap to clone: tensors share their storage), so that one read of the checkpoint
+/// can be prepared twice (float to measure, then int8).
+#[derive(Clone)]
+pub(super) struct LayerTensors {
+    input_norm: Tensor,
+    post_attention_norm: Tensor,
+    /// Stacked weight and bias.
+    qkv: (Tensor, Option<Tensor>),
+    q_norm: Tensor,
+    k_norm: Tensor,
+    o_proj: (Tensor, Option<Tensor>),
+    gate_up: Tensor,
+    down: Tensor,
 }
