@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::cpu::gemm::{apply_prologue, Gemm, PreparedWeight, Prologue};
+use crate::cpu::gemm::{apply_prologue, column_max_abs, Gemm, PreparedWeight, Prologue};
 use crate::Result;
 
 pub(super) struct Linear {
@@ -63,11 +63,7 @@ impl Linear {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        for row in values.chunks_exact(max.len().max(1)) {
-            for (m, &v) in max.iter_mut().zip(row) {
-                *m = m.max(v.abs());
-            }
-        }
+        column_max_abs(&values, max);
         self.forward_with(&input, Prologue::None)
     }
 

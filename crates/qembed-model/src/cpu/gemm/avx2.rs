@@ -46,16 +46,11 @@ impl Gemm for Avx2 {
     }
 
     fn unavailable(&self) -> Option<String> {
-        let has = |f: bool, name: &str| (!f).then(|| name.to_string());
-        let missing: Vec<String> = [
-            has(is_x86_feature_detected!("avx2"), "AVX2"),
-            has(is_x86_feature_detected!("fma"), "FMA"),
-            has(is_x86_feature_detected!("f16c"), "F16C"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        (!missing.is_empty()).then(|| format!("this CPU lacks {}", missing.join(", ")))
+        super::lacking(&[
+            (is_x86_feature_detected!("avx2"), "AVX2"),
+            (is_x86_feature_detected!("fma"), "FMA"),
+            (is_x86_feature_detected!("f16c"), "F16C"),
+        ])
     }
 
     fn supports(&self, dtype: DType) -> bool {

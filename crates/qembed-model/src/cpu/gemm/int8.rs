@@ -92,16 +92,23 @@ impl QuantRows {
     }
 }
 
+/// `max[c] = max(max[c], |v|)` over every row-major row of `rows` (each `max.len()`
+/// wide): the per-channel maxima that smoothing, the lookup table's column scales and
+/// the calibration's activation measurements all take.
+pub(crate) fn column_max_abs(rows: &[f32], max: &mut [f32]) {
+    for row in rows.chunks_exact(max.len().max(1)) {
+        for (m, &v) in max.iter_mut().zip(row) {
+            *m = m.max(v.abs());
+        }
+    }
+}
+
 /// SmoothQuant's per-input-channel factor for row-major `[_, k]` weights `values` and
 /// activation channel maxima `act_max`: `sqrt(max |x_c| / max |w_c|)`, kept within
 /// 1e-4..1e4, and 1 for a channel that is zero on either side.
 fn smoothing(values: &[f32], k: usize, act_max: &[f32]) -> Vec<f32> {
     let mut w_max = vec![0f32; k];
-    for row in values.chunks_exact(k.max(1)) {
-        for (m, &v) in w_max.iter_mut().zip(row) {
-            *m = m.max(v.abs());
-        }
-    }
+    column_max_abs(values, &mut w_max);
     w_max
         .iter()
         .zip(act_max)
@@ -147,11 +154,7 @@ impl QuantizedRows {
             return Ok(Self { rows, col_scale });
         }
         for r0 in (0..n).step_by(BLOCK) {
-            for row in block(r0)?.chunks_exact(k) {
-                for (m, &v) in col_scale.iter_mut().zip(row) {
-                    *m = m.max(v.abs());
-                }
-            }
+            column_max_abs(&block(r0)?, &mut col_scale);
         }
         for m in &mut col_scale {
             if !(*m > 0.0 && m.is_finite()) {

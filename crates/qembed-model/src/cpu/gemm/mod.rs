@@ -33,8 +33,20 @@ mod portable;
 mod portable_int8;
 mod prologue;
 
-pub(crate) use int8::QuantizedRows;
+pub(crate) use int8::{column_max_abs, QuantizedRows};
 pub(crate) use prologue::Prologue;
+
+/// Why a CPU without some of `features` (detected, name) cannot run a kernel; `None`
+/// when it has them all.
+#[cfg(target_arch = "x86_64")]
+fn lacking(features: &[(bool, &str)]) -> Option<String> {
+    let missing: Vec<&str> = features
+        .iter()
+        .filter(|&&(has, _)| !has)
+        .map(|&(_, name)| name)
+        .collect();
+    (!missing.is_empty()).then(|| format!("this CPU lacks {}", missing.join(", ")))
+}
 
 /// `prologue(x)` as a tensor of its own (the fused CPU op), for callers that need the
 /// input a kernel would see.

@@ -55,15 +55,10 @@ impl DotIsa for Hw {
     type Pairs = __m512bh;
 
     fn unavailable() -> Option<String> {
-        let missing: Vec<&str> = [
+        super::super::lacking(&[
             (is_x86_feature_detected!("avx512f"), "AVX512F"),
             (is_x86_feature_detected!("avx512bf16"), "AVX512_BF16"),
-        ]
-        .into_iter()
-        .filter(|&(has, _)| !has)
-        .map(|(_, name)| name)
-        .collect();
-        (!missing.is_empty()).then(|| format!("this CPU lacks {}", missing.join(", ")))
+        ])
     }
 
     #[inline(always)]

@@ -77,15 +77,10 @@ impl DotIsa for Hw {
     type Quads = __m512i;
 
     fn unavailable() -> Option<String> {
-        let missing: Vec<&str> = [
+        super::super::lacking(&[
             (is_x86_feature_detected!("avx512f"), "AVX512F"),
             (is_x86_feature_detected!("avx512vnni"), "AVX512_VNNI"),
-        ]
-        .into_iter()
-        .filter(|&(has, _)| !has)
-        .map(|(_, name)| name)
-        .collect();
-        (!missing.is_empty()).then(|| format!("this CPU lacks {}", missing.join(", ")))
+        ])
     }
 
     #[inline(always)]
