@@ -18,7 +18,7 @@ SHAPES=${SHAPES:-1x16,32x128,8x512,mixed}
 # FEATURES=mkl builds qembed with MKL linear layers (libmkl_rt.so.3 on LD_LIBRARY_PATH).
 cargo build --release -q -p qembed-bench ${FEATURES:+--features "$FEATURES"}
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | tr -d ' ') model $(grep -m1 '^model[[:space:]]' /proc/cpuinfo | cut -d: -f2 | tr -d ' '); flags:" \
-  $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|fma|avx512f|avx512_bf16|avx512_vnni|amx_bf16' | tr '\n' ' ')
+  $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|fma|avx512f|avx512_bf16|avx512_vnni|amx_bf16|amx_int8' | tr '\n' ' ')
 for rep in $(seq 1 "${REPS:-1}"); do
   echo "# repetition $rep, load average $(cut -d' ' -f1-3 /proc/loadavg), HEAD $(git rev-parse --short HEAD)"
   for dt in $DTYPES; do

@@ -20,6 +20,12 @@ struct Args {
     /// Seconds per measurement (at least one run).
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    /// Only these kernels (comma-separated names; default: every one that runs here).
+    #[arg(long, value_delimiter = ',')]
+    kernels: Vec<String>,
+    /// Only these weight dtypes of each kernel (f32, bf16; default: both).
+    #[arg(long, value_delimiter = ',')]
+    dtypes: Vec<String>,
 }
 
 /// `(name, out, in)` of the 0.6B shape's linear layers, fused as the model runs them.
@@ -176,6 +182,7 @@ fn cpu_line() -> serde_json::Value {
         "avx512_bf16",
         "avx512_vnni",
         "amx_bf16",
+        "amx_int8",
     ];
     let flags: Vec<&str> = wanted
         .iter()
@@ -203,11 +210,13 @@ fn main() -> Result<()> {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     for kernel in cpu_kernels() {
-        if kernel.unavailable.is_some() {
+        let named = |list: &[String], name: &str| list.is_empty() || list.iter().any(|n| n == name);
+        if kernel.unavailable.is_some() || !named(&args.kernels, kernel.name) {
             continue;
         }
         for &dtype in &kernel.dtypes {
-            if dtype == DType::F16 {
+            let dtype_name = format!("{dtype:?}").to_lowercase();
+            if dtype == DType::F16 || !named(&args.dtypes, &dtype_name) {
                 continue;
             }
             for &m in &args.rows {
@@ -231,7 +240,7 @@ fn main() -> Result<()> {
                     .map(|&(name, g)| (name, g * threads as f64));
                 println!(
                     "{}",
-                    serde_json::json!({"kernel": kernel.name, "dtype": format!("{dtype:?}").to_lowercase(),
+                    serde_json::json!({"kernel": kernel.name, "dtype": dtype_name,
                                        "rows": m, "layers": "qkv,o,gate_up,down (0.6B)",
                                        "gflops": gflops,
                                        "peak": peak.map(|p| p.0), "peak_gflops": peak.map(|p| p.1),

@@ -25,6 +25,7 @@ const SIMD_FLAGS: &[&str] = &[
     "avx512_fp16",
     "amx_tile",
     "amx_bf16",
+    "amx_int8",
 ];
 
 pub struct Cpu {

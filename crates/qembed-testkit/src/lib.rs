@@ -157,13 +157,22 @@ pub fn skipped(test: &str, why: &str) {
 /// `all`) names it. CI sets these from /proc/cpuinfo, so a kernel the CPU has can
 /// never pass as skipped.
 pub fn kernel_required(name: &str) -> bool {
-    let own = format!("QEMBED_REQUIRE_{}", name.to_ascii_uppercase());
+    let own = require_var(name);
     let list = std::env::var("QEMBED_REQUIRE_KERNELS").unwrap_or_default();
     std::env::var_os(own).is_some_and(|v| !v.is_empty())
         || list
             .split(',')
             .map(str::trim)
             .any(|k| k.eq_ignore_ascii_case(name) || k == "all")
+}
+
+/// The variable that requires kernel `name`'s tests: `QEMBED_REQUIRE_` and the name in
+/// capitals, `-` as `_` (`amx-int8`: `QEMBED_REQUIRE_AMX_INT8`).
+pub fn require_var(name: &str) -> String {
+    format!(
+        "QEMBED_REQUIRE_{}",
+        name.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 #[cfg(test)]

@@ -266,6 +266,17 @@ pub(super) fn rescale(sum: i32, row_scale: f32, col_scale: f32) -> f32 {
     sum as f32 * (row_scale * col_scale)
 }
 
+/// `dst[c] = rescale(sums[c], row_scale, col_scale[c])` along one output row (the
+/// shortest of the three slices): the same bits as [`rescale`], vectorised.
+#[inline(always)]
+fn rescale_row_impl(dst: &mut [f32], sums: &[i32], row_scale: f32, col_scale: &[f32]) {
+    for ((d, &s), &c) in dst.iter_mut().zip(sums).zip(col_scale) {
+        *d = rescale(s, row_scale, c);
+    }
+}
+
+multiversion!(pub(super) fn rescale_row(dst: &mut [f32], sums: &[i32], row_scale: f32, col_scale: &[f32]) => rescale_row_impl);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,6 +135,8 @@ static BUILT: &[&dyn Gemm] = &[
     #[cfg(target_arch = "x86_64")]
     &avx2::AVX2,
     &portable::PORTABLE,
+    #[cfg(amx)]
+    &amx::AMX_INT8,
     #[cfg(target_arch = "x86_64")]
     &avx512vnni::AVX512VNNI,
     &portable_int8::PORTABLE_INT8,
@@ -148,6 +150,7 @@ const KNOWN: &[&str] = &[
     "avx2",
     "mkl",
     "portable",
+    "amx-int8",
     "avx512vnni",
     "portable-int8",
 ];
@@ -167,6 +170,9 @@ pub struct CpuKernelInfo {
     /// Why it cannot run here (missing instructions, a library that did not load);
     /// `None` when it can.
     pub unavailable: Option<String>,
+    /// Whether attention's two products run as the kernel's own bf16 products (AMX
+    /// tiles) rather than in f32: kernels that differ here differ beyond their GEMMs.
+    pub bf16_attention: bool,
 }
 
 /// Every GEMM kernel built into this binary, best first, and whether this CPU runs
@@ -182,6 +188,7 @@ pub fn cpu_kernels() -> Vec<CpuKernelInfo> {
                 .collect(),
             quantize: k.quantize(),
             unavailable: k.unavailable(),
+            bf16_attention: matches!(k.attention(), AttentionProducts::PerGroup(_)),
         })
         .collect()
 }
@@ -289,8 +296,8 @@ pub(crate) fn best(dtype: DType, quantize: Quantize) -> &'static dyn Gemm {
 pub(crate) fn kernel_or_skip(name: &str) -> bool {
     kernel_or_say(name, |why| {
         format!(
-            "SKIPPED: {name} kernel tests ({why}); QEMBED_REQUIRE_{} makes this fail",
-            name.to_ascii_uppercase()
+            "SKIPPED: {name} kernel tests ({why}); {} makes this fail",
+            qembed_testkit::require_var(name)
         )
     })
 }
@@ -304,9 +311,9 @@ pub(crate) fn kernel_or_model(name: &str) -> bool {
     kernel_or_say(name, |why| {
         format!(
             "{} kernel tested through the software model only: this CPU cannot run its \
-             instructions ({why}); QEMBED_REQUIRE_{} makes this fail",
+             instructions ({why}); {} makes this fail",
             name.to_ascii_uppercase(),
-            name.to_ascii_uppercase()
+            qembed_testkit::require_var(name)
         )
     })
 }
@@ -392,14 +399,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("int8 weights"), "{err}");
+        // The best int8 kernel the CPU has: AMX-INT8, else AVX512_VNNI.
+        let best = select(DType::F32, Quantize::Int8, &Device::Cpu, None)
+            .unwrap()
+            .name();
+        #[cfg(amx)]
+        if amx::int8_available() {
+            assert_eq!(best, "amx-int8");
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512vnni") {
-            assert_eq!(
-                select(DType::F32, Quantize::Int8, &Device::Cpu, None)
-                    .unwrap()
-                    .name(),
-                "avx512vnni"
-            );
+            assert_eq!(best, "avx512vnni");
+            return;
         }
+        assert_eq!(best, "portable-int8");
     }
 }

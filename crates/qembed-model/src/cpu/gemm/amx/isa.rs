@@ -12,7 +12,7 @@
 use std::arch::asm;
 use std::marker::PhantomData;
 
-use super::available;
+use super::{available, int8_available};
 
 /// A 64-byte `LDTILECFG` operand: byte 0 the palette, bytes 16 + 2t (u16, little-endian)
 /// tile t's bytes per row, byte 48 + t its rows (Intel SDM, "Tile configuration").
@@ -38,6 +38,9 @@ pub(super) trait TileIsa: Sized {
     /// Why this implementation cannot run here; `None` when it can.
     fn unavailable() -> Option<&'static str>;
 
+    /// Why [`dot_i8`](Self::dot_i8) cannot run here (no AMX-INT8); `None` when it can.
+    fn unavailable_int8() -> Option<&'static str>;
+
     /// `LDTILECFG`: configures this thread's tiles (call only where
     /// [`unavailable`](Self::unavailable) is `None`). Dropping the value releases them.
     fn configure(cfg: &TileConfig) -> Self;
@@ -46,22 +49,43 @@ pub(super) trait TileIsa: Sized {
     fn zero<const T: u8>(&mut self);
 
     /// `TILELOADD tmm{T}`: tile T's configured rows of its configured bytes each, row
-    /// `r` from byte `2 * at + r * stride` of `src`.
+    /// `r` from byte `size_of::<E>() * at + r * stride` of `src`.
     ///
     /// # Safety
     /// Every byte read must lie inside `src`.
-    unsafe fn load<const T: u8>(&mut self, src: &[u16], at: usize, stride: usize);
+    unsafe fn load<const T: u8, E: Plain>(&mut self, src: &[E], at: usize, stride: usize);
 
-    /// `TILESTORED tmm{T}`: tile T's rows to byte `4 * at + r * stride` of `dst`.
+    /// `TILESTORED tmm{T}`: tile T's rows to byte `size_of::<E>() * at + r * stride` of
+    /// `dst`.
     ///
     /// # Safety
     /// Every byte written must lie inside `dst`.
-    unsafe fn store<const T: u8>(&mut self, dst: &mut [f32], at: usize, stride: usize);
+    unsafe fn store<const T: u8, E: Plain>(&mut self, dst: &mut [E], at: usize, stride: usize);
 
     /// `TDPBF16PS tmm{C}, tmm{A}, tmm{B}`: `C[m][n] += A[m][2k] B[k][2n] +
     /// A[m][2k+1] B[k][2n+1]` over the pairs `k`, bf16 widened to f32, f32 sums.
     fn dot<const C: u8, const A: u8, const B: u8>(&mut self);
+
+    /// `TDPBSSD tmm{C}, tmm{A}, tmm{B}` (AMX-INT8): `C[m][n] += sum over i < 4 of
+    /// A[m][4k+i] B[k][4n+i]` over the quads `k`, signed bytes, int32 sums that wrap.
+    fn dot_i8<const C: u8, const A: u8, const B: u8>(&mut self);
 }
+
+/// Element types a tile moves: plain data, every bit pattern a value, no padding, so
+/// that a tile's bytes may be read from and written into them.
+///
+/// # Safety
+/// Implement only for types with those properties.
+pub(super) unsafe trait Plain: Copy {}
+
+// SAFETY: integers and floats of these widths: no padding, every bit pattern valid.
+unsafe impl Plain for u16 {}
+// SAFETY: as above.
+unsafe impl Plain for i8 {}
+// SAFETY: as above.
+unsafe impl Plain for f32 {}
+// SAFETY: as above.
+unsafe impl Plain for i32 {}
 
 /// The real instructions. Holding one means this thread's tiles are configured;
 /// dropping it releases them, so that context switches stop saving 8 KiB of tile
@@ -75,6 +99,10 @@ pub(super) struct Hw(PhantomData<*const ()>);
 impl TileIsa for Hw {
     fn unavailable() -> Option<&'static str> {
         (!available()).then_some("amx: not available on this CPU")
+    }
+
+    fn unavailable_int8() -> Option<&'static str> {
+        (!int8_available()).then_some("amx: AMX-INT8 not available on this CPU")
     }
 
     fn configure(cfg: &TileConfig) -> Self {
@@ -93,7 +121,7 @@ impl TileIsa for Hw {
     }
 
     #[inline(always)]
-    unsafe fn load<const T: u8>(&mut self, src: &[u16], at: usize, stride: usize) {
+    unsafe fn load<const T: u8, E: Plain>(&mut self, src: &[E], at: usize, stride: usize) {
         // SAFETY: the caller keeps every row read inside `src` (so `at` is inside it
         // too); the tiles are configured on this thread.
         unsafe {
@@ -108,7 +136,7 @@ impl TileIsa for Hw {
     }
 
     #[inline(always)]
-    unsafe fn store<const T: u8>(&mut self, dst: &mut [f32], at: usize, stride: usize) {
+    unsafe fn store<const T: u8, E: Plain>(&mut self, dst: &mut [E], at: usize, stride: usize) {
         // SAFETY: the caller keeps every row written inside `dst`, which `&mut` makes
         // ours; the tiles are configured on this thread.
         unsafe {
@@ -129,6 +157,22 @@ impl TileIsa for Hw {
         unsafe {
             asm!(
                 "tdpbf16ps tmm{c}, tmm{a}, tmm{b}",
+                c = const C,
+                a = const A,
+                b = const B,
+                options(nostack, nomem),
+            )
+        };
+    }
+
+    #[inline(always)]
+    fn dot_i8<const C: u8, const A: u8, const B: u8>(&mut self) {
+        // SAFETY: the tiles are configured on this thread; TDPBSSD touches no memory.
+        // The int8 kernel runs it only where `unavailable_int8` is `None` (without
+        // AMX-INT8, or with mismatched tile shapes, the CPU faults: not UB).
+        unsafe {
+            asm!(
+                "tdpbssd tmm{c}, tmm{a}, tmm{b}",
                 c = const C,
                 a = const A,
                 b = const B,

@@ -37,6 +37,7 @@ use crate::cpu::attention::{causal_softmax, AttentionProducts};
 use crate::cpu::par::SyncPtr;
 
 mod attention;
+mod int8;
 mod isa;
 #[cfg(test)]
 mod model;
@@ -46,6 +47,7 @@ mod tiles;
 
 use super::bf16::{bf16_bits, round_input_row, round_row};
 use attention::group_attention;
+pub(super) use int8::AMX_INT8;
 use isa::{Hw, TileConfig, TileIsa};
 use pack::PackedWeight;
 use round::round_rows;
@@ -79,6 +81,19 @@ pub fn available() -> bool {
             )
         });
         !off && detect()
+    })
+}
+
+/// Whether int8 linear layers can run on AMX-INT8 tiles: [`available`] and the CPU has
+/// AMX-INT8.
+pub fn int8_available() -> bool {
+    static INT8: OnceLock<bool> = OnceLock::new();
+    *INT8.get_or_init(|| {
+        // CPUID leaf 7: EDX bit 25 is AMX-INT8.
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 7 exists on every x86-64 CPU that runs this code.
+        let edx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
+        available() && edx & (1 << 25) != 0
     })
 }
 

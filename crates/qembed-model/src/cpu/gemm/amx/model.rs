@@ -14,6 +14,10 @@
 //!   B[k][2n+1]`, bf16 widened to f32. Shapes must agree (`A.rows == C.rows`,
 //!   `A.colsb == 4 * B.rows`, `B.colsb == C.colsb`) and the three tiles differ, or
 //!   hardware raises #UD.
+//! - `TDPBSSD C, A, B` (AMX-INT8): for each row `m`, quad `k < A.colsb / 4`, column
+//!   `n < C.colsb / 4`: `C[m][n] += A[m][4k+i] * B[k][4n+i]` for `i` in 0..4, signed
+//!   bytes, int32 sums that wrap; the same shape rules. Integer sums are exact, so the
+//!   model and the instruction must agree bit for bit.
 //!
 //! Rounding and order: the SDM's pseudo-code, in its order (k outer, the even product
 //! then the odd one), each addition rounded to nearest even in f32. A product of two
@@ -29,7 +33,7 @@
 //! an unconfigured tile, or mismatched shapes panic (naming the instruction), so a
 //! packing or tiling bug fails a test instead of reading garbage.
 
-use super::isa::{TileConfig, TileIsa};
+use super::isa::{Plain, TileConfig, TileIsa};
 
 /// Bytes a palette-1 tile holds at most: 16 rows of 64 bytes.
 const TILE_BYTES: usize = 1024;
@@ -90,6 +94,10 @@ impl TileIsa for Model {
         None
     }
 
+    fn unavailable_int8() -> Option<&'static str> {
+        None
+    }
+
     fn configure(cfg: &TileConfig) -> Self {
         let c = &cfg.0;
         assert_eq!(
@@ -128,42 +136,26 @@ impl TileIsa for Model {
         self.data[usize::from(T)] = [0; TILE_BYTES];
     }
 
-    unsafe fn load<const T: u8>(&mut self, src: &[u16], at: usize, stride: usize) {
+    unsafe fn load<const T: u8, E: Plain>(&mut self, src: &[E], at: usize, stride: usize) {
         let (rows, colsb) = self.shape(T, "tileloadd");
-        Self::check(
-            "tileloadd",
-            T,
-            (2 * at, stride),
-            (rows, colsb),
-            2 * src.len(),
-        );
+        let src = bytes(src);
+        let start = size_of::<E>() * at;
+        Self::check("tileloadd", T, (start, stride), (rows, colsb), src.len());
         let tile = &mut self.data[usize::from(T)];
         *tile = [0; TILE_BYTES];
         for r in 0..rows {
-            for (c, byte) in tile[64 * r..][..colsb].iter_mut().enumerate() {
-                let b = 2 * at + r * stride + c;
-                *byte = src[b / 2].to_le_bytes()[b % 2];
-            }
+            tile[64 * r..][..colsb].copy_from_slice(&src[start + r * stride..][..colsb]);
         }
     }
 
-    unsafe fn store<const T: u8>(&mut self, dst: &mut [f32], at: usize, stride: usize) {
+    unsafe fn store<const T: u8, E: Plain>(&mut self, dst: &mut [E], at: usize, stride: usize) {
         let (rows, colsb) = self.shape(T, "tilestored");
-        assert!(
-            stride.is_multiple_of(4) && colsb.is_multiple_of(4),
-            "tilestored tmm{T}: the model stores whole f32s (stride {stride}, {colsb} bytes)"
-        );
-        Self::check(
-            "tilestored",
-            T,
-            (4 * at, stride),
-            (rows, colsb),
-            4 * dst.len(),
-        );
+        let dst = bytes_mut(dst);
+        let start = size_of::<E>() * at;
+        Self::check("tilestored", T, (start, stride), (rows, colsb), dst.len());
         for r in 0..rows {
-            for c in 0..colsb / 4 {
-                dst[at + r * stride / 4 + c] = self.f32_at(T, r, c);
-            }
+            dst[start + r * stride..][..colsb]
+                .copy_from_slice(&self.data[usize::from(T)][64 * r..][..colsb]);
         }
     }
 
@@ -211,6 +203,60 @@ impl TileIsa for Model {
             }
         }
     }
+
+    fn dot_i8<const C: u8, const A: u8, const B: u8>(&mut self) {
+        let (c_rows, c_colsb) = self.shape(C, "tdpbssd");
+        let (a_rows, a_colsb) = self.shape(A, "tdpbssd");
+        let (b_rows, b_colsb) = self.shape(B, "tdpbssd");
+        assert!(
+            C != A && C != B && A != B,
+            "tdpbssd tmm{C}, tmm{A}, tmm{B}: the tiles must differ"
+        );
+        assert!(
+            a_rows == c_rows
+                && a_colsb == 4 * b_rows
+                && b_colsb == c_colsb
+                && c_colsb.is_multiple_of(4),
+            "tdpbssd tmm{C}, tmm{A}, tmm{B}: shapes {c_rows}x{c_colsb}, {a_rows}x{a_colsb}, \
+             {b_rows}x{b_colsb} bytes do not agree"
+        );
+        let (quads, cols) = (a_colsb / 4, c_colsb / 4);
+        let byte =
+            |t: u8, r: usize, i: usize| i32::from(self.data[usize::from(t)][64 * r + i] as i8);
+        let mut rows = [[0i32; 16]; 16];
+        for (m, acc) in rows.iter_mut().enumerate().take(c_rows) {
+            for (n, v) in acc.iter_mut().enumerate().take(cols) {
+                let c = &self.data[usize::from(C)][64 * m + 4 * n..][..4];
+                *v = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                for k in 0..quads {
+                    for i in 0..4 {
+                        let p = byte(A, m, 4 * k + i) * byte(B, k, 4 * n + i);
+                        *v = v.wrapping_add(p);
+                    }
+                }
+            }
+        }
+        for (m, acc) in rows.iter().enumerate().take(c_rows) {
+            let row = &mut self.data[usize::from(C)][64 * m..][..64];
+            row.fill(0);
+            for (dst, v) in row.chunks_exact_mut(4).zip(acc).take(cols) {
+                dst.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// A slice of plain elements as its bytes.
+fn bytes<E: Plain>(s: &[E]) -> &[u8] {
+    // SAFETY: `Plain` types have no padding, so every byte of the slice is initialised.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), size_of_val(s)) }
+}
+
+/// A mutable slice of plain elements as its bytes.
+fn bytes_mut<E: Plain>(s: &mut [E]) -> &mut [u8] {
+    // SAFETY: `Plain` types have no padding and take every bit pattern, so any bytes
+    // written leave valid elements.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), size_of_val(s)) }
 }
 
 #[cfg(test)]
@@ -249,14 +295,14 @@ mod tests {
         let mut c = [f32::NAN; 6];
         // SAFETY: the model checks every access (the test is that it does not panic).
         unsafe {
-            t.load::<1>(&a_bits, 0, 8);
-            t.load::<2>(&b_bits, 0, 12);
+            t.load::<1, u16>(&a_bits, 0, 8);
+            t.load::<2, u16>(&b_bits, 0, 12);
         }
         t.zero::<0>();
         t.dot::<0, 1, 2>();
         t.dot::<0, 1, 2>();
         // SAFETY: as above.
-        unsafe { t.store::<0>(&mut c, 0, 12) };
+        unsafe { t.store::<0, f32>(&mut c, 0, 12) };
         for m in 0..2 {
             for n in 0..3 {
                 let want: f32 = (0..2)
@@ -276,19 +322,19 @@ mod tests {
         let mut c = [f32::NAN];
         // SAFETY: the model checks every access.
         unsafe {
-            t.load::<1>(&tiny, 0, 4);
-            t.load::<2>(&tiny, 0, 4);
+            t.load::<1, u16>(&tiny, 0, 4);
+            t.load::<2, u16>(&tiny, 0, 4);
         }
         t.zero::<0>();
         t.dot::<0, 1, 2>();
         // SAFETY: as above.
-        unsafe { t.store::<0>(&mut c, 0, 4) };
+        unsafe { t.store::<0, f32>(&mut c, 0, 4) };
         assert_eq!(c[0].to_bits(), 0, "1e-40 flushed to +0");
         let mut wide = [f32::NAN; 2];
         // SAFETY: as above.
         unsafe {
-            t.load::<3>(&[bf16(1.0); 4], 0, 8);
-            t.store::<3>(&mut wide, 0, 8);
+            t.load::<3, u16>(&[bf16(1.0); 4], 0, 8);
+            t.store::<3, f32>(&mut wide, 0, 8);
         }
         // Two bf16 1.0s, little-endian, read back as one f32's bits.
         assert_eq!(wide.map(f32::to_bits), [u32::from(bf16(1.0)) * 0x1_0001; 2]);
@@ -301,7 +347,7 @@ mod tests {
         // 16 rows at a 128-byte stride need 15 * 128 + 64 bytes; give one u16 less.
         let src = vec![0u16; (15 * 128 + 64) / 2 - 1];
         // SAFETY: the model checks the access: this is the panic under test.
-        unsafe { t.load::<4>(&src, 0, 128) };
+        unsafe { t.load::<4, u16>(&src, 0, 128) };
     }
 
     #[test]
@@ -310,7 +356,7 @@ mod tests {
         let mut t = Model::configure(&TileConfig::uniform(16, 64));
         let mut dst = vec![0f32; 16 * 16];
         // SAFETY: the model checks the access: this is the panic under test.
-        unsafe { t.store::<0>(&mut dst, 1, 64) };
+        unsafe { t.store::<0, f32>(&mut dst, 1, 64) };
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::*;
 
 /// The kernel's tiles on one thread: palette 1, eight 16-row x 64-byte tiles. tmm0-3
 /// hold the 32x32 f32 output block, tmm4/5 the two A tiles, tmm6/7 the two B tiles.
-pub(super) struct Tiles<U: TileIsa>(U);
+pub(super) struct Tiles<U: TileIsa>(pub(super) U);
 
 impl<U: TileIsa> Tiles<U> {
     pub(super) fn configure() -> Self {
@@ -34,11 +34,11 @@ impl<U: TileIsa> Tiles<U> {
             // SAFETY: the caller's contract puts 32 rows of A in `a` and `ksteps * 32`
             // panel lines in `b`; step `s` stays inside the `ksteps * 32` of K covered.
             unsafe {
-                t.load::<4>(a, ka, lda * 2);
-                t.load::<6>(b, kb, 128);
-                t.load::<7>(b, kb + 32, 128);
+                t.load::<4, u16>(a, ka, lda * 2);
+                t.load::<6, u16>(b, kb, 128);
+                t.load::<7, u16>(b, kb + 32, 128);
                 t.dot::<0, 4, 6>();
-                t.load::<5>(a, a1 + ka, lda * 2);
+                t.load::<5, u16>(a, a1 + ka, lda * 2);
                 t.dot::<1, 4, 7>();
                 t.dot::<2, 5, 6>();
                 t.dot::<3, 5, 7>();
@@ -47,10 +47,10 @@ impl<U: TileIsa> Tiles<U> {
         let c = out.0.as_flattened_mut();
         // SAFETY: four 16x16 f32 tiles at row stride 128 bytes fill the 32x32 block `c`.
         unsafe {
-            t.store::<0>(c, 0, BLOCK_COLS * 4);
-            t.store::<1>(c, 16, BLOCK_COLS * 4);
-            t.store::<2>(c, 16 * BLOCK_COLS, BLOCK_COLS * 4);
-            t.store::<3>(c, 16 * BLOCK_COLS + 16, BLOCK_COLS * 4);
+            t.store::<0, f32>(c, 0, BLOCK_COLS * 4);
+            t.store::<1, f32>(c, 16, BLOCK_COLS * 4);
+            t.store::<2, f32>(c, 16 * BLOCK_COLS, BLOCK_COLS * 4);
+            t.store::<3, f32>(c, 16 * BLOCK_COLS + 16, BLOCK_COLS * 4);
         }
     }
 

@@ -1,0 +1,476 @@
+//! int8 linear layers on AMX-INT8 tiles (`TDPBSSD`: Sapphire Rapids and later), the
+//! weights quantized by the int8 rule ([`crate::cpu::gemm::int8`]) and packed once at
+//! load.
+//!
+//! One `TDPBSSD` multiplies a 16x64 int8 tile by a 64x16 one into 16x16 int32
+//! accumulators: 16,384 multiply-adds, twice what `TDPBF16PS` does on the same tiles,
+//! from half the bytes of weights. Both operands are signed, so unlike `VPDPBUSD` no
+//! bias is added to the activations and taken back out. The sums are exact in int32, so
+//! this kernel gives the same bits as the portable int8 kernel and AVX512_VNNI's.
+//!
+//! The tiling is the bf16 kernel's: a 32x32 output block in four accumulator tiles
+//! over the whole K, a task a strip of weight panels that stays in L2, walking down the
+//! rows. Weights are panels of 32 output columns, `[k/4][32][4]` bytes each (a B tile is
+//! 16 quad rows, the left or right 64 bytes of each 128-byte row); activations are
+//! quantized per call into row-major rows of whole 64-byte lines, in 32-row strips.
+//! Attention stays on the bf16 tiles (AMX-INT8 comes with AMX-BF16).
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::attention::group_attention;
+use super::isa::{Hw, TileIsa};
+use super::tiles::Tiles;
+use super::{BLOCK_COLS, BLOCK_ROWS, TASK_STRIPS, TASK_WEIGHT_BYTES};
+use crate::cpu::attention::AttentionProducts;
+use crate::cpu::f32_slice;
+use crate::cpu::gemm::int8::{quantize_input_row, rescale_row, QuantRows};
+use crate::cpu::gemm::{Gemm, PreparedWeight, Prologue};
+use crate::cpu::par::SyncPtr;
+use crate::Quantize;
+
+/// K bytes one `TDPBSSD` consumes: a 64-byte A row, 16 quads.
+const K_STEP: usize = 64;
+
+/// 64 bytes, 64-byte aligned: a tile row of int8 values (misaligned tile loads split
+/// rows across cache lines).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Bytes([i8; 64]);
+
+fn as_bytes(lines: &[Bytes]) -> &[i8] {
+    // SAFETY: Bytes is repr(C) [i8; 64] with no padding.
+    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast(), lines.len() * 64) }
+}
+
+/// The AMX-INT8 kernel of the CPU family.
+pub(in crate::cpu::gemm) struct AmxInt8;
+
+pub(in crate::cpu::gemm) static AMX_INT8: AmxInt8 = AmxInt8;
+
+const NAME: &str = "amx-int8";
+
+impl Gemm for AmxInt8 {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        Hw::unavailable_int8().map(|_| {
+            "needs AMX-INT8 and the tile state from Linux (5.16+), and QEMBED_AMX not off".into()
+        })
+    }
+
+    fn supports(&self, dtype: DType) -> bool {
+        matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+    }
+
+    fn quantize(&self) -> Quantize {
+        Quantize::Int8
+    }
+
+    fn prepare(&self, weight: Tensor) -> crate::Result<PreparedWeight> {
+        let rows = QuantRows::from_weight(&weight, None)?;
+        Ok(PreparedWeight::new(NAME, Packed::pack(&rows)))
+    }
+
+    fn prepare_smoothed(&self, weight: Tensor, act_max: &[f32]) -> crate::Result<PreparedWeight> {
+        let rows = QuantRows::from_weight(&weight, Some(act_max))?;
+        Ok(PreparedWeight::new(NAME, Packed::pack(&rows)))
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        prologue: Prologue,
+    ) -> crate::Result<Tensor> {
+        let weight = weight.form::<Packed>(NAME)?;
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        Ok(x.apply_op1_no_bwd(&AmxInt8Linear { weight, prologue })?)
+    }
+
+    /// Scores and weighted values as bf16 products on tiles, as the bf16 AMX kernel
+    /// runs them: attention is not quantized.
+    fn attention(&self) -> AttentionProducts {
+        AttentionProducts::PerGroup(group_attention::<Hw>)
+    }
+}
+
+/// A quantized `[n, k]` weight in tile order: panel `p` (columns `32 p..`) is `kp / 4`
+/// rows of 128 bytes, column `j`'s quad `q` (k = 4q..4q+4) at bytes `4 j..` of row `q`.
+/// K is padded with zeros to a multiple of 64, the columns to a multiple of 32; `scale`
+/// with zeros to whole panels.
+struct Packed {
+    n: usize,
+    k: usize,
+    /// `k` rounded up to a multiple of [`K_STEP`].
+    kp: usize,
+    /// `ceil(n / 32)` panels of `kp / 2` lines (`kp / 4` rows of two lines).
+    lines: Vec<Bytes>,
+    /// Each output column's scale.
+    scale: Vec<f32>,
+    /// The activations' smoothing ([`QuantRows::input_scale`]).
+    input_scale: Option<Vec<f32>>,
+}
+
+impl Packed {
+    /// Packs weights quantized by the rule (in parallel: called at load).
+    fn pack(w: &QuantRows) -> Self {
+        let (n, k) = (w.n, w.k);
+        let kp = k.next_multiple_of(K_STEP);
+        let panels = n.div_ceil(BLOCK_COLS);
+        let mut lines = vec![Bytes([0; 64]); panels * kp / 2];
+        if kp > 0 {
+            lines
+                .par_chunks_mut(kp / 2)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    for j in 0..BLOCK_COLS.min(n - p * BLOCK_COLS) {
+                        let (half, slot) = (j / 16, 4 * (j % 16));
+                        for (kk, &v) in w.row(p * BLOCK_COLS + j).iter().enumerate() {
+                            panel[2 * (kk / 4) + half].0[slot + kk % 4] = v;
+                        }
+                    }
+                });
+        }
+        let mut scale = w.scale.clone();
+        scale.resize(panels * BLOCK_COLS, 0.0);
+        Self {
+            n,
+            k,
+            kp,
+            lines,
+            scale,
+            input_scale: w.input_scale.clone(),
+        }
+    }
+
+    /// Panel `p`'s bytes, as B tile loads read them.
+    fn panel(&self, p: usize) -> &[i8] {
+        as_bytes(&self.lines[p * self.kp / 2..][..self.kp / 2])
+    }
+}
+
+/// `prologue(x) @ w.T` as a candle op on a contiguous 2-D f32 CPU tensor.
+struct AmxInt8Linear<'a> {
+    weight: &'a Packed,
+    prologue: Prologue<'a>,
+}
+
+impl CustomOp1 for AmxInt8Linear<'_> {
+    fn name(&self) -> &'static str {
+        "amx-int8-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, width) = l.shape().dims2()?;
+        let out = linear::<Hw>(f32_slice(s, l)?, (m, width), self.weight, self.prologue)?;
+        Ok((CpuStorage::F32(out), Shape::from((m, self.weight.n))))
+    }
+}
+
+/// `prologue(x) @ w.T` for `m` rows of `width` values: f32 `m x n`, on the tile
+/// instructions `U` ([`Hw`] but in tests).
+fn linear<U: TileIsa>(
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+) -> candle_core::Result<Vec<f32>> {
+    if let Some(why) = U::unavailable_int8() {
+        candle_core::bail!("{why}");
+    }
+    prologue.check(NAME, x, (m, width), w.k)?;
+    let (n, kp) = (w.n, w.kp);
+    if m == 0 || n == 0 || kp == 0 {
+        return Ok(vec![0.0; m * n]);
+    }
+    let (a, row_scale) = quantize_rows(x, m, w, prologue);
+    let a = as_bytes(&a);
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
+    let panels = n.div_ceil(BLOCK_COLS);
+    let panels_per_task = (TASK_WEIGHT_BYTES / (kp * BLOCK_COLS)).clamp(1, 8);
+    let strips = m.div_ceil(BLOCK_ROWS);
+    let tasks: Vec<(usize, usize)> = (0..panels)
+        .step_by(panels_per_task)
+        .flat_map(|p0| (0..strips).step_by(TASK_STRIPS).map(move |s0| (p0, s0)))
+        .collect();
+    tasks.into_par_iter().for_each(|(p0, s0)| {
+        let mut tiles = Tiles::<U>::configure();
+        let r0 = s0 * BLOCK_ROWS;
+        let rows = (TASK_STRIPS * BLOCK_ROWS).min(m - r0);
+        let scales = (&row_scale[r0..], &w.scale[..]);
+        // SAFETY: `a` has whole 32-row strips of kp bytes from row r0 on; the task's
+        // rows r0..r0 + rows and its panels' columns are its own part of the m x n
+        // output (row stride n).
+        unsafe {
+            product(
+                &mut tiles,
+                &a[r0 * kp..],
+                rows,
+                (w, p0..(p0 + panels_per_task).min(panels)),
+                scales,
+                (dst.at(r0 * n), n),
+            )
+        };
+    });
+    // SAFETY: the tasks cover every (strip, panel), so all m x n values were written.
+    unsafe { out.set_len(m * n) };
+    Ok(out)
+}
+
+/// The `m` input rows with the prologue applied, quantized by the rule, each `kp`
+/// bytes (zeros past `k`), in whole 32-row strips (zero rows past `m`); and each row's
+/// scale (zero past `m`).
+fn quantize_rows(x: &[f32], m: usize, w: &Packed, prologue: Prologue) -> (Vec<Bytes>, Vec<f32>) {
+    let (k, kp) = (w.k, w.kp);
+    let rows = m.next_multiple_of(BLOCK_ROWS);
+    let mut a = vec![Bytes([0; 64]); rows * kp / 64];
+    let mut scale = vec![0f32; rows];
+    a.par_chunks_mut(kp / 64)
+        .zip(scale.par_iter_mut())
+        .enumerate()
+        .take(m)
+        .for_each_init(
+            || vec![0f32; k],
+            |tmp, (r, (row, s))| {
+                // SAFETY: Bytes is repr(C) [i8; 64] with no padding.
+                let row: &mut [i8] = unsafe {
+                    std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), row.len() * 64)
+                };
+                let smooth = w.input_scale.as_deref();
+                *s = quantize_input_row(&mut row[..k], tmp, (x, r, k), prologue, smooth);
+            },
+        );
+    (a, scale)
+}
+
+/// `out[r][c]` for rows `r < rows` and the columns of `panels` of `w`: the int8 rows of
+/// `a` (row stride `w.kp`) times the panels, rescaled by `row_scale[r]` and
+/// `col_scale[c]`. Strip by strip, panel by panel, through a 32x32 int32 block.
+///
+/// # Safety
+/// `a` must hold whole 32-row strips covering `rows`, `row_scale` at least `rows`
+/// scales; `out` must be valid for writes at `r * ldo + c` for those rows and the
+/// panels' columns below `w.n`, and no one else may access them.
+unsafe fn product<U: TileIsa>(
+    tiles: &mut Tiles<U>,
+    a: &[i8],
+    rows: usize,
+    (w, panels): (&Packed, std::ops::Range<usize>),
+    (row_scale, col_scale): (&[f32], &[f32]),
+    (out, ldo): (*mut f32, usize),
+) {
+    let lda = w.kp;
+    let mut block = Block([[0; BLOCK_COLS]; BLOCK_ROWS]);
+    for r0 in (0..rows).step_by(BLOCK_ROWS) {
+        let strip_rows = BLOCK_ROWS.min(rows - r0);
+        // The strip's 32 rows alone (a bounds check a block, not a tile load): a tile
+        // load past them reads another strip, which the model catches.
+        let strip = &a[r0 * lda..][..BLOCK_ROWS * lda];
+        for p in panels.clone() {
+            let c0 = p * BLOCK_COLS;
+            let cols = BLOCK_COLS.min(w.n - c0);
+            // SAFETY: `strip` is 32 whole rows of kp bytes, the panel kp / 4 rows of 128
+            // bytes; both 64-byte aligned (Bytes) for full-speed loads.
+            unsafe { block_i8(tiles, strip, lda, w.panel(p), &mut block) };
+            for (r, sums) in block.0[..strip_rows].iter().enumerate() {
+                // SAFETY: row r0 + r < rows, columns c0..c0 + cols < n of `out` are ours
+                // to write (the caller's contract), and nobody else's meanwhile.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(out.add((r0 + r) * ldo + c0), cols) };
+                rescale_row(dst, sums, row_scale[r0 + r], &col_scale[c0..]);
+            }
+        }
+    }
+}
+
+/// `out` (32x32 int32) = the 32 rows of `a` (row stride `lda` bytes, `lda` a multiple of
+/// 64) times the weight panel `b` (`lda / 4` rows of 128 bytes), over all of K.
+///
+/// # Safety
+/// `a` must cover 32 rows of `lda` bytes, `b` `lda / 4` rows of 128 bytes.
+#[inline(always)]
+unsafe fn block_i8<U: TileIsa>(
+    tiles: &mut Tiles<U>,
+    a: &[i8],
+    lda: usize,
+    b: &[i8],
+    out: &mut Block,
+) {
+    let t = &mut tiles.0;
+    t.zero::<0>();
+    t.zero::<1>();
+    t.zero::<2>();
+    t.zero::<3>();
+    // A rows at stride lda, the second A tile 16 rows down; a B tile is 16 128-byte
+    // panel rows, the left (columns 0-15) or right (16-31) half of each.
+    let a1 = 16 * lda;
+    for s in 0..lda / K_STEP {
+        let (ka, kb) = (s * K_STEP, s * 16 * 128);
+        // SAFETY: step `s` reads bytes ka..ka + 64 of 32 rows of `a` and rows 16 s..16 s
+        // + 16 of `b`, inside both (the caller's contract).
+        unsafe {
+            t.load::<4, i8>(a, ka, lda);
+            t.load::<6, i8>(b, kb, 128);
+            t.load::<7, i8>(b, kb + 64, 128);
+            t.dot_i8::<0, 4, 6>();
+            t.load::<5, i8>(a, a1 + ka, lda);
+            t.dot_i8::<1, 4, 7>();
+            t.dot_i8::<2, 5, 6>();
+            t.dot_i8::<3, 5, 7>();
+        }
+    }
+    let c = out.0.as_flattened_mut();
+    // SAFETY: four 16x16 int32 tiles at row stride 128 bytes fill the 32x32 block `c`.
+    unsafe {
+        t.store::<0, i32>(c, 0, BLOCK_COLS * 4);
+        t.store::<1, i32>(c, 16, BLOCK_COLS * 4);
+        t.store::<2, i32>(c, 16 * BLOCK_COLS, BLOCK_COLS * 4);
+        t.store::<3, i32>(c, 16 * BLOCK_COLS + 16, BLOCK_COLS * 4);
+    }
+}
+
+/// A 32x32 int32 output block, 64-byte aligned for the tile stores.
+#[repr(C, align(64))]
+struct Block([[i32; BLOCK_COLS]; BLOCK_ROWS]);
+
+#[cfg(test)]
+mod tests {
+    use super::super::isa::TileConfig;
+    use super::super::model::Model;
+    use super::*;
+    use crate::cpu::gemm::test_values as values;
+    use crate::cpu::gemm::{kernel_or_model, portable_int8};
+
+    /// Whether the real instructions run here (else: says so, or fails where
+    /// `QEMBED_REQUIRE_AMX_INT8` asks for them).
+    fn hardware_too() -> bool {
+        kernel_or_model(NAME)
+    }
+
+    fn portable(x: &[f32], (m, width): (usize, usize), w: &QuantRows, p: Prologue) -> Vec<f32> {
+        portable_int8::linear(x, (m, width), w, p).unwrap()
+    }
+
+    /// Bit-equal to the portable kernel over shapes with every kind of tail: no rows,
+    /// one row, rows not a multiple of 32 (or 16), more rows than one task's strips,
+    /// columns not a multiple of 32 (and fewer than 16), K not a multiple of 64 (or 4),
+    /// K of many steps. Through the model always, the instructions where the CPU has
+    /// them.
+    #[test]
+    fn equals_the_portable_kernel_on_ragged_shapes() {
+        let hardware = hardware_too();
+        let shapes = [
+            (0, 32, 16),
+            (1, 7, 3),
+            (1, 32, 64),
+            (17, 40, 50),
+            (33, 33, 777),
+            (45, 100, 1030),
+            (300, 70, 130),
+        ];
+        for &(m, n, k) in &shapes {
+            let x: Vec<f32> = values(m * k, 1 + m as u64)
+                .iter()
+                .map(|v| 4.0 * v)
+                .collect();
+            let rows = QuantRows::from_f32(&values(n * k, 2 + n as u64), n, k);
+            let packed = Packed::pack(&rows);
+            let want = portable(&x, (m, k), &rows, Prologue::None);
+            let model = linear::<Model>(&x, (m, k), &packed, Prologue::None).unwrap();
+            assert_eq!(model, want, "model {m}x{n}x{k}");
+            if hardware {
+                let real = linear::<Hw>(&x, (m, k), &packed, Prologue::None).unwrap();
+                assert_eq!(real, want, "instructions {m}x{n}x{k}");
+            }
+        }
+    }
+
+    /// The prologue applied on the way in, and smoothed weights: the same bits as the
+    /// portable kernel, which applies both in the same f32 arithmetic.
+    #[test]
+    fn fused_inputs_and_smoothing_match_the_portable_kernel() {
+        let hardware = hardware_too();
+        let (m, n, k) = (19, 45, 130);
+        let weight = values(n * k, 5);
+        let t = Tensor::from_slice(&weight, (n, k), &candle_core::Device::Cpu).unwrap();
+        let act_max: Vec<f32> = (0..k).map(|c| if c == 7 { 30.0 } else { 1.0 }).collect();
+        let x = values(m * k, 6);
+        let norm: Vec<f32> = values(k, 9).iter().map(|v| 1.0 + v).collect();
+        let gate_up = values(m * 2 * k, 7);
+        for (rows, smoothed) in [
+            (QuantRows::from_f32(&weight, n, k), false),
+            (QuantRows::from_weight(&t, Some(&act_max)).unwrap(), true),
+        ] {
+            assert_eq!(rows.input_scale.is_some(), smoothed);
+            let packed = Packed::pack(&rows);
+            for (input, width, p) in [
+                (&x, k, Prologue::None),
+                (&x, k, Prologue::RmsNorm(&norm, 1e-6)),
+                (&gate_up, 2 * k, Prologue::SwiGlu),
+            ] {
+                let want = portable(input, (m, width), &rows, p);
+                let model = linear::<Model>(input, (m, width), &packed, p).unwrap();
+                assert_eq!(model, want);
+                if hardware {
+                    assert_eq!(linear::<Hw>(input, (m, width), &packed, p).unwrap(), want);
+                }
+            }
+        }
+    }
+
+    /// The model's TDPBSSD is the SDM's: signed bytes both sides, four products a
+    /// quad, added to C, wrapping; and the real instruction agrees where it runs.
+    #[test]
+    fn the_model_follows_the_instruction_definition() {
+        definition_case::<Model>();
+        if hardware_too() {
+            definition_case::<Hw>();
+        }
+    }
+
+    fn definition_case<U: TileIsa>() {
+        // A row [-128, 127, -1, 2], B column [-128, -1, 127, 3]:
+        // 16384 - 127 - 127 + 6 = 16136, on top of C = -36.
+        assert_eq!(
+            one_dot::<U>(&[-128, 127, -1, 2], &[-128, -1, 127, 3], -36),
+            16100
+        );
+        // Wrapping at the top of int32.
+        assert_eq!(
+            one_dot::<U>(&[1, 0, 0, 0], &[1, 0, 0, 0], i32::MAX),
+            i32::MIN
+        );
+    }
+
+    /// One TDPBSSD of a 1x4 A by a 4x1 B (one quad) onto C = `c`, on `U`.
+    fn one_dot<U: TileIsa>(a: &[i8], b: &[i8], c: i32) -> i32 {
+        let mut cfg = TileConfig::uniform(0, 0);
+        for (t, (rows, colsb)) in [(1u8, 4u16), (1, 4), (1, 4)].into_iter().enumerate() {
+            cfg.0[16 + 2 * t..18 + 2 * t].copy_from_slice(&colsb.to_le_bytes());
+            cfg.0[48 + t] = rows;
+        }
+        let mut t = U::configure(&cfg);
+        let mut out = [c];
+        // SAFETY: each access is 4 bytes inside its 4-byte buffer.
+        unsafe {
+            t.load::<0, i32>(&out, 0, 4);
+            t.load::<1, i8>(a, 0, 4);
+            t.load::<2, i8>(b, 0, 4);
+        }
+        t.dot_i8::<0, 1, 2>();
+        // SAFETY: as above.
+        unsafe { t.store::<0, i32>(&mut out, 0, 4) };
+        out[0]
+    }
+
+    #[test]
+    fn rejects_inputs_that_do_not_fit_the_layer() {
+        let packed = Packed::pack(&QuantRows::from_f32(&values(12, 5), 4, 3));
+        assert!(linear::<Model>(&[0.0; 5], (1, 5), &packed, Prologue::None).is_err());
+        assert!(linear::<Model>(&[0.0; 3], (1, 3), &packed, Prologue::SwiGlu).is_err());
+    }
+}
