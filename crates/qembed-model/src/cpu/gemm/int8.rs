@@ -216,10 +216,13 @@ fn quantize_row_impl(dst: &mut [i8], src: &[f32]) -> f32 {
     max = lanes.iter().fold(max, |m, &l| m.max(l));
     let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
     for (d, &v) in dst.iter_mut().zip(src) {
-        // Clamped first, so the conversion to i32 is exact and the one to i8 only
-        // drops zero bits: both vectorise (an f32 `as i8` does not). NaN clamps to NaN
-        // and converts to 0.
-        *d = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32 as i8;
+        let r = (v * inv).round_ties_even();
+        // NaN to 0 and the rest clamped, so that the conversion needs none of `as`'s
+        // saturating checks (which LLVM does lane by lane) and the one to i8 only drops
+        // zero bits: the whole loop vectorises.
+        let r = if r.is_nan() { 0.0 } else { r.clamp(-127.0, 127.0) };
+        // SAFETY: `r` is an integer in -127..=127, not NaN: exactly representable in i32.
+        *d = unsafe { r.to_int_unchecked::<i32>() } as i8;
     }
     max / 127.0
 }
