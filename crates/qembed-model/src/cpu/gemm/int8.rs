@@ -220,7 +220,11 @@ fn quantize_row_impl(dst: &mut [i8], src: &[f32]) -> f32 {
         // NaN to 0 and the rest clamped, so that the conversion needs none of `as`'s
         // saturating checks (which LLVM does lane by lane) and the one to i8 only drops
         // zero bits: the whole loop vectorises.
-        let r = if r.is_nan() { 0.0 } else { r.clamp(-127.0, 127.0) };
+        let r = if r.is_nan() {
+            0.0
+        } else {
+            r.clamp(-127.0, 127.0)
+        };
         // SAFETY: `r` is an integer in -127..=127, not NaN: exactly representable in i32.
         *d = unsafe { r.to_int_unchecked::<i32>() } as i8;
     }
