@@ -161,6 +161,7 @@ fn instruction(kernel: &str, dtype: DType) -> Option<&'static str> {
     match (kernel, dtype) {
         ("avx512bf16", _) => Some("vdpbf16ps_zmm"),
         ("avx512vnni", _) => Some("vpdpbusd_zmm"),
+        ("avx512", _) => Some("fma_zmm"),
         ("avx2", _) => Some("fma_ymm"),
         _ => None,
     }

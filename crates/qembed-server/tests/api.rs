@@ -396,7 +396,7 @@ async fn info_models_and_tokenize() {
     );
     let kernel = info["cpu_kernel"].as_str().unwrap();
     assert!(
-        ["amx", "mkl", "avx2", "portable"].contains(&kernel),
+        ["amx", "mkl", "avx512", "avx2", "portable"].contains(&kernel),
         "{kernel}"
     );
     assert!(info["fingerprint"].as_str().unwrap().starts_with("sha256:"));

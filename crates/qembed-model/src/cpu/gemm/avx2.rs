@@ -260,33 +260,12 @@ fn linear(
     }
     let k = w.shape().1;
     prologue.check(NAME, x, (m, width), k)?;
-    let a = pack_rows(x, m, k, prologue);
+    let a = prologue.row_panels(x, m, k, MR);
     Ok(match w {
         Packed::F32(p) => product(&a, m, p),
         Packed::Bf16(p) => product(&a, m, p),
         Packed::F16(p) => product(&a, m, p),
     })
-}
-
-/// The `m` input rows with the prologue applied, in panels of 6 rows, `[k][6]` each,
-/// the rows past `m` zero. In parallel, one panel a task.
-fn pack_rows(x: &[f32], m: usize, k: usize, prologue: Prologue) -> Vec<f32> {
-    let mut a = vec![0f32; m.div_ceil(MR) * k * MR];
-    if k == 0 {
-        return a;
-    }
-    a.par_chunks_mut(k * MR)
-        .enumerate()
-        .for_each(|(panel, dst)| {
-            let mut row = vec![0f32; k];
-            for i in 0..MR.min(m - panel * MR) {
-                prologue.row_f32(&mut row, x, panel * MR + i, k);
-                for (kk, &v) in row.iter().enumerate() {
-                    dst[kk * MR + i] = v;
-                }
-            }
-        });
-    a
 }
 
 /// `a @ w.T` for the packed rows `a` (`m` of them): f32 `m x n`, every element written.
@@ -419,32 +398,8 @@ unsafe fn tile_of<E: Elem, const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::gemm::kernel_or_skip;
     use crate::cpu::gemm::test_values as values;
-
-    /// The prologue's rows in f64 (what the kernel should multiply).
-    fn reference_rows(x: &[f32], m: usize, k: usize, prologue: Prologue) -> Vec<f64> {
-        let mut out = Vec::with_capacity(m * k);
-        for r in 0..m {
-            match prologue {
-                Prologue::None => out.extend(x[r * k..][..k].iter().map(|&v| v as f64)),
-                Prologue::RmsNorm(w, eps) => {
-                    let row = &x[r * k..][..k];
-                    let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / k as f64;
-                    let inv = 1.0 / (ms + eps as f64).sqrt();
-                    out.extend(row.iter().zip(w).map(|(&v, &w)| v as f64 * inv * w as f64));
-                }
-                Prologue::SwiGlu => {
-                    let (g, u) = x[r * 2 * k..][..2 * k].split_at(k);
-                    out.extend(g.iter().zip(u).map(|(&g, &u)| {
-                        let g = g as f64;
-                        g / (1.0 + (-g).exp()) * u as f64
-                    }));
-                }
-            }
-        }
-        out
-    }
+    use crate::cpu::gemm::{kernel_or_skip, reference_rows};
 
     /// The weights as each dtype stores them, and their exact values in f64.
     fn weights(w: &[f32], n: usize, k: usize, dtype: DType) -> (Packed, Vec<f64>) {

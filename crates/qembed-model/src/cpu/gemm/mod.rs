@@ -19,6 +19,8 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
 mod avx512bf16;
 #[cfg(target_arch = "x86_64")]
 mod avx512vnni;
@@ -132,6 +134,8 @@ static BUILT: &[&dyn Gemm] = &[
     &avx512bf16::AVX512BF16,
     #[cfg(feature = "mkl")]
     &mkl::MKL,
+    #[cfg(target_arch = "x86_64")]
+    &avx512::AVX512,
     #[cfg(target_arch = "x86_64")]
     &avx2::AVX2,
     &portable::PORTABLE,
@@ -349,6 +353,31 @@ pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         })
         .collect()
+}
+
+#[cfg(test)]
+/// The prologue's rows in f64: what an f32 kernel's tests compare it against.
+pub(crate) fn reference_rows(x: &[f32], m: usize, k: usize, prologue: Prologue) -> Vec<f64> {
+    let mut out = Vec::with_capacity(m * k);
+    for r in 0..m {
+        match prologue {
+            Prologue::None => out.extend(x[r * k..][..k].iter().map(|&v| v as f64)),
+            Prologue::RmsNorm(w, eps) => {
+                let row = &x[r * k..][..k];
+                let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / k as f64;
+                let inv = 1.0 / (ms + eps as f64).sqrt();
+                out.extend(row.iter().zip(w).map(|(&v, &w)| v as f64 * inv * w as f64));
+            }
+            Prologue::SwiGlu => {
+                let (g, u) = x[r * 2 * k..][..2 * k].split_at(k);
+                out.extend(g.iter().zip(u).map(|(&g, &u)| {
+                    let g = g as f64;
+                    g / (1.0 + (-g).exp()) * u as f64
+                }));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

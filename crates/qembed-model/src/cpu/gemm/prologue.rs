@@ -1,6 +1,8 @@
 //! What a linear layer applies to its input rows before the product (RMSNorm, SwiGLU),
 //! and that work done on one row in f32, for kernels that read their input row by row.
 
+use rayon::prelude::*;
+
 use crate::cpu::simd::{inv_rms, multiversion, silu_mul};
 
 /// What a linear layer applies to its input rows before the product. Kernels that
@@ -37,6 +39,28 @@ impl Prologue<'_> {
                 swiglu_row(dst, gate, up)
             }
         }
+    }
+
+    /// The `m` rows of `x`, the prologue applied, in panels of `mr` rows, `[k][mr]` f32
+    /// each, the rows past `m` zero: the activations of the f32 register-tiled kernels
+    /// (`avx2`, `avx512`). In parallel, one panel a task.
+    pub(crate) fn row_panels(&self, x: &[f32], m: usize, k: usize, mr: usize) -> Vec<f32> {
+        let mut a = vec![0f32; m.div_ceil(mr) * k * mr];
+        if k == 0 {
+            return a;
+        }
+        a.par_chunks_mut(k * mr)
+            .enumerate()
+            .for_each(|(panel, dst)| {
+                let mut row = vec![0f32; k];
+                for i in 0..mr.min(m - panel * mr) {
+                    self.row_f32(&mut row, x, panel * mr + i, k);
+                    for (kk, &v) in row.iter().enumerate() {
+                        dst[kk * mr + i] = v;
+                    }
+                }
+            });
+        a
     }
 
     /// An error (naming `kernel`) unless `x` is `m` rows of `width` values that this
