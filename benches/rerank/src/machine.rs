@@ -1,13 +1,8 @@
 //! What the figures were measured on: the CPU's model and SIMD flags from
-//! /proc/cpuinfo, and which kernels qembed-model picks on it.
-//!
-//! qembed-model does not report its kernel choice, so `kernel_set` restates its rules
-//! from the same inputs it uses: bf16 linear layers and attention run on its own AMX
-//! tile kernels when the CPU has AMX-BF16/AMX-TILE and `QEMBED_AMX` does not turn them
-//! off (Linux must also grant the tile state, which this cannot see); otherwise the
-//! linear layers are candle's CPU matmul, or MKL's with the `mkl` feature for f32.
-//! The fused loops between GEMMs (norms, rope, softmax, SwiGLU) are compiled for
-//! AVX-512 and AVX2+FMA and picked at run time.
+//! /proc/cpuinfo, and the kernels qembed-model runs there: the linear layers' kernel as
+//! the loaded model reports it, attention as that kernel runs it (bf16 on AMX tiles
+//! for `amx` and `amx-int8`, f32 otherwise), and the fused loops between GEMMs (norms,
+//! rope, softmax, SwiGLU), compiled for AVX-512 and AVX2+FMA and picked at run time.
 
 use serde_json::{json, Value};
 
@@ -63,28 +58,14 @@ impl Cpu {
     }
 }
 
-fn amx_enabled(cpu: &Cpu) -> bool {
-    let off = std::env::var("QEMBED_AMX").is_ok_and(|v| {
-        matches!(
-            v.to_ascii_lowercase().as_str(),
-            "0" | "false" | "off" | "no"
-        )
-    });
-    !off && cpu.has("amx_tile") && cpu.has("amx_bf16")
-}
-
-/// The kernels a forward pass in `dtype` uses on `cpu` with this build.
-pub fn kernel_set(cpu: &Cpu, dtype: &str) -> Value {
-    let bf16 = dtype.eq_ignore_ascii_case("bf16");
-    let amx = bf16 && amx_enabled(cpu);
-    let linear = if amx {
-        "qembed AMX tiles (bf16)"
-    } else if cfg!(feature = "mkl") && !bf16 {
-        "MKL sgemm"
-    } else if cfg!(feature = "mkl") {
-        "MKL cblas_gemm_bf16bf16f32"
-    } else {
-        "candle CPU matmul"
+/// The kernels a forward pass uses: the linear layers' CPU kernel as the model reports
+/// it (`kernel`, `Backend::cpu_kernel`), attention's products as that kernel runs them,
+/// and the fused element-wise loops' instruction set from the CPU flags.
+pub fn kernel_set(cpu: &Cpu, kernel: Option<&str>) -> Value {
+    let attention = match kernel {
+        Some("amx" | "amx-int8") => "bf16 on AMX tiles, f32 softmax",
+        Some(_) => "f32 (cpu_ops)",
+        None => "not on the CPU",
     };
     let fused = if cpu.has("avx512f") && cpu.has("avx512vl") {
         "avx512"
@@ -94,17 +75,11 @@ pub fn kernel_set(cpu: &Cpu, dtype: &str) -> Value {
         "baseline x86-64"
     };
     json!({
-        "linear": linear,
-        "attention": if amx {
-            "qembed AMX tiles, f32 softmax"
-        } else if cfg!(feature = "mkl") {
-            "qembed cpu_ops, f32 (MKL sgemm)"
-        } else {
-            "qembed cpu_ops, f32 (gemm crate)"
-        },
+        "linear": kernel,
+        "attention": attention,
         "fused_loops": fused,
         "mkl_feature": cfg!(feature = "mkl"),
-        "source": "inferred by the bench from CPU flags, QEMBED_AMX and build features",
+        "source": "linear: the loaded model's cpu_kernel; attention and fused loops follow from it and the CPU flags",
     })
 }
 

@@ -132,7 +132,7 @@ fn main() -> Result<()> {
             "tokens_per_cpu_s": tokens as f64 / cpu_mean, "load_seconds": load_s,
             "timed": "Embedder::rerank over all pairs: tokenisation, template, forward, head",
             "cpu_model": cpu.model, "cpu_flags": cpu.simd_flags(),
-            "kernels": machine::kernel_set(&cpu, &args.dtype),
+            "kernels": machine::kernel_set(&cpu, reranker.model().cpu_kernel()),
             "loadavg": machine::loadavg(),
         })
     );
