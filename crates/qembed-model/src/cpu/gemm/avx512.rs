@@ -16,9 +16,9 @@
 use std::arch::x86_64::*;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::blocking::{tile_rows, Blocking, TileHeights};
+use super::panels::{self, in_order, Bf16, Panels, SlotOrder, F16};
 use super::{Gemm, PreparedWeight, Prologue};
 use crate::cpu::f32_slice;
 use crate::cpu::par::SyncPtr;
@@ -51,7 +51,10 @@ impl Gemm for Avx512 {
     }
 
     fn prepare(&self, weight: Tensor) -> crate::Result<PreparedWeight> {
-        Ok(PreparedWeight::new(NAME, Packed::from_tensor(&weight)?))
+        Ok(PreparedWeight::new(
+            NAME,
+            Packed::from_tensor(&weight, NAME, &ORDER)?,
+        ))
     }
 
     fn linear(
@@ -82,12 +85,8 @@ impl Elem for f32 {
     }
 }
 
-/// bf16 bits: a bf16 value is the top half of its f32, so widening is zero-extending
-/// to 32 bits and a 16-bit shift.
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-struct Bf16(u16);
-
+/// bf16: zero-extended to 32 bits and shifted up 16 (a bf16 value is the top half of
+/// its f32).
 impl Elem for Bf16 {
     #[inline(always)]
     unsafe fn load32(p: *const Bf16) -> (__m512, __m512) {
@@ -102,11 +101,7 @@ impl Elem for Bf16 {
     }
 }
 
-/// f16 bits, widened by AVX512F's `vcvtph2ps`.
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-struct F16(u16);
-
+/// f16: widened by AVX512F's `vcvtph2ps`.
 impl Elem for F16 {
     #[inline(always)]
     unsafe fn load32(p: *const F16) -> (__m512, __m512) {
@@ -120,84 +115,14 @@ impl Elem for F16 {
     }
 }
 
-/// A `[n, k]` weight in panels of 32 output columns, `[k][32]` each, the columns past
-/// `n` zero.
-struct Panels<E> {
-    n: usize,
-    k: usize,
-    data: Vec<E>,
-}
+/// The weight's panels: 32 columns each, every dtype in column order.
+type Packed = panels::Packed<NR>;
 
-impl<E: Elem> Panels<E> {
-    /// Packs row-major `[n, k]` values (in parallel: called at load).
-    fn pack<S: Copy + Sync>(
-        w: &[S],
-        n: usize,
-        k: usize,
-        zero: E,
-        conv: impl Fn(S) -> E + Sync,
-    ) -> Self {
-        let mut data = vec![zero; n.div_ceil(NR) * k * NR];
-        if k > 0 {
-            data.par_chunks_mut(k * NR)
-                .enumerate()
-                .for_each(|(p, panel)| {
-                    for j in 0..NR.min(n - p * NR) {
-                        let row = &w[(p * NR + j) * k..][..k];
-                        for (kk, &v) in row.iter().enumerate() {
-                            panel[kk * NR + j] = conv(v);
-                        }
-                    }
-                });
-        }
-        Self { n, k, data }
-    }
-
-    /// Panel `p` from k index `k0` on.
-    fn at(&self, p: usize, k0: usize) -> *const E {
-        self.data[p * self.k * NR + k0 * NR..].as_ptr()
-    }
-}
-
-/// A linear layer's weight in this kernel's form, in the checkpoint's dtype.
-enum Packed {
-    F32(Panels<f32>),
-    Bf16(Panels<Bf16>),
-    F16(Panels<F16>),
-}
-
-impl Packed {
-    fn from_tensor(w: &Tensor) -> candle_core::Result<Self> {
-        let (n, k) = w.dims2()?;
-        let flat = w.flatten_all()?;
-        Ok(match w.dtype() {
-            DType::F32 => Self::F32(Panels::pack(&flat.to_vec1::<f32>()?, n, k, 0.0, |v| v)),
-            DType::BF16 => Self::Bf16(Panels::pack(
-                &flat.to_vec1::<half::bf16>()?,
-                n,
-                k,
-                Bf16(0),
-                |v| Bf16(v.to_bits()),
-            )),
-            DType::F16 => Self::F16(Panels::pack(
-                &flat.to_vec1::<half::f16>()?,
-                n,
-                k,
-                F16(0),
-                |v| F16(v.to_bits()),
-            )),
-            d => candle_core::bail!("avx512: {d:?} weights are not supported"),
-        })
-    }
-
-    fn shape(&self) -> (usize, usize) {
-        match self {
-            Self::F32(p) => (p.n, p.k),
-            Self::Bf16(p) => (p.n, p.k),
-            Self::F16(p) => (p.n, p.k),
-        }
-    }
-}
+const ORDER: SlotOrder = SlotOrder {
+    f32: in_order,
+    bf16: in_order,
+    f16: in_order,
+};
 
 /// `prologue(x) @ w.T` as a candle op on a contiguous 2-D f32 CPU tensor.
 struct Avx512Linear<'a> {
@@ -242,7 +167,7 @@ fn linear(
 }
 
 /// `a @ w.T` for the packed rows `a` (`m` of them): f32 `m x n`, every element written.
-fn product<E: Elem>(a: &[f32], m: usize, w: &Panels<E>) -> Vec<f32> {
+fn product<E: Elem>(a: &[f32], m: usize, w: &Panels<E, NR>) -> Vec<f32> {
     let (n, k) = (w.n, w.k);
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     if m == 0 || n == 0 {
@@ -359,30 +284,13 @@ unsafe fn tile_of<E: Elem, const R: usize>(t: TileArgs<E>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::gemm::test_values as values;
-    use crate::cpu::gemm::{kernel_or_skip, reference_rows};
+    use crate::cpu::gemm::kernel_or_skip;
+    use crate::cpu::gemm::panels::tests as shared;
 
-    /// The weights as each dtype stores them, and their exact values in f64.
-    fn weights(w: &[f32], n: usize, k: usize, dtype: DType) -> (Packed, Vec<f64>) {
-        let t = Tensor::from_slice(w, (n, k), &candle_core::Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap();
-        let exact: Vec<f64> = t
-            .to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        (Packed::from_tensor(&t).unwrap(), exact)
-    }
-
-    /// Against an f64 product of the same weight values, for every weight dtype and
-    /// prologue, over shapes with every kind of tail: no rows, one row, rows not a
-    /// multiple of 12, columns not a multiple of 32 (and fewer than 16), K not a
-    /// multiple of anything and K over several passes of KC (accumulation into the
-    /// output).
+    /// Against an f64 product for every weight dtype and prologue, over shapes with
+    /// every kind of tail: no rows, one row, rows not a multiple of 12, columns not a
+    /// multiple of 32 (and fewer than 16), K not a multiple of anything and K over
+    /// several passes of KC.
     #[test]
     fn matches_an_f64_reference_on_ragged_shapes() {
         if !kernel_or_skip(NAME) {
@@ -398,68 +306,20 @@ mod tests {
             (13, 33, 777),
             (64, 129, 257),
         ];
-        for &(m, n, k) in &shapes {
-            let w = values(n * k, 2 + n as u64);
-            let norm: Vec<f32> = values(k, 9).iter().map(|v| 1.0 + v).collect();
-            let prologues = [
-                Prologue::None,
-                Prologue::RmsNorm(&norm, 1e-6),
-                Prologue::SwiGlu,
-            ];
-            for prologue in prologues {
-                let width = prologue.input_width(k);
-                let x: Vec<f32> = values(m * width, 1 + m as u64)
-                    .iter()
-                    .map(|v| 4.0 * v)
-                    .collect();
-                let a = reference_rows(&x, m, k, prologue);
-                for dtype in [DType::F32, DType::BF16, DType::F16] {
-                    let (packed, wx) = weights(&w, n, k, dtype);
-                    let got = linear(&x, m, width, &packed, prologue).unwrap();
-                    assert_eq!(got.len(), m * n, "{m}x{n}x{k}");
-                    for i in 0..m {
-                        for j in 0..n {
-                            let terms = (0..k).map(|t| a[i * k + t] * wx[j * k + t]);
-                            let want: f64 = terms.clone().sum();
-                            let scale: f64 = terms.map(f64::abs).sum::<f64>() + 1e-30;
-                            let err = (got[i * n + j] as f64 - want).abs() / scale;
-                            assert!(
-                                err < 1e-5,
-                                "{dtype:?} {m}x{n}x{k} at ({i},{j}): {} vs {want}",
-                                got[i * n + j]
-                            );
-                        }
-                    }
-                }
-            }
-        }
+        shared::matches_an_f64_reference(linear, &ORDER, &shapes);
     }
 
-    /// A row's result does not depend on the rows packed beside it: the same row alone
-    /// and inside a batch gives the same bits (batch invariance of the model).
     #[test]
     fn a_row_alone_equals_the_row_in_a_batch() {
-        if !kernel_or_skip(NAME) {
-            return;
-        }
-        let (m, n, k) = (23, 50, 600);
-        let x = values(m * k, 3);
-        let (packed, _) = weights(&values(n * k, 4), n, k, DType::BF16);
-        let all = linear(&x, m, k, &packed, Prologue::None).unwrap();
-        for r in [0, 5, 12, 22] {
-            let one = linear(&x[r * k..][..k], 1, k, &packed, Prologue::None).unwrap();
-            assert_eq!(one, all[r * n..][..n], "row {r}");
+        if kernel_or_skip(NAME) {
+            shared::a_row_alone_equals_the_row_in_a_batch(linear, &ORDER, &[0, 5, 12, 22]);
         }
     }
 
     #[test]
     fn rejects_inputs_that_do_not_fit_the_layer() {
-        if !kernel_or_skip(NAME) {
-            return;
+        if kernel_or_skip(NAME) {
+            shared::rejects_inputs_that_do_not_fit(linear, &ORDER);
         }
-        let (packed, _) = weights(&values(12, 5), 4, 3, DType::F32);
-        assert!(linear(&[0.0; 5], 1, 5, &packed, Prologue::None).is_err());
-        assert!(linear(&[0.0; 3], 1, 3, &packed, Prologue::SwiGlu).is_err());
-        assert!(linear(&[0.0; 3], 1, 3, &packed, Prologue::RmsNorm(&[1.0; 2], 1e-6)).is_err());
     }
 }

@@ -31,6 +31,8 @@ mod blocking;
 mod int8;
 #[cfg(feature = "mkl")]
 pub mod mkl;
+#[cfg(target_arch = "x86_64")]
+mod panels;
 mod portable;
 mod portable_int8;
 mod prologue;
