@@ -153,6 +153,72 @@ fn dot_impl(a: &[i8], b: &[i8]) -> i32 {
 
 multiversion!(fn dot(a: &[i8], b: &[i8]) -> i32 => dot_impl);
 
+/// What every int8 kernel's tests check against this kernel: the same bits.
+#[cfg(test)]
+pub(super) mod reference {
+    use super::*;
+    use crate::cpu::gemm::test_values as values;
+
+    /// A kernel under test: `prologue(x) @ w.T` for `(m, width)` rows of `x`, with the
+    /// rule's weights `w` packed the kernel's way, on one of its instruction layers.
+    pub(in crate::cpu::gemm) type Run<'a> =
+        &'a dyn Fn(&[f32], (usize, usize), &QuantRows, Prologue<'_>) -> Vec<f32>;
+
+    fn portable(x: &[f32], (m, width): (usize, usize), w: &QuantRows, p: Prologue) -> Vec<f32> {
+        linear(x, (m, width), w, p).unwrap()
+    }
+
+    /// Bit-equal to the portable kernel over `shapes` (`m, n, k`: a kernel gives shapes
+    /// with every kind of tail for its tiles), `what` naming the instruction layer.
+    pub(in crate::cpu::gemm) fn equals_on_shapes(
+        run: Run,
+        what: &str,
+        shapes: &[(usize, usize, usize)],
+    ) {
+        for &(m, n, k) in shapes {
+            let x: Vec<f32> = values(m * k, 1 + m as u64)
+                .iter()
+                .map(|v| 4.0 * v)
+                .collect();
+            let rows = QuantRows::from_f32(&values(n * k, 2 + n as u64), n, k);
+            let want = portable(&x, (m, k), &rows, Prologue::None);
+            assert_eq!(
+                run(&x, (m, k), &rows, Prologue::None),
+                want,
+                "{what} {m}x{n}x{k}"
+            );
+        }
+    }
+
+    /// The prologue applied on the way in (none, RMSNorm, SwiGLU), with plain and with
+    /// smoothed weights: the same bits as the portable kernel, which applies both in
+    /// the same f32 arithmetic.
+    pub(in crate::cpu::gemm) fn fused_inputs_and_smoothing_equal(run: Run, what: &str) {
+        let (m, n, k) = (19, 45, 130);
+        let weight = values(n * k, 5);
+        let t = Tensor::from_slice(&weight, (n, k), &candle_core::Device::Cpu).unwrap();
+        let act_max: Vec<f32> = (0..k).map(|c| if c == 7 { 30.0 } else { 1.0 }).collect();
+        let x = values(m * k, 6);
+        let norm: Vec<f32> = values(k, 9).iter().map(|v| 1.0 + v).collect();
+        let gate_up = values(m * 2 * k, 7);
+        for (rows, smoothed) in [
+            (QuantRows::from_f32(&weight, n, k), false),
+            (QuantRows::from_weight(&t, Some(&act_max)).unwrap(), true),
+        ] {
+            assert_eq!(rows.input_scale.is_some(), smoothed);
+            for (input, width, p) in [
+                (&x, k, Prologue::None),
+                (&x, k, Prologue::RmsNorm(&norm, 1e-6)),
+                (&gate_up, 2 * k, Prologue::SwiGlu),
+            ] {
+                let want = portable(input, (m, width), &rows, p);
+                let got = run(input, (m, width), &rows, p);
+                assert!(got == want, "{what}, smoothed {smoothed}, width {width}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

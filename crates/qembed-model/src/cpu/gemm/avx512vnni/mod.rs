@@ -394,8 +394,9 @@ unsafe fn finish_half<I: DotIsa>(
 mod tests {
     use super::model::Model;
     use super::*;
+    use crate::cpu::gemm::kernel_or_model;
+    use crate::cpu::gemm::portable_int8::reference;
     use crate::cpu::gemm::test_values as values;
-    use crate::cpu::gemm::{kernel_or_model, portable_int8};
 
     /// Whether the real instructions run here (else: says so, or fails where
     /// `QEMBED_REQUIRE_AVX512VNNI` asks for them).
@@ -403,20 +404,13 @@ mod tests {
         kernel_or_model(NAME)
     }
 
-    /// What the portable int8 kernel gives for the same weights and input: the rule's
-    /// result, which this kernel must equal bit for bit.
-    fn portable(x: &[f32], (m, width): (usize, usize), w: &QuantRows, p: Prologue) -> Vec<f32> {
-        portable_int8::linear(x, (m, width), w, p).unwrap()
-    }
-
     /// Bit-equal to the portable kernel over shapes with every kind of tail: no rows,
     /// one row, rows not a multiple of 12, columns not a multiple of 32 (and fewer than
     /// 16), K not a multiple of 4, K over several passes of [`KC`] quads (int32 partial
-    /// sums kept between passes). Through the model always, and through the
-    /// instructions where the CPU has them.
+    /// sums kept between passes); and with the prologues and smoothing fused. Through
+    /// the model always, and through the instructions where the CPU has them.
     #[test]
-    fn equals_the_portable_kernel_on_ragged_shapes() {
-        let hardware = hardware_too();
+    fn equals_the_portable_kernel() {
         let shapes = [
             (0, 32, 16),
             (1, 7, 3),
@@ -427,46 +421,17 @@ mod tests {
             (25, 100, 1030),
             (64, 129, 257),
         ];
-        for &(m, n, k) in &shapes {
-            let x: Vec<f32> = values(m * k, 1 + m as u64)
-                .iter()
-                .map(|v| 4.0 * v)
-                .collect();
-            let rows = QuantRows::from_f32(&values(n * k, 2 + n as u64), n, k);
-            let packed = Packed::pack(&rows);
-            let want = portable(&x, (m, k), &rows, Prologue::None);
-            let model = linear::<Model>(&x, (m, k), &packed, Prologue::None).unwrap();
-            assert_eq!(model, want, "model {m}x{n}x{k}");
-            if hardware {
-                let real = linear::<Hw>(&x, (m, k), &packed, Prologue::None).unwrap();
-                assert_eq!(real, want, "instructions {m}x{n}x{k}");
-            }
-        }
-    }
-
-    /// The prologue applied on the way in: the same bits as the portable kernel, which
-    /// applies it in the same f32 arithmetic.
-    #[test]
-    fn fused_norm_and_swiglu_inputs_match_the_portable_kernel() {
-        let hardware = hardware_too();
-        let (m, n, k) = (19, 45, 130);
-        let rows = QuantRows::from_f32(&values(n * k, 5), n, k);
-        let packed = Packed::pack(&rows);
-        let x = values(m * k, 6);
-        let norm: Vec<f32> = values(k, 9).iter().map(|v| 1.0 + v).collect();
-        let gate_up = values(m * 2 * k, 7);
-        for (input, width, p) in [
-            (&x, k, Prologue::RmsNorm(&norm, 1e-6)),
-            (&gate_up, 2 * k, Prologue::SwiGlu),
-        ] {
-            let want = portable(input, (m, width), &rows, p);
-            assert_eq!(
-                linear::<Model>(input, (m, width), &packed, p).unwrap(),
-                want
-            );
-            if hardware {
-                assert_eq!(linear::<Hw>(input, (m, width), &packed, p).unwrap(), want);
-            }
+        let model = |x: &[f32], mw, w: &QuantRows, p: Prologue<'_>| {
+            linear::<Model>(x, mw, &Packed::pack(w), p).unwrap()
+        };
+        reference::equals_on_shapes(&model, "model", &shapes);
+        reference::fused_inputs_and_smoothing_equal(&model, "model");
+        if hardware_too() {
+            let hw = |x: &[f32], mw, w: &QuantRows, p: Prologue<'_>| {
+                linear::<Hw>(x, mw, &Packed::pack(w), p).unwrap()
+            };
+            reference::equals_on_shapes(&hw, "instructions", &shapes);
+            reference::fused_inputs_and_smoothing_equal(&hw, "instructions");
         }
     }
 
