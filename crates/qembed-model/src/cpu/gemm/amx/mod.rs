@@ -22,8 +22,10 @@
 //! has AMX the tests run both and compare them. The model is `#[cfg(test)]`: serving
 //! never sees it.
 //!
-//! Set `QEMBED_AMX=0` (or `false`, `off`) to turn it off, e.g. to compare against MKL or
-//! candle.
+//! The int8 kernel on the same tiles (`TDPBSSD`, AMX-INT8) is [`int8`]'s.
+//!
+//! Set `QEMBED_AMX=0` (or `false`, `off`) to turn both off, e.g. to compare against MKL
+//! or candle.
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
