@@ -18,12 +18,11 @@
 
 use std::arch::x86_64::*;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::blocking::Blocking;
 use super::panels::{self, in_order, Bf16, Panels, SlotOrder, F16};
 use super::{Gemm, PreparedWeight, Prologue};
-use crate::cpu::f32_slice;
 use crate::cpu::par::SyncPtr;
 
 /// Rows of the output tile (activations broadcast per k).
@@ -70,9 +69,8 @@ impl Gemm for Avx2 {
         weight: &PreparedWeight,
         prologue: Prologue,
     ) -> crate::Result<Tensor> {
-        let weight = weight.form::<Packed>(NAME)?;
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        Ok(x.apply_op1_no_bwd(&Avx2Linear { weight, prologue })?)
+        let w = weight.form::<Packed>(NAME)?;
+        crate::cpu::gemm::op::linear(("avx2-linear", linear), x, (w, w.shape().0), prologue)
     }
 }
 
@@ -138,32 +136,10 @@ impl Elem for F16 {
     }
 }
 
-/// `prologue(x) @ w.T` as a candle op on a contiguous 2-D f32 CPU tensor.
-struct Avx2Linear<'a> {
-    weight: &'a Packed,
-    prologue: Prologue<'a>,
-}
-
-impl CustomOp1 for Avx2Linear<'_> {
-    fn name(&self) -> &'static str {
-        "avx2-linear"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (m, width) = l.shape().dims2()?;
-        let out = linear(f32_slice(s, l)?, m, width, self.weight, self.prologue)?;
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((m, self.weight.shape().0)),
-        ))
-    }
-}
-
 /// `prologue(x) @ w.T` for `m` rows of `width` values: f32 `m x n`.
 fn linear(
     x: &[f32],
-    m: usize,
-    width: usize,
+    (m, width): (usize, usize),
     w: &Packed,
     prologue: Prologue,
 ) -> candle_core::Result<Vec<f32>> {

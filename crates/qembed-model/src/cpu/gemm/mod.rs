@@ -31,6 +31,7 @@ mod blocking;
 mod int8;
 #[cfg(feature = "mkl")]
 pub mod mkl;
+mod op;
 #[cfg(target_arch = "x86_64")]
 mod panels;
 mod portable;

@@ -130,9 +130,9 @@ pub(super) mod tests {
     use crate::cpu::gemm::test_values as values;
     use crate::cpu::gemm::{reference_rows, Prologue};
 
-    /// A kernel's `linear`: `prologue(x) @ w.T` for `m` rows of `width` values.
+    /// A kernel's `linear`: `prologue(x) @ w.T` for `(m, width)` rows of `x`.
     pub(in crate::cpu::gemm) type Linear<const NR: usize> =
-        fn(&[f32], usize, usize, &Packed<NR>, Prologue) -> candle_core::Result<Vec<f32>>;
+        crate::cpu::gemm::op::Product<Packed<NR>>;
 
     /// The weights as each dtype stores them, packed in `order`, and their exact
     /// values in f64.
@@ -183,7 +183,7 @@ pub(super) mod tests {
                 let a = reference_rows(&x, m, k, prologue);
                 for dtype in [DType::F32, DType::BF16, DType::F16] {
                     let (packed, wx) = weights::<NR>(&w, (n, k), dtype, order);
-                    let got = linear(&x, m, width, &packed, prologue).unwrap();
+                    let got = linear(&x, (m, width), &packed, prologue).unwrap();
                     assert_eq!(got.len(), m * n, "{m}x{n}x{k}");
                     for i in 0..m {
                         for j in 0..n {
@@ -213,9 +213,9 @@ pub(super) mod tests {
         let (m, n, k) = (23, 50, 600);
         let x = values(m * k, 3);
         let (packed, _) = weights::<NR>(&values(n * k, 4), (n, k), DType::BF16, order);
-        let all = linear(&x, m, k, &packed, Prologue::None).unwrap();
+        let all = linear(&x, (m, k), &packed, Prologue::None).unwrap();
         for &r in rows {
-            let one = linear(&x[r * k..][..k], 1, k, &packed, Prologue::None).unwrap();
+            let one = linear(&x[r * k..][..k], (1, k), &packed, Prologue::None).unwrap();
             assert_eq!(one, all[r * n..][..n], "row {r}");
         }
     }
@@ -226,8 +226,14 @@ pub(super) mod tests {
         order: &SlotOrder,
     ) {
         let (packed, _) = weights::<NR>(&values(12, 5), (4, 3), DType::F32, order);
-        assert!(linear(&[0.0; 5], 1, 5, &packed, Prologue::None).is_err());
-        assert!(linear(&[0.0; 3], 1, 3, &packed, Prologue::SwiGlu).is_err());
-        assert!(linear(&[0.0; 3], 1, 3, &packed, Prologue::RmsNorm(&[1.0; 2], 1e-6)).is_err());
+        assert!(linear(&[0.0; 5], (1, 5), &packed, Prologue::None).is_err());
+        assert!(linear(&[0.0; 3], (1, 3), &packed, Prologue::SwiGlu).is_err());
+        assert!(linear(
+            &[0.0; 3],
+            (1, 3),
+            &packed,
+            Prologue::RmsNorm(&[1.0; 2], 1e-6)
+        )
+        .is_err());
     }
 }

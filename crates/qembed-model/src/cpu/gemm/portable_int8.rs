@@ -6,12 +6,11 @@
 //! A task owns a block of output columns (their int8 rows, in L2) and walks every input
 //! row past them.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::int8::{quantize_input_row, rescale, QuantRows};
 use super::{Gemm, PreparedWeight, Prologue};
-use crate::cpu::f32_slice;
 use crate::cpu::par::SyncPtr;
 use crate::cpu::simd::multiversion;
 use crate::Quantize;
@@ -60,27 +59,8 @@ impl Gemm for PortableInt8 {
         weight: &PreparedWeight,
         prologue: Prologue,
     ) -> crate::Result<Tensor> {
-        let weight = weight.form::<QuantRows>(NAME)?;
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        Ok(x.apply_op1_no_bwd(&Int8Linear { weight, prologue })?)
-    }
-}
-
-/// `prologue(x) @ w.T` as a candle op on a contiguous 2-D f32 CPU tensor.
-struct Int8Linear<'a> {
-    weight: &'a QuantRows,
-    prologue: Prologue<'a>,
-}
-
-impl CustomOp1 for Int8Linear<'_> {
-    fn name(&self) -> &'static str {
-        "portable-int8-linear"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (m, width) = l.shape().dims2()?;
-        let out = linear(f32_slice(s, l)?, (m, width), self.weight, self.prologue)?;
-        Ok((CpuStorage::F32(out), Shape::from((m, self.weight.n))))
+        let w = weight.form::<QuantRows>(NAME)?;
+        crate::cpu::gemm::op::linear(("portable-int8-linear", linear), x, (w, w.n), prologue)
     }
 }
 

@@ -15,7 +15,7 @@
 //! quantized per call into row-major rows of whole 64-byte lines, in 32-row strips.
 //! Attention stays on the bf16 tiles (AMX-INT8 comes with AMX-BF16).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::attention::group_attention;
@@ -23,7 +23,6 @@ use super::isa::{Hw, TileIsa};
 use super::tiles::Tiles;
 use super::{BLOCK_COLS, BLOCK_ROWS, TASK_STRIPS, TASK_WEIGHT_BYTES};
 use crate::cpu::attention::AttentionProducts;
-use crate::cpu::f32_slice;
 use crate::cpu::gemm::int8::{quantize_input_row, rescale_row, QuantRows};
 use crate::cpu::gemm::{Gemm, PreparedWeight, Prologue};
 use crate::cpu::par::SyncPtr;
@@ -85,9 +84,8 @@ impl Gemm for AmxInt8 {
         weight: &PreparedWeight,
         prologue: Prologue,
     ) -> crate::Result<Tensor> {
-        let weight = weight.form::<Packed>(NAME)?;
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        Ok(x.apply_op1_no_bwd(&AmxInt8Linear { weight, prologue })?)
+        let w = weight.form::<Packed>(NAME)?;
+        crate::cpu::gemm::op::linear(("amx-int8-linear", linear::<Hw>), x, (w, w.n), prologue)
     }
 
     /// Scores and weighted values as bf16 products on tiles, as the bf16 AMX kernel
@@ -149,24 +147,6 @@ impl Packed {
     /// Panel `p`'s bytes, as B tile loads read them.
     fn panel(&self, p: usize) -> &[i8] {
         as_bytes(&self.lines[p * self.kp / 2..][..self.kp / 2])
-    }
-}
-
-/// `prologue(x) @ w.T` as a candle op on a contiguous 2-D f32 CPU tensor.
-struct AmxInt8Linear<'a> {
-    weight: &'a Packed,
-    prologue: Prologue<'a>,
-}
-
-impl CustomOp1 for AmxInt8Linear<'_> {
-    fn name(&self) -> &'static str {
-        "amx-int8-linear"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (m, width) = l.shape().dims2()?;
-        let out = linear::<Hw>(f32_slice(s, l)?, (m, width), self.weight, self.prologue)?;
-        Ok((CpuStorage::F32(out), Shape::from((m, self.weight.n))))
     }
 }
 

@@ -30,8 +30,7 @@
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::{Gemm, PreparedWeight, Prologue};
@@ -228,9 +227,8 @@ impl Gemm for Amx {
         weight: &PreparedWeight,
         input: Prologue,
     ) -> crate::Result<Tensor> {
-        let weight = weight.form::<PackedWeight>(NAME)?;
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        Ok(x.apply_op1_no_bwd(&AmxLinear { weight, input })?)
+        let w = weight.form::<PackedWeight>(NAME)?;
+        super::op::linear(("amx-linear", product), x, (w, w.n), input)
     }
 
     /// Scores and weighted values as bf16 products on tiles: the model's linear layers
@@ -240,9 +238,20 @@ impl Gemm for Amx {
     }
 }
 
-/// `input(x) @ w.T` as a candle op on a contiguous 2-D f32 CPU tensor; the prologue
-/// (`input`) is applied to the rows while they are rounded to bf16, which saves writing
-/// and re-reading an f32 activation.
+/// `input(x) @ w.T` for `(m, width)` rows of `x`: the prologue (`input`) is applied to
+/// the rows while they are rounded to bf16, which saves writing and re-reading an f32
+/// activation, then the tiles multiply them.
+fn product(
+    x: &[f32],
+    (m, width): (usize, usize),
+    weight: &PackedWeight,
+    input: Prologue,
+) -> candle_core::Result<Vec<f32>> {
+    let a = AmxLinear { weight, input }.round(x, m, width)?;
+    matmul::<Hw>(&a, m, weight)
+}
+
+/// A layer's weight and prologue, for rounding its input rows.
 struct AmxLinear<'a> {
     weight: &'a PackedWeight,
     input: Prologue<'a>,
@@ -255,25 +264,6 @@ impl AmxLinear<'_> {
         self.input.check(NAME, x, (m, width), k)?;
         // SAFETY: round_input_row writes its whole `dst` (values, then zero padding).
         Ok(unsafe { round_rows(m, kp, |r, dst| round_input_row(dst, x, r, k, self.input)) })
-    }
-}
-
-impl CustomOp1 for AmxLinear<'_> {
-    fn name(&self) -> &'static str {
-        "amx-linear"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = s else {
-            candle_core::bail!("amx linear: f32 activations expected, got {:?}", s.dtype())
-        };
-        let (m, width) = l.shape().dims2()?;
-        let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("amx linear: input not contiguous")
-        };
-        let a = self.round(&x[start..end], m, width)?;
-        let out = matmul::<Hw>(&a, m, self.weight)?;
-        Ok((CpuStorage::F32(out), Shape::from((m, self.weight.n))))
     }
 }
 

@@ -21,13 +21,12 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::bf16::round_input_row;
 use super::blocking::{tile_rows, Blocking, TileHeights};
 use super::{Gemm, PreparedWeight, Prologue};
-use crate::cpu::f32_slice;
 use crate::cpu::par::SyncPtr;
 
 mod isa;
@@ -94,9 +93,8 @@ impl Gemm for Avx512Bf16 {
         weight: &PreparedWeight,
         prologue: Prologue,
     ) -> crate::Result<Tensor> {
-        let weight = weight.form::<Packed>(NAME)?;
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        Ok(x.apply_op1_no_bwd(&Avx512Linear { weight, prologue })?)
+        let w = weight.form::<Packed>(NAME)?;
+        crate::cpu::gemm::op::linear(("avx512bf16-linear", linear::<Hw>), x, (w, w.n), prologue)
     }
 }
 
@@ -138,24 +136,6 @@ impl Packed {
     /// Panel `p`'s lines from pair `t0` on, `kc` pairs of them.
     fn lines(&self, p: usize, t0: usize, kc: usize) -> &[Line] {
         &self.data[2 * (p * self.kp + t0)..][..2 * kc]
-    }
-}
-
-/// `prologue(x) @ w.T` as a candle op on a contiguous 2-D f32 CPU tensor.
-struct Avx512Linear<'a> {
-    weight: &'a Packed,
-    prologue: Prologue<'a>,
-}
-
-impl CustomOp1 for Avx512Linear<'_> {
-    fn name(&self) -> &'static str {
-        "avx512bf16-linear"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (m, width) = l.shape().dims2()?;
-        let out = linear::<Hw>(f32_slice(s, l)?, (m, width), self.weight, self.prologue)?;
-        Ok((CpuStorage::F32(out), Shape::from((m, self.weight.n))))
     }
 }
 

@@ -23,13 +23,12 @@
 //! (`model`); integer sums are exact, so the instructions, the model and the portable
 //! int8 kernel must all give the same bits.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::blocking::{tile_rows, Blocking, TileHeights};
 use super::int8::{quantize_input_row, rescale, QuantRows};
 use super::{Gemm, PreparedWeight, Prologue};
-use crate::cpu::f32_slice;
 use crate::cpu::par::SyncPtr;
 use crate::Quantize;
 
@@ -92,9 +91,8 @@ impl Gemm for Avx512Vnni {
         weight: &PreparedWeight,
         prologue: Prologue,
     ) -> crate::Result<Tensor> {
-        let weight = weight.form::<Packed>(NAME)?;
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
-        Ok(x.apply_op1_no_bwd(&VnniLinear { weight, prologue })?)
+        let w = weight.form::<Packed>(NAME)?;
+        crate::cpu::gemm::op::linear(("avx512vnni-linear", linear::<Hw>), x, (w, w.n), prologue)
     }
 }
 
@@ -155,24 +153,6 @@ impl Packed {
     /// Panel `p`'s lines from quad `t0` on, `kc` quads of them.
     fn lines(&self, p: usize, t0: usize, kc: usize) -> &[Line] {
         &self.data[2 * (p * self.kq + t0)..][..2 * kc]
-    }
-}
-
-/// `prologue(x) @ w.T` as a candle op on a contiguous 2-D f32 CPU tensor.
-struct VnniLinear<'a> {
-    weight: &'a Packed,
-    prologue: Prologue<'a>,
-}
-
-impl CustomOp1 for VnniLinear<'_> {
-    fn name(&self) -> &'static str {
-        "avx512vnni-linear"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (m, width) = l.shape().dims2()?;
-        let out = linear::<Hw>(f32_slice(s, l)?, (m, width), self.weight, self.prologue)?;
-        Ok((CpuStorage::F32(out), Shape::from((m, self.weight.n))))
     }
 }
 
