@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use super::attention::group_attention;
 use super::isa::{Hw, TileIsa};
 use super::tiles::Tiles;
-use super::{BLOCK_COLS, BLOCK_ROWS, TASK_STRIPS, TASK_WEIGHT_BYTES};
+use super::{for_each_task, BLOCK_COLS, BLOCK_ROWS};
 use crate::cpu::attention::AttentionProducts;
 use crate::cpu::gemm::int8::{quantize_input_row, rescale_row, QuantRows};
 use crate::cpu::gemm::{Gemm, PreparedWeight, Prologue};
@@ -170,17 +170,10 @@ fn linear<U: TileIsa>(
     let a = as_bytes(&a);
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
-    let panels = n.div_ceil(BLOCK_COLS);
-    let panels_per_task = (TASK_WEIGHT_BYTES / (kp * BLOCK_COLS)).clamp(1, 8);
-    let strips = m.div_ceil(BLOCK_ROWS);
-    let tasks: Vec<(usize, usize)> = (0..panels)
-        .step_by(panels_per_task)
-        .flat_map(|p0| (0..strips).step_by(TASK_STRIPS).map(move |s0| (p0, s0)))
-        .collect();
-    tasks.into_par_iter().for_each(|(p0, s0)| {
+    // A panel is kp / 4 rows of 128 bytes.
+    for_each_task((m, n), kp * BLOCK_COLS, |rows, panels| {
         let mut tiles = Tiles::<U>::configure();
-        let r0 = s0 * BLOCK_ROWS;
-        let rows = (TASK_STRIPS * BLOCK_ROWS).min(m - r0);
+        let (r0, rows) = (rows.start, rows.len());
         let scales = (&row_scale[r0..], &w.scale[..]);
         // SAFETY: `a` has whole 32-row strips of kp bytes from row r0 on; the task's
         // rows r0..r0 + rows and its panels' columns are its own part of the m x n
@@ -190,7 +183,7 @@ fn linear<U: TileIsa>(
                 &mut tiles,
                 &a[r0 * kp..],
                 rows,
-                (w, p0..(p0 + panels_per_task).min(panels)),
+                (w, panels),
                 scales,
                 (dst.at(r0 * n), n),
             )

@@ -145,18 +145,9 @@ fn matmul<U: TileIsa>(a: &[Line], m: usize, w: &PackedWeight) -> candle_core::Re
     let a: &[u16] = lines(a);
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
-    let panels = n.div_ceil(BLOCK_COLS);
-    let panels_per_task = (TASK_WEIGHT_BYTES / (kp * 64)).clamp(1, 8);
-    let strips = m.div_ceil(BLOCK_ROWS);
-    let tasks: Vec<(usize, usize)> = (0..panels)
-        .step_by(panels_per_task)
-        .flat_map(|p0| (0..strips).step_by(TASK_STRIPS).map(move |s0| (p0, s0)))
-        .collect();
-    tasks.into_par_iter().for_each(|(p0, s0)| {
+    for_each_task((m, n), kp * 64, |rows, panels| {
         let mut tiles = Tiles::<U>::configure();
-        let r0 = s0 * BLOCK_ROWS;
-        let rows = (TASK_STRIPS * BLOCK_ROWS).min(m - r0);
-        let panels = p0..(p0 + panels_per_task).min(panels);
+        let (r0, rows) = (rows.start, rows.len());
         // SAFETY: `a` has whole 32-row strips of kp values from row r0 on; the task's
         // rows r0..r0 + rows and its panels' columns are its own part of the m x n
         // output (row stride n).
@@ -175,6 +166,30 @@ fn matmul<U: TileIsa>(a: &[Line], m: usize, w: &PackedWeight) -> candle_core::Re
     // SAFETY: the tasks cover every (strip, panel), so all m x n values were written.
     unsafe { out.set_len(m * n) };
     Ok(out)
+}
+
+/// Calls `task(rows, panels)` in parallel for each task of an `m x n` product whose
+/// weight panels (32 columns) are `panel_bytes` each: a task owns up to 8 panels within
+/// [`TASK_WEIGHT_BYTES`] (they stay in L2) and up to [`TASK_STRIPS`] 32-row strips,
+/// `rows` its output rows and `panels` its panel indices. The tasks cover the product
+/// once. `panel_bytes` is not zero.
+fn for_each_task(
+    (m, n): (usize, usize),
+    panel_bytes: usize,
+    task: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Sync,
+) {
+    let panels = n.div_ceil(BLOCK_COLS);
+    let panels_per_task = (TASK_WEIGHT_BYTES / panel_bytes).clamp(1, 8);
+    let strips = m.div_ceil(BLOCK_ROWS);
+    let tasks: Vec<(usize, usize)> = (0..panels)
+        .step_by(panels_per_task)
+        .flat_map(|p0| (0..strips).step_by(TASK_STRIPS).map(move |s0| (p0, s0)))
+        .collect();
+    tasks.into_par_iter().for_each(|(p0, s0)| {
+        let r0 = s0 * BLOCK_ROWS;
+        let rows = r0..(r0 + TASK_STRIPS * BLOCK_ROWS).min(m);
+        task(rows, p0..(p0 + panels_per_task).min(panels));
+    });
 }
 
 /// Initialised lines as writable-only bf16 slots for [`round_row`] (sound: only valid
