@@ -81,6 +81,29 @@ mod loops {
         acc.iter().map(|&v| _mm512_reduce_add_epi32(v) as f32).sum()
     }
 
+    /// `TRIPS * CHAINS` VEX `VPDPBUSD ymm` (AVX-VNNI): 32 multiply-adds, 64 integer ops,
+    /// each.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and AVX-VNNI.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub unsafe fn dpbusd256(seed: f32) -> f32 {
+        let a = _mm256_set1_epi32((seed * 1e3) as i32 | 0x0101_0101);
+        let mut acc = [_mm256_setzero_si256(); CHAINS];
+        for _ in 0..TRIPS {
+            for acc in &mut acc {
+                *acc = _mm256_dpbusd_avx_epi32(*acc, a, a);
+            }
+        }
+        let mut out = [0i32; 8];
+        let sum = acc
+            .iter()
+            .fold(_mm256_setzero_si256(), |s, &v| _mm256_add_epi32(s, v));
+        // SAFETY: `out` holds 8 i32.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), sum) };
+        out.iter().map(|&v| v as f32).sum()
+    }
+
     /// `TRIPS * CHAINS` `VFMADD231PS zmm`: 32 flops each.
     ///
     /// # Safety
@@ -140,6 +163,13 @@ fn peaks() -> Vec<(&'static str, f64)> {
         // SAFETY: both features were just detected.
         out.push(("vpdpbusd_zmm", run(128.0, &|s| unsafe { loops::dpbusd(s) })));
     }
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni") {
+        // SAFETY: both features were just detected.
+        out.push((
+            "vpdpbusd_ymm",
+            run(64.0, &|s| unsafe { loops::dpbusd256(s) }),
+        ));
+    }
     if is_x86_feature_detected!("avx512f") {
         // SAFETY: detected.
         out.push(("fma_zmm", run(32.0, &|s| unsafe { loops::fma512(s) })));
@@ -161,6 +191,7 @@ fn instruction(kernel: &str, dtype: DType) -> Option<&'static str> {
     match (kernel, dtype) {
         ("avx512bf16", _) => Some("vdpbf16ps_zmm"),
         ("avx512vnni", _) => Some("vpdpbusd_zmm"),
+        ("avxvnni", _) => Some("vpdpbusd_ymm"),
         ("avx512", _) => Some("fma_zmm"),
         ("avx2", _) => Some("fma_ymm"),
         _ => None,
@@ -182,6 +213,7 @@ fn cpu_line() -> serde_json::Value {
         "avx512f",
         "avx512_bf16",
         "avx512_vnni",
+        "avx_vnni",
         "amx_bf16",
         "amx_int8",
     ];

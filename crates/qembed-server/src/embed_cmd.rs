@@ -58,9 +58,18 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let parsed = parse_lines(&read_lines(args.input.as_deref())?)?;
 
     let dir = resolve_model(&args.model.model_path)?;
+    let started = std::time::Instant::now();
     let embedder = Embedder::load(&dir, &args.model.load_options())
         .with_context(|| format!("loading model from {}", dir.display()))?;
     embedder.check_dimensions(args.dimensions)?;
+    // Which kernel the vectors come from, for `QEMBED_LOG=info` (benchmarks record it).
+    tracing::info!(
+        model = %dir.display(),
+        quantize = %embedder.model().quantize(),
+        cpu_kernel = embedder.model().cpu_kernel().unwrap_or("none"),
+        secs = started.elapsed().as_secs_f64(),
+        "model loaded"
+    );
 
     let mut ids = Vec::with_capacity(parsed.len());
     for line in &parsed {

@@ -31,7 +31,7 @@ async fn int8_is_named_in_info_and_fingerprint_and_keeps_the_gate() {
     assert_eq!(info["dtype"], "bf16", "{info}");
     let kernel = info["cpu_kernel"].as_str().unwrap().to_string();
     assert!(
-        ["amx-int8", "avx512vnni", "portable-int8"].contains(&kernel.as_str()),
+        ["amx-int8", "avx512vnni", "avxvnni", "portable-int8"].contains(&kernel.as_str()),
         "{kernel}"
     );
     let float = TestApp::start(OUTLIERS, &[]).await;

@@ -23,8 +23,6 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512bf16;
 #[cfg(target_arch = "x86_64")]
-mod avx512vnni;
-#[cfg(target_arch = "x86_64")]
 mod bf16;
 #[cfg(target_arch = "x86_64")]
 mod blocking;
@@ -37,6 +35,8 @@ mod panels;
 mod portable;
 mod portable_int8;
 mod prologue;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 pub(crate) use int8::{column_max_abs, QuantizedRows};
 pub(crate) use prologue::Prologue;
@@ -132,9 +132,9 @@ pub(crate) trait Gemm: Send + Sync {
 /// weights' dtype is chosen.
 static BUILT: &[&dyn Gemm] = &[
     #[cfg(amx)]
-    &amx::AMX,
+    amx::AMX,
     #[cfg(target_arch = "x86_64")]
-    &avx512bf16::AVX512BF16,
+    avx512bf16::AVX512BF16,
     #[cfg(feature = "mkl")]
     &mkl::MKL,
     #[cfg(target_arch = "x86_64")]
@@ -143,10 +143,27 @@ static BUILT: &[&dyn Gemm] = &[
     &avx2::AVX2,
     &portable::PORTABLE,
     #[cfg(amx)]
-    &amx::AMX_INT8,
+    amx::AMX_INT8,
     #[cfg(target_arch = "x86_64")]
-    &avx512vnni::AVX512VNNI,
+    vnni::AVX512VNNI,
+    #[cfg(target_arch = "x86_64")]
+    vnni::AVXVNNI,
     &portable_int8::PORTABLE_INT8,
+    // The instruction-set kernels again, on the software models of their instructions:
+    // `--features software-models` only, so that the model-level tests (parity with
+    // transformers, int8 quality) run every kernel's packing, tiling and attention on
+    // CPUs without the instructions. Last, below the portable kernels, so that none is
+    // ever chosen unless named.
+    #[cfg(all(amx, feature = "software-models"))]
+    amx::AMX_MODEL,
+    #[cfg(all(target_arch = "x86_64", feature = "software-models"))]
+    avx512bf16::AVX512BF16_MODEL,
+    #[cfg(all(amx, feature = "software-models"))]
+    amx::AMX_INT8_MODEL,
+    #[cfg(all(target_arch = "x86_64", feature = "software-models"))]
+    vnni::AVX512VNNI_MODEL,
+    #[cfg(all(target_arch = "x86_64", feature = "software-models"))]
+    vnni::AVXVNNI_MODEL,
 ];
 
 /// Every kernel name `QEMBED_CPU_KERNEL` may name, built here or not.
@@ -159,7 +176,13 @@ const KNOWN: &[&str] = &[
     "portable",
     "amx-int8",
     "avx512vnni",
+    "avxvnni",
     "portable-int8",
+    "amx-model",
+    "avx512bf16-model",
+    "amx-int8-model",
+    "avx512vnni-model",
+    "avxvnni-model",
 ];
 
 /// The environment variable that forces one kernel.
@@ -431,7 +454,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("int8 weights"), "{err}");
-        // The best int8 kernel the CPU has: AMX-INT8, else AVX512_VNNI.
+        // The best int8 kernel the CPU has: AMX-INT8, else AVX512_VNNI, else AVX-VNNI.
         let best = select(DType::F32, Quantize::Int8, &Device::Cpu, None)
             .unwrap()
             .name();
@@ -443,6 +466,11 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512vnni") {
             assert_eq!(best, "avx512vnni");
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avxvnni") {
+            assert_eq!(best, "avxvnni");
             return;
         }
         assert_eq!(best, "portable-int8");

@@ -15,6 +15,8 @@
 //! quantized per call into row-major rows of whole 64-byte lines, in 32-row strips.
 //! Attention stays on the bf16 tiles (AMX-INT8 comes with AMX-BF16).
 
+use std::marker::PhantomData;
+
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
@@ -42,20 +44,35 @@ fn as_bytes(lines: &[Bytes]) -> &[i8] {
     unsafe { std::slice::from_raw_parts(lines.as_ptr().cast(), lines.len() * 64) }
 }
 
-/// The AMX-INT8 kernel of the CPU family.
-pub(in crate::cpu::gemm) struct AmxInt8;
+/// The AMX-INT8 kernel of the CPU family, on the tile instructions `U` under the name
+/// `name`.
+pub(in crate::cpu::gemm) struct AmxInt8<U> {
+    name: &'static str,
+    isa: PhantomData<fn() -> U>,
+}
 
-pub(in crate::cpu::gemm) static AMX_INT8: AmxInt8 = AmxInt8;
+pub(in crate::cpu::gemm) static AMX_INT8: &dyn Gemm = &AmxInt8::<Hw> {
+    name: NAME,
+    isa: PhantomData,
+};
+
+/// The kernel on the software model of the tiles, a kernel of its own for the
+/// model-level tests on CPUs without AMX-INT8 (`--features software-models`).
+#[cfg(feature = "software-models")]
+pub(in crate::cpu::gemm) static AMX_INT8_MODEL: &dyn Gemm = &AmxInt8::<super::model::Model> {
+    name: "amx-int8-model",
+    isa: PhantomData,
+};
 
 const NAME: &str = "amx-int8";
 
-impl Gemm for AmxInt8 {
+impl<U: TileIsa + 'static> Gemm for AmxInt8<U> {
     fn name(&self) -> &'static str {
-        NAME
+        self.name
     }
 
     fn unavailable(&self) -> Option<String> {
-        Hw::unavailable_int8().map(|_| {
+        U::unavailable_int8().map(|_| {
             "needs AMX-INT8 and the tile state from Linux (5.16+), and QEMBED_AMX not off".into()
         })
     }
@@ -70,12 +87,12 @@ impl Gemm for AmxInt8 {
 
     fn prepare(&self, weight: Tensor) -> crate::Result<PreparedWeight> {
         let rows = QuantRows::from_weight(&weight, None)?;
-        Ok(PreparedWeight::new(NAME, Packed::pack(&rows)))
+        Ok(PreparedWeight::new(self.name, Packed::pack(&rows)))
     }
 
     fn prepare_smoothed(&self, weight: Tensor, act_max: &[f32]) -> crate::Result<PreparedWeight> {
         let rows = QuantRows::from_weight(&weight, Some(act_max))?;
-        Ok(PreparedWeight::new(NAME, Packed::pack(&rows)))
+        Ok(PreparedWeight::new(self.name, Packed::pack(&rows)))
     }
 
     fn linear(
@@ -84,14 +101,14 @@ impl Gemm for AmxInt8 {
         weight: &PreparedWeight,
         prologue: Prologue,
     ) -> crate::Result<Tensor> {
-        let w = weight.form::<Packed>(NAME)?;
-        crate::cpu::gemm::op::linear(("amx-int8-linear", linear::<Hw>), x, (w, w.n), prologue)
+        let w = weight.form::<Packed>(self.name)?;
+        crate::cpu::gemm::op::linear(("amx-int8-linear", linear::<U>), x, (w, w.n), prologue)
     }
 
     /// Scores and weighted values as bf16 products on tiles, as the bf16 AMX kernel
     /// runs them: attention is not quantized.
     fn attention(&self) -> AttentionProducts {
-        AttentionProducts::PerGroup(group_attention::<Hw>)
+        AttentionProducts::PerGroup(group_attention::<U>)
     }
 }
 

@@ -19,14 +19,16 @@
 //! The instructions sit behind a trait (`isa`): the kernel is written once over it and
 //! runs on the real instructions, or in tests on a scalar model of them (`model`), so
 //! packing, tiling, tails and attention are tested on CPUs without AMX too; where the CPU
-//! has AMX the tests run both and compare them. The model is `#[cfg(test)]`: serving
-//! never sees it.
+//! has AMX the tests run both and compare them. The model is built for tests only (and
+//! with `--features software-models`, as kernels of their own for the model-level
+//! tests): serving never sees it.
 //!
 //! The int8 kernel on the same tiles (`TDPBSSD`, AMX-INT8) is [`int8`]'s.
 //!
 //! Set `QEMBED_AMX=0` (or `false`, `off`) to turn both off, e.g. to compare against MKL
 //! or candle.
 
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
@@ -40,7 +42,7 @@ use crate::cpu::par::SyncPtr;
 mod attention;
 mod int8;
 mod isa;
-#[cfg(test)]
+#[cfg(any(test, feature = "software-models"))]
 mod model;
 mod pack;
 mod round;
@@ -49,6 +51,8 @@ mod tiles;
 use super::bf16::{bf16_bits, round_input_row, round_row};
 use attention::group_attention;
 pub(super) use int8::AMX_INT8;
+#[cfg(feature = "software-models")]
+pub(super) use int8::AMX_INT8_MODEL;
 use isa::{Hw, TileConfig, TileIsa};
 use pack::PackedWeight;
 use round::round_rows;
@@ -205,20 +209,35 @@ fn lines(lines: &[Line]) -> &[u16] {
     unsafe { std::slice::from_raw_parts(lines.as_ptr().cast(), lines.len() * 32) }
 }
 
-/// The AMX kernel of the CPU family: bf16 weights only.
-pub(super) struct Amx;
+/// The AMX kernel of the CPU family, on the tile instructions `U` under the name
+/// `name`: bf16 weights only.
+pub(super) struct Amx<U> {
+    name: &'static str,
+    isa: PhantomData<fn() -> U>,
+}
 
-pub(super) static AMX: Amx = Amx;
+pub(super) static AMX: &dyn Gemm = &Amx::<Hw> {
+    name: NAME,
+    isa: PhantomData,
+};
+
+/// The kernel on the software model of the tiles, a kernel of its own for the
+/// model-level tests on CPUs without AMX (`--features software-models`).
+#[cfg(feature = "software-models")]
+pub(super) static AMX_MODEL: &dyn Gemm = &Amx::<model::Model> {
+    name: "amx-model",
+    isa: PhantomData,
+};
 
 const NAME: &str = "amx";
 
-impl Gemm for Amx {
+impl<U: TileIsa + 'static> Gemm for Amx<U> {
     fn name(&self) -> &'static str {
-        NAME
+        self.name
     }
 
     fn unavailable(&self) -> Option<String> {
-        (!available()).then(|| {
+        U::unavailable().map(|_| {
             "needs AMX-BF16 and the tile state from Linux (5.16+), and QEMBED_AMX not off".into()
         })
     }
@@ -231,7 +250,7 @@ impl Gemm for Amx {
         let (n, k) = weight.dims2()?;
         let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
         Ok(PreparedWeight::new(
-            NAME,
+            self.name,
             PackedWeight::pack(&values, n, k)?,
         ))
     }
@@ -242,28 +261,28 @@ impl Gemm for Amx {
         weight: &PreparedWeight,
         input: Prologue,
     ) -> crate::Result<Tensor> {
-        let w = weight.form::<PackedWeight>(NAME)?;
-        super::op::linear(("amx-linear", product), x, (w, w.n), input)
+        let w = weight.form::<PackedWeight>(self.name)?;
+        super::op::linear(("amx-linear", product::<U>), x, (w, w.n), input)
     }
 
     /// Scores and weighted values as bf16 products on tiles: the model's linear layers
     /// are bf16 anyway.
     fn attention(&self) -> AttentionProducts {
-        AttentionProducts::PerGroup(group_attention::<Hw>)
+        AttentionProducts::PerGroup(group_attention::<U>)
     }
 }
 
 /// `input(x) @ w.T` for `(m, width)` rows of `x`: the prologue (`input`) is applied to
 /// the rows while they are rounded to bf16, which saves writing and re-reading an f32
 /// activation, then the tiles multiply them.
-fn product(
+fn product<U: TileIsa>(
     x: &[f32],
     (m, width): (usize, usize),
     weight: &PackedWeight,
     input: Prologue,
 ) -> candle_core::Result<Vec<f32>> {
     let a = AmxLinear { weight, input }.round(x, m, width)?;
-    matmul::<Hw>(&a, m, weight)
+    matmul::<U>(&a, m, weight)
 }
 
 /// A layer's weight and prologue, for rounding its input rows.

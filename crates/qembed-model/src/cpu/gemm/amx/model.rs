@@ -1,4 +1,5 @@
-//! A scalar software model of the AMX instructions the kernel uses (tests only), so the
+//! A scalar software model of the AMX instructions the kernel uses (tests, and kernels of
+//! their own with `--features software-models`; never serving), so the
 //! kernel's packing, tile loops, tails and attention products run on any CPU.
 //!
 //! Semantics follow the pseudo-code of Intel's SDM / ISA extensions reference:

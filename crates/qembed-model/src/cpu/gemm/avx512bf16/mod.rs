@@ -19,6 +19,7 @@
 //! (`model`), so the packing, tile loop and tails are tested on CPUs without them;
 //! where the CPU has them the tests run both and compare.
 
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, DType, Storage, Tensor};
@@ -30,7 +31,7 @@ use super::{Gemm, PreparedWeight, Prologue};
 use crate::cpu::par::SyncPtr;
 
 mod isa;
-#[cfg(test)]
+#[cfg(any(test, feature = "software-models"))]
 mod model;
 
 use isa::{DotIsa, Hw};
@@ -48,20 +49,35 @@ const KC: usize = 128;
 #[derive(Clone, Copy)]
 struct Line([u16; 32]);
 
-/// The AVX512_BF16 kernel of the CPU family: bf16 weights only.
-pub(super) struct Avx512Bf16;
+/// The AVX512_BF16 kernel of the CPU family, on the instructions `I` under the name
+/// `name`: bf16 weights only.
+pub(super) struct Avx512Bf16<I> {
+    name: &'static str,
+    isa: PhantomData<fn() -> I>,
+}
 
-pub(super) static AVX512BF16: Avx512Bf16 = Avx512Bf16;
+pub(super) static AVX512BF16: &dyn Gemm = &Avx512Bf16::<Hw> {
+    name: NAME,
+    isa: PhantomData,
+};
+
+/// The kernel on the software model of its instructions, a kernel of its own for the
+/// model-level tests on CPUs without them (`--features software-models`).
+#[cfg(feature = "software-models")]
+pub(super) static AVX512BF16_MODEL: &dyn Gemm = &Avx512Bf16::<model::Model> {
+    name: "avx512bf16-model",
+    isa: PhantomData,
+};
 
 const NAME: &str = "avx512bf16";
 
-impl Gemm for Avx512Bf16 {
+impl<I: DotIsa + 'static> Gemm for Avx512Bf16<I> {
     fn name(&self) -> &'static str {
-        NAME
+        self.name
     }
 
     fn unavailable(&self) -> Option<String> {
-        Hw::unavailable()
+        I::unavailable()
     }
 
     fn supports(&self, dtype: DType) -> bool {
@@ -78,13 +94,13 @@ impl Gemm for Avx512Bf16 {
             (&*storage, layout.contiguous_offsets())
         {
             return Ok(PreparedWeight::new(
-                NAME,
+                self.name,
                 Packed::pack(&values[from..to], n, k)?,
             ));
         }
         drop(storage);
         let values = weight.flatten_all()?.to_vec1::<half::bf16>()?;
-        Ok(PreparedWeight::new(NAME, Packed::pack(&values, n, k)?))
+        Ok(PreparedWeight::new(self.name, Packed::pack(&values, n, k)?))
     }
 
     fn linear(
@@ -93,8 +109,8 @@ impl Gemm for Avx512Bf16 {
         weight: &PreparedWeight,
         prologue: Prologue,
     ) -> crate::Result<Tensor> {
-        let w = weight.form::<Packed>(NAME)?;
-        crate::cpu::gemm::op::linear(("avx512bf16-linear", linear::<Hw>), x, (w, w.n), prologue)
+        let w = weight.form::<Packed>(self.name)?;
+        crate::cpu::gemm::op::linear(("avx512bf16-linear", linear::<I>), x, (w, w.n), prologue)
     }
 }
 

@@ -1,5 +1,7 @@
-//! A scalar software model of the AVX-512 instructions the kernel uses (tests only), so
-//! the kernel's packing, tile loop and tails run on any CPU.
+//! A scalar software model of the AVX-512 instructions the kernel uses, so the kernel's
+//! packing, tile loop and tails run on any CPU: in the kernel's tests, and as a kernel
+//! of its own for the model-level tests (`--features software-models`; never in a
+//! serving build).
 //!
 //! `VDPBF16PS`, as Intel's SDM gives it: for each lane `j`, `acc[j] += odd(a[j]) *
 //! odd(b[j])`, then `acc[j] += even(a[j]) * even(b[j])`, each a fused multiply-add in f32
