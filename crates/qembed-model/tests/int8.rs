@@ -4,7 +4,8 @@
 //! (`qembed_gates::int8_gate`): worst and mean cosine, and Spearman's correlation of the
 //! pairwise similarities. Kernels whose attention runs the same way must also agree with
 //! each other bit for bit: they compute one rule's exact integer sums (`amx-int8` runs
-//! attention's products in bf16, the others in f32).
+//! attention's products in bf16, `avx512vnni` in f32 on the `avx512` tiles, the others
+//! in f32 through the portable product).
 
 use std::io::Write;
 
@@ -28,16 +29,16 @@ fn run(model: &Qwen3Embedding, r: &Reference) -> Vec<Vec<f32>> {
     model.embed(&PackedBatch::new(&ids)).unwrap()
 }
 
-/// The int8 kernels this CPU runs, each with whether its attention is bf16; the others
+/// The int8 kernels this CPU runs, each with how its attention runs; the others
 /// reported (or failing where required).
-fn int8_kernels() -> Vec<(&'static str, bool)> {
+fn int8_kernels() -> Vec<(&'static str, &'static str)> {
     let mut out = Vec::new();
     for k in cpu_kernels() {
         if k.quantize != Quantize::Int8 {
             continue;
         }
         match &k.unavailable {
-            None => out.push((k.name, k.bf16_attention)),
+            None => out.push((k.name, k.attention)),
             Some(why) => {
                 assert!(
                     !kernel_required(k.name),
@@ -56,21 +57,18 @@ fn int8_kernels() -> Vec<(&'static str, bool)> {
     out
 }
 
-/// How a kernel's attention runs: (bf16 products, on the software model of the tiles).
-type Kind = (bool, bool);
-
 #[test]
 fn int8_keeps_the_quality_gate_on_every_fixture() {
     let gate = int8_gate();
     let kernels = int8_kernels();
-    assert!(kernels.contains(&("portable-int8", false)));
+    assert!(kernels.contains(&("portable-int8", "f32")));
     for name in FIXTURES {
         let r = Reference::load(name);
         let want: Vec<&[f32]> = r.cases.iter().map(|c| c.raw.as_slice()).collect();
         for dtype in [DType::BF16, DType::F32] {
             // The first kernel of each attention kind, and its vectors.
-            let mut firsts: Vec<(Kind, &str, Vec<Vec<f32>>)> = Vec::new();
-            for &(kernel, bf16_attention) in &kernels {
+            let mut firsts: Vec<(&str, &str, Vec<Vec<f32>>)> = Vec::new();
+            for &(kernel, attention) in &kernels {
                 let model = load(name, dtype, kernel);
                 assert_eq!(model.cpu_kernel(), Some(kernel));
                 assert_eq!(model.quantize(), Quantize::Int8);
@@ -84,19 +82,16 @@ fn int8_keeps_the_quality_gate_on_every_fixture() {
                     q.meets(gate),
                     "int8 {kernel} {name} from {dtype:?}: {q:?} misses {gate:?}"
                 );
-                // The software model of the AMX tiles sums each bf16 product pair in the
-                // SDM's order, which hardware need not follow: bf16 attention on the
-                // model is a kind of its own (the int8 sums are exact either way).
-                let kind = (bf16_attention, bf16_attention && kernel.ends_with("-model"));
-                match firsts.iter().find(|f| f.0 == kind) {
+                match firsts.iter().find(|f| f.0 == attention) {
                     Some((_, other, theirs)) => assert!(
                         &got == theirs,
                         "{kernel} and {other} differ on {name} from {dtype:?}"
                     ),
                     None => {
-                        // Across attention kinds: bf16 attention moves the int8
-                        // activations' rounding, and that moves the vectors as far as
-                        // the int8 gate allows against the reference, not further.
+                        // Across attention kinds: another order of attention's sums (or
+                        // bf16 products) moves the int8 activations' rounding, and that
+                        // moves the vectors as far as the int8 gate allows against the
+                        // reference, not further.
                         if let Some((_, other, theirs)) = firsts.first() {
                             let q = Quality::of(&got, theirs);
                             assert!(
@@ -104,7 +99,7 @@ fn int8_keeps_the_quality_gate_on_every_fixture() {
                                 "int8 {kernel} vs {other}, {name} from {dtype:?}: {q:?}"
                             );
                         }
-                        firsts.push((kind, kernel, got));
+                        firsts.push((attention, kernel, got));
                     }
                 }
             }

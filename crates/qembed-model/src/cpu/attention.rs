@@ -45,13 +45,25 @@ pub(crate) type StridedGemm = unsafe fn(
 pub(crate) type GroupAttention =
     fn(&[f32], usize, (usize, usize, usize), (usize, usize, usize), usize, SyncPtr);
 
-/// How a GEMM kernel runs attention's two products (scores and weighted values).
+/// How a GEMM kernel runs attention's two products (scores and weighted values), with
+/// the name of that way (`CpuKernelInfo::attention`: kernels with the same one compute
+/// attention alike, bit for bit).
 #[derive(Clone, Copy)]
 pub(crate) enum AttentionProducts {
     /// Two f32 products per (sequence, query head) through this GEMM.
-    PerHead(StridedGemm),
+    PerHead(&'static str, StridedGemm),
     /// The kernel's own attention per (sequence, kv head).
-    PerGroup(GroupAttention),
+    PerGroup(&'static str, GroupAttention),
+}
+
+impl AttentionProducts {
+    /// What the products are called: `f32` (the portable product), `f32-avx512`,
+    /// `f32-mkl`, `bf16-amx`, ...
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::PerHead(name, _) | Self::PerGroup(name, _) => name,
+        }
+    }
 }
 
 /// Attention for one layer of a packed batch, from the fused qkv projection
@@ -223,7 +235,7 @@ impl CustomOp1 for QkvAttention<'_> {
         let mut out = vec![0f32; tokens * h * d];
         let ptr = SyncPtr(out.as_mut_ptr());
         match self.products {
-            AttentionProducts::PerGroup(group_attention) => {
+            AttentionProducts::PerGroup(_, group_attention) => {
                 // One task per (sequence, kv head): the kernel may prepare its keys and
                 // values once for all the query heads that share them.
                 let mut work: Vec<(usize, usize, usize)> = self
@@ -236,7 +248,7 @@ impl CustomOp1 for QkvAttention<'_> {
                 work.into_par_iter()
                     .for_each(|item| group_attention(&qkv, width, dims, item, self.block, ptr));
             }
-            AttentionProducts::PerHead(matmul) => {
+            AttentionProducts::PerHead(_, matmul) => {
                 let mut work: Vec<(usize, usize, usize)> = self
                     .cu_seqlens
                     .windows(2)

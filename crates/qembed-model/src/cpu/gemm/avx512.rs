@@ -20,6 +20,7 @@ use candle_core::{DType, Tensor};
 use super::blocking::{tile_rows, Blocking, TileHeights};
 use super::panels::{self, in_order, Bf16, Panels, SlotOrder, F16};
 use super::{Gemm, PreparedWeight, Prologue};
+use crate::cpu::attention::AttentionProducts;
 use crate::cpu::par::SyncPtr;
 
 /// Rows of the output tile: 24 of the 32 zmm registers hold its accumulators.
@@ -64,6 +65,10 @@ impl Gemm for Avx512 {
     ) -> crate::Result<Tensor> {
         let w = weight.form::<Packed>(NAME)?;
         crate::cpu::gemm::op::linear(("avx512-linear", linear), x, (w, w.shape().0), prologue)
+    }
+
+    fn attention(&self) -> AttentionProducts {
+        AttentionProducts::PerHead("f32-avx512", strided_gemm)
     }
 }
 
@@ -257,6 +262,128 @@ unsafe fn tile_of<E: Elem, const R: usize>(t: TileArgs<E>) {
     }
 }
 
+/// Attention's f32 products on this kernel's micro-kernel, for the AVX-512 kernels
+/// whose attention stays f32 (`avx512`, `avx512bf16`, `avx512vnni`): `c = alpha * a @
+/// op(b)` as [`crate::cpu::attention::StridedGemm`] defines it, single-threaded (the
+/// callers are rayon tasks, one per sequence and head). Both operands are packed per
+/// call into the tile's panels (A scaled by `alpha`), which costs one read of each
+/// against `m n k` multiply-adds; on a CPU without AVX512F it is the portable product.
+///
+/// Why not the `gemm` crate, which the portable product uses: without its `x86-v4`
+/// feature it runs AVX2 FMAs, half of what a Zen 5 or Intel server core does per cycle,
+/// and with it its packing cost more than the wider FMAs saved (benches/RESULTS.md).
+///
+/// # Safety
+/// The pointers must cover those views.
+pub(super) unsafe fn strided_gemm(
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    (a, lda): (*const f32, usize),
+    (b, ldb, b_t): (*const f32, usize, bool),
+    (c, ldc): (*mut f32, usize),
+) {
+    if !is_x86_feature_detected!("avx512f") {
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
+            super::portable::strided_gemm((m, n, k), alpha, (a, lda), (b, ldb, b_t), (c, ldc))
+        };
+        return;
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                // SAFETY: (i, j) is inside c's m x n view (the caller's contract).
+                unsafe { c.add(i * ldc + j).write(0.0) };
+            }
+        }
+        return;
+    }
+    let (row_panels, col_panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    ATTENTION_PANELS.with_borrow_mut(|(ap, bp)| {
+        // Every slot a tile reads is written below, the padding past m rows and n
+        // columns with zeros: no zero-filling of the whole buffers per call.
+        ap.resize(ap.len().max(row_panels * k * MR), 0.0);
+        bp.resize(bp.len().max(col_panels * k * NR), 0.0);
+        let (ap, bp) = (
+            &mut ap[..row_panels * k * MR],
+            &mut bp[..col_panels * k * NR],
+        );
+        for (panel, dst) in ap.chunks_exact_mut(k * MR).enumerate() {
+            let rows = MR.min(m - panel * MR);
+            if rows < MR {
+                for step in dst.chunks_exact_mut(MR) {
+                    step[rows..].fill(0.0);
+                }
+            }
+            for i in 0..rows {
+                // SAFETY: row `panel * MR + i` of a, k values, is inside its view.
+                let row = unsafe { std::slice::from_raw_parts(a.add((panel * MR + i) * lda), k) };
+                for (kk, &v) in row.iter().enumerate() {
+                    dst[kk * MR + i] = alpha * v;
+                }
+            }
+        }
+        for (panel, dst) in bp.chunks_exact_mut(k * NR).enumerate() {
+            let cols = NR.min(n - panel * NR);
+            if cols < NR {
+                for step in dst.chunks_exact_mut(NR) {
+                    step[cols..].fill(0.0);
+                }
+            }
+            if b_t {
+                // Element (kk, col) of op(b) is b[col][kk]: each column is a row of b.
+                for j in 0..cols {
+                    // SAFETY: row `panel * NR + j` of b, k values, is inside its view.
+                    let row =
+                        unsafe { std::slice::from_raw_parts(b.add((panel * NR + j) * ldb), k) };
+                    for (kk, &v) in row.iter().enumerate() {
+                        dst[kk * NR + j] = v;
+                    }
+                }
+            } else {
+                // Element (kk, col) is b[kk][col]: a panel's step is part of a row of b.
+                for (kk, step) in dst.chunks_exact_mut(NR).enumerate() {
+                    // SAFETY: row kk of b, from column panel * NR on, `cols` values, is
+                    // inside its view.
+                    let row =
+                        unsafe { std::slice::from_raw_parts(b.add(kk * ldb + panel * NR), cols) };
+                    step[..cols].copy_from_slice(row);
+                }
+            }
+        }
+        for p in 0..col_panels {
+            for k0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - k0);
+                for r in 0..row_panels {
+                    let args = TileArgs {
+                        a: ap[r * k * MR + k0 * MR..].as_ptr(),
+                        b: bp[p * k * NR + k0 * NR..].as_ptr(),
+                        kc,
+                        c: (c.wrapping_add(r * MR * ldc + p * NR), ldc),
+                        cols: NR.min(n - p * NR),
+                        accumulate: k0 > 0,
+                    };
+                    // SAFETY: `args.a` has kc * 12 values of row panel r and `args.b` kc *
+                    // 32 of column panel p (both packed above, zero past m and n); the
+                    // tile's rows and columns lie inside the m x n view of `c` (the
+                    // caller's contract), written by this call alone, the first pass with
+                    // accumulate off; AVX512F was detected above.
+                    unsafe { tile_rows::<_, Tile>(args, MR.min(m - r * MR)) };
+                }
+            }
+        }
+    });
+}
+
+thread_local! {
+    /// The packed operands of [`strided_gemm`], kept per thread between calls.
+    static ATTENTION_PANELS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +423,69 @@ mod tests {
     fn rejects_inputs_that_do_not_fit_the_layer() {
         if kernel_or_skip(NAME) {
             shared::rejects_inputs_that_do_not_fit(linear, &ORDER);
+        }
+    }
+
+    /// Attention's products against an f64 reference: both forms of `b`, strided views
+    /// wider than the operands, alpha, K over several passes, tails of rows and columns.
+    #[test]
+    fn strided_gemm_matches_an_f64_reference() {
+        if !kernel_or_skip(NAME) {
+            return;
+        }
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (5, 7, 3),
+            (12, 32, 128),
+            (13, 33, 129),
+            (128, 512, 128),
+            (37, 128, 300),
+            (3, 5, 0),
+        ] {
+            for b_t in [true, false] {
+                let (lda, ldb, ldc) = (k + 3, if b_t { k + 5 } else { n + 5 }, n + 2);
+                let a = crate::cpu::gemm::test_values(m * lda, 7 + m as u64);
+                let b_rows = if b_t { n } else { k };
+                let b = crate::cpu::gemm::test_values(b_rows * ldb, 11 + n as u64);
+                let sentinel = 1234.5f32;
+                let mut c = vec![sentinel; m * ldc];
+                let alpha = 0.125;
+                // SAFETY: the buffers cover the views (row strides as given).
+                unsafe {
+                    strided_gemm(
+                        (m, n, k),
+                        alpha,
+                        (a.as_ptr(), lda),
+                        (b.as_ptr(), ldb, b_t),
+                        (c.as_mut_ptr(), ldc),
+                    )
+                };
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let got = c[i * ldc + j];
+                        if j >= n {
+                            assert_eq!(got, sentinel, "({m},{n},{k}) wrote past column {n}");
+                            continue;
+                        }
+                        let want: f64 = (0..k)
+                            .map(|kk| {
+                                let bv = if b_t {
+                                    b[j * ldb + kk]
+                                } else {
+                                    b[kk * ldb + j]
+                                };
+                                f64::from(a[i * lda + kk]) * f64::from(bv)
+                            })
+                            .sum::<f64>()
+                            * f64::from(alpha);
+                        let tol = 1e-5 * (k as f64).sqrt().max(1.0);
+                        assert!(
+                            (f64::from(got) - want).abs() <= tol,
+                            "({m},{n},{k}) b_t {b_t} at ({i},{j}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

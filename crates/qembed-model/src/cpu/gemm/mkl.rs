@@ -62,7 +62,7 @@ impl Gemm for MklGemm {
     }
 
     fn attention(&self) -> AttentionProducts {
-        AttentionProducts::PerHead(strided_gemm)
+        AttentionProducts::PerHead("f32-mkl", strided_gemm)
     }
 }
 

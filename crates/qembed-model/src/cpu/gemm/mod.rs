@@ -123,7 +123,7 @@ pub(crate) trait Gemm: Send + Sync {
 
     /// How attention's products run for a model on this kernel.
     fn attention(&self) -> AttentionProducts {
-        AttentionProducts::PerHead(portable::strided_gemm)
+        AttentionProducts::PerHead("f32", portable::strided_gemm)
     }
 }
 
@@ -203,6 +203,10 @@ pub struct CpuKernelInfo {
     /// Whether attention's two products run as the kernel's own bf16 products (AMX
     /// tiles) rather than in f32: kernels that differ here differ beyond their GEMMs.
     pub bf16_attention: bool,
+    /// How attention's products run (`f32`: the portable product; `f32-avx512`,
+    /// `f32-mkl`, `bf16-amx`, `bf16-amx-model`): kernels with the same name compute
+    /// attention alike.
+    pub attention: &'static str,
 }
 
 /// Every GEMM kernel built into this binary, best first, and whether this CPU runs
@@ -218,7 +222,8 @@ pub fn cpu_kernels() -> Vec<CpuKernelInfo> {
                 .collect(),
             quantize: k.quantize(),
             unavailable: k.unavailable(),
-            bf16_attention: matches!(k.attention(), AttentionProducts::PerGroup(_)),
+            bf16_attention: matches!(k.attention(), AttentionProducts::PerGroup(..)),
+            attention: k.attention().name(),
         })
         .collect()
 }

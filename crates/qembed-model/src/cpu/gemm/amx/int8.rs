@@ -108,7 +108,7 @@ impl<U: TileIsa + 'static> Gemm for AmxInt8<U> {
     /// Scores and weighted values as bf16 products on tiles, as the bf16 AMX kernel
     /// runs them: attention is not quantized.
     fn attention(&self) -> AttentionProducts {
-        AttentionProducts::PerGroup(group_attention::<U>)
+        AttentionProducts::PerGroup(U::ATTENTION, group_attention::<U>)
     }
 }
 

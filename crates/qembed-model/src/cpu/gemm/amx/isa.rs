@@ -35,6 +35,9 @@ impl TileConfig {
 /// The tile instructions on one thread's configured tile state. `T`, `C`, `A`, `B` name
 /// tile registers (tmm0-7).
 pub(super) trait TileIsa: Sized {
+    /// What attention on these tiles is called ([`AttentionProducts::name`](crate::cpu::attention::AttentionProducts::name)).
+    const ATTENTION: &'static str;
+
     /// Why this implementation cannot run here; `None` when it can.
     fn unavailable() -> Option<&'static str>;
 
@@ -97,6 +100,8 @@ unsafe impl Plain for i32 {}
 pub(super) struct Hw(PhantomData<*const ()>);
 
 impl TileIsa for Hw {
+    const ATTENTION: &'static str = "bf16-amx";
+
     fn unavailable() -> Option<&'static str> {
         (!available()).then_some("amx: not available on this CPU")
     }

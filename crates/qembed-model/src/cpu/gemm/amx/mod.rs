@@ -268,7 +268,7 @@ impl<U: TileIsa + 'static> Gemm for Amx<U> {
     /// Scores and weighted values as bf16 products on tiles: the model's linear layers
     /// are bf16 anyway.
     fn attention(&self) -> AttentionProducts {
-        AttentionProducts::PerGroup(group_attention::<U>)
+        AttentionProducts::PerGroup(U::ATTENTION, group_attention::<U>)
     }
 }
 

@@ -91,6 +91,8 @@ impl Model {
 }
 
 impl TileIsa for Model {
+    const ATTENTION: &'static str = "bf16-amx-model";
+
     fn unavailable() -> Option<&'static str> {
         None
     }

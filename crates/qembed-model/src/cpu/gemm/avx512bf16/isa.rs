@@ -10,6 +10,7 @@
 use std::arch::x86_64::*;
 
 use super::{tile_body, Line, TileArgs};
+use crate::cpu::attention::AttentionProducts;
 
 /// One vector of 16 f32 accumulators and one of 16 bf16 pairs, and the operations on
 /// them the micro-kernel needs.
@@ -21,6 +22,12 @@ pub(super) trait DotIsa: Sized {
 
     /// Why this implementation cannot run here; `None` when it can.
     fn unavailable() -> Option<String>;
+
+    /// Attention's f32 products for a model on these instructions: the portable ones,
+    /// unless the instructions come with AVX512F.
+    fn attention() -> AttentionProducts {
+        AttentionProducts::PerHead("f32", super::super::portable::strided_gemm)
+    }
 
     /// All lanes zero.
     fn zero() -> Self::Acc;
@@ -59,6 +66,10 @@ impl DotIsa for Hw {
             (is_x86_feature_detected!("avx512f"), "AVX512F"),
             (is_x86_feature_detected!("avx512bf16"), "AVX512_BF16"),
         ])
+    }
+
+    fn attention() -> AttentionProducts {
+        AttentionProducts::PerHead("f32-avx512", super::super::avx512::strided_gemm)
     }
 
     #[inline(always)]

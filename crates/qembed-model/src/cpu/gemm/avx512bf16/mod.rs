@@ -112,6 +112,10 @@ impl<I: DotIsa + 'static> Gemm for Avx512Bf16<I> {
         let w = weight.form::<Packed>(self.name)?;
         crate::cpu::gemm::op::linear(("avx512bf16-linear", linear::<I>), x, (w, w.n), prologue)
     }
+
+    fn attention(&self) -> crate::cpu::attention::AttentionProducts {
+        I::attention()
+    }
 }
 
 /// A `[n, k]` bf16 weight in panels of 32 output columns: panel `p`'s pair `t` is lines

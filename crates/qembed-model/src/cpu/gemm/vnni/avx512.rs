@@ -23,6 +23,13 @@ impl DotIsa<16> for Zmm {
         ])
     }
 
+    fn attention() -> crate::cpu::attention::AttentionProducts {
+        crate::cpu::attention::AttentionProducts::PerHead(
+            "f32-avx512",
+            super::super::avx512::strided_gemm,
+        )
+    }
+
     #[inline(always)]
     fn zero() -> __m512i {
         // SAFETY: only reached from `Zmm::tile`, compiled for (and run on) AVX512F.

@@ -72,6 +72,12 @@ pub(super) trait DotIsa<const L: usize>: Sized + 'static {
     /// Why this implementation cannot run here; `None` when it can.
     fn unavailable() -> Option<String>;
 
+    /// Attention's f32 products for a model on these instructions: the portable ones,
+    /// unless the instructions come with AVX512F.
+    fn attention() -> crate::cpu::attention::AttentionProducts {
+        crate::cpu::attention::AttentionProducts::PerHead("f32", super::portable::strided_gemm)
+    }
+
     /// All lanes zero.
     fn zero() -> Self::Acc;
 
@@ -189,6 +195,10 @@ impl<I: DotIsa<L>, const L: usize> Gemm for Vnni<I, L> {
     ) -> crate::Result<Tensor> {
         let w = weight.form::<Packed>(self.name)?;
         crate::cpu::gemm::op::linear((I::OP, linear::<I, L>), x, (w, w.n), prologue)
+    }
+
+    fn attention(&self) -> crate::cpu::attention::AttentionProducts {
+        I::attention()
     }
 }
 
