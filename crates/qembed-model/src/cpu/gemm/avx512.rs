@@ -68,7 +68,7 @@ impl Gemm for Avx512 {
     }
 
     fn attention(&self) -> AttentionProducts {
-        AttentionProducts::PerHead("f32-avx512", strided_gemm)
+        ATTENTION
     }
 }
 
@@ -261,6 +261,10 @@ unsafe fn tile_of<E: Elem, const R: usize>(t: TileArgs<E>) {
         }
     }
 }
+
+/// Attention's products through [`strided_gemm`], for every kernel that requires AVX512F.
+pub(super) const ATTENTION: AttentionProducts =
+    AttentionProducts::PerHead("f32-avx512", strided_gemm);
 
 /// Attention's f32 products on this kernel's micro-kernel, for the AVX-512 kernels
 /// whose attention stays f32 (`avx512`, `avx512bf16`, `avx512vnni`): `c = alpha * a @

@@ -123,7 +123,7 @@ pub(crate) trait Gemm: Send + Sync {
 
     /// How attention's products run for a model on this kernel.
     fn attention(&self) -> AttentionProducts {
-        AttentionProducts::PerHead("f32", portable::strided_gemm)
+        portable::ATTENTION
     }
 }
 

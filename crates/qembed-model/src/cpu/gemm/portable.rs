@@ -9,6 +9,7 @@ use ::gemm::Parallelism;
 use candle_core::{DType, Tensor};
 
 use super::{Gemm, PreparedWeight, Prologue};
+use crate::cpu::attention::AttentionProducts;
 use crate::cpu::ops;
 use crate::Result;
 
@@ -58,6 +59,10 @@ pub(super) fn dense(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(x.dtype())
     }
 }
+
+/// Attention's products through [`strided_gemm`]: what every kernel without products
+/// of its own runs.
+pub(super) const ATTENTION: AttentionProducts = AttentionProducts::PerHead("f32", strided_gemm);
 
 /// Attention's f32 products through the `gemm` crate, single-threaded (see
 /// [`StridedGemm`](crate::cpu::attention::StridedGemm)).

@@ -25,9 +25,7 @@ pub(super) trait DotIsa: Sized {
 
     /// Attention's f32 products for a model on these instructions: the portable ones,
     /// unless the instructions come with AVX512F.
-    fn attention() -> AttentionProducts {
-        AttentionProducts::PerHead("f32", super::super::portable::strided_gemm)
-    }
+    const ATTENTION: AttentionProducts = super::super::portable::ATTENTION;
 
     /// All lanes zero.
     fn zero() -> Self::Acc;
@@ -68,9 +66,7 @@ impl DotIsa for Hw {
         ])
     }
 
-    fn attention() -> AttentionProducts {
-        AttentionProducts::PerHead("f32-avx512", super::super::avx512::strided_gemm)
-    }
+    const ATTENTION: AttentionProducts = super::super::avx512::ATTENTION;
 
     #[inline(always)]
     fn zero() -> __m512 {

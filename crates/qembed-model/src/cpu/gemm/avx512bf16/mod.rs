@@ -114,7 +114,7 @@ impl<I: DotIsa + 'static> Gemm for Avx512Bf16<I> {
     }
 
     fn attention(&self) -> crate::cpu::attention::AttentionProducts {
-        I::attention()
+        I::ATTENTION
     }
 }
 

@@ -23,12 +23,7 @@ impl DotIsa<16> for Zmm {
         ])
     }
 
-    fn attention() -> crate::cpu::attention::AttentionProducts {
-        crate::cpu::attention::AttentionProducts::PerHead(
-            "f32-avx512",
-            super::super::avx512::strided_gemm,
-        )
-    }
+    const ATTENTION: crate::cpu::attention::AttentionProducts = super::super::avx512::ATTENTION;
 
     #[inline(always)]
     fn zero() -> __m512i {

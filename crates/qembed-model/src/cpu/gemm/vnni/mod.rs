@@ -74,9 +74,7 @@ pub(super) trait DotIsa<const L: usize>: Sized + 'static {
 
     /// Attention's f32 products for a model on these instructions: the portable ones,
     /// unless the instructions come with AVX512F.
-    fn attention() -> crate::cpu::attention::AttentionProducts {
-        crate::cpu::attention::AttentionProducts::PerHead("f32", super::portable::strided_gemm)
-    }
+    const ATTENTION: crate::cpu::attention::AttentionProducts = super::portable::ATTENTION;
 
     /// All lanes zero.
     fn zero() -> Self::Acc;
@@ -198,7 +196,7 @@ impl<I: DotIsa<L>, const L: usize> Gemm for Vnni<I, L> {
     }
 
     fn attention(&self) -> crate::cpu::attention::AttentionProducts {
-        I::attention()
+        I::ATTENTION
     }
 }
 
@@ -229,7 +227,7 @@ impl Packed {
         let (n, k) = (w.n, w.k);
         let kq = k.div_ceil(4);
         let panels = n.div_ceil(nr);
-        let panel_lines = (kq * nr).div_ceil(16);
+        let panel_lines = Self::panel_lines(kq, nr);
         let mut data = vec![Line([0; 16]); panels * panel_lines];
         if kq > 0 {
             data.par_chunks_mut(panel_lines)
@@ -265,9 +263,14 @@ impl Packed {
         }
     }
 
+    /// Lines of one panel of `kq` quads of `nr` columns.
+    fn panel_lines(kq: usize, nr: usize) -> usize {
+        (kq * nr).div_ceil(16)
+    }
+
     /// Panel `p`'s quads from quad `t0` on, `kc` quads of them (`kc nr` values).
     fn quads(&self, p: usize, t0: usize, kc: usize) -> &[u32] {
-        let panel_lines = (self.kq * self.nr).div_ceil(16);
+        let panel_lines = Self::panel_lines(self.kq, self.nr);
         let panel = &self.data[p * panel_lines..][..panel_lines];
         // SAFETY: a Line is 16 u32 and nothing else (repr(C), size 64, no padding), so
         // the panel's lines are 16 * panel_lines readable, aligned u32 for as long as
