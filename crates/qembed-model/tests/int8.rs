@@ -4,8 +4,9 @@
 //! (`qembed_gates::int8_gate`): worst and mean cosine, and Spearman's correlation of the
 //! pairwise similarities. Kernels whose attention runs the same way must also agree with
 //! each other bit for bit: they compute one rule's exact integer sums (`amx-int8` runs
-//! attention's products in bf16, `avx512vnni` in f32 on the `avx512` tiles, the others
-//! in f32 through the portable product).
+//! attention's products in bf16 on AMX tiles, `avx512vnni` in bf16 on the `avx512bf16`
+//! tile where the CPU has AVX512_BF16 and in f32 on the `avx512` tile where it does not,
+//! the others in f32 through the portable product).
 
 use std::io::Write;
 

@@ -58,6 +58,7 @@ pub(crate) enum AttentionProducts {
 
 impl AttentionProducts {
     /// What the products are called: `f32` (the portable product), `f32-avx512`,
+    /// `bf16-avx512bf16`,
     /// `f32-mkl`, `bf16-amx`, ...
     pub(crate) fn name(&self) -> &'static str {
         match self {
@@ -167,58 +168,60 @@ impl QkvAttention<'_> {
         // SAFETY: `fill` writes each row whole (copied) before normalising it in place.
         unsafe { par_rows(src.len(), width, fill) }
     }
+}
 
-    /// Causal softmax(q k^T / sqrt(D)) v for one query head of one sequence, writing
-    /// rows `start..start + len` of that head's output columns.
-    fn head_attention(
-        &self,
-        matmul: StridedGemm,
-        qkv: &[f32],
-        width: usize,
-        (start, len, head): (usize, usize, usize),
-        out: SyncPtr,
-    ) {
-        let (h, d) = (self.heads, self.head_dim);
-        let group = h / self.kv_heads;
-        let kv_head = head / group;
-        let q = &qkv[start * width + head * d..];
-        let k = &qkv[start * width + (h + kv_head) * d..];
-        let v = &qkv[start * width + (h + self.kv_heads + kv_head) * d..];
-        let scale = 1.0 / (d as f32).sqrt();
-        let block = self.block.max(1);
-        let mut scores = vec![0f32; block.min(len) * len];
-        let mut r0 = 0;
-        while r0 < len {
-            let rows = block.min(len - r0);
-            // Causal: rows r0..r0+rows see keys 0..r0+rows, nothing later.
-            let keys = r0 + rows;
-            let s = &mut scores[..rows * keys];
-            // SAFETY: q rows r0.. and k rows 0..keys lie inside this sequence's slice of
-            // qkv (row stride `width`, D contiguous columns); s is rows x keys.
-            unsafe {
-                matmul(
-                    (rows, keys, d),
-                    scale,
-                    (q[r0 * width..].as_ptr(), width),
-                    (k.as_ptr(), width, true),
-                    (s.as_mut_ptr(), keys),
-                )
-            };
-            causal_softmax(s, keys, r0);
-            // SAFETY: the destination tile (rows start+r0.., columns head*D..+D, row
-            // stride H*D) belongs to this (sequence, head) alone; v rows 0..keys lie in
-            // this sequence's slice of qkv.
-            unsafe {
-                matmul(
-                    (rows, d, keys),
-                    1.0,
-                    (s.as_ptr(), keys),
-                    (v.as_ptr(), width, false),
-                    (out.at((start + r0) * h * d + head * d), h * d),
-                )
-            };
-            r0 += rows;
-        }
+/// Causal softmax(q k^T / sqrt(D)) v for one query head of one sequence (`start`,
+/// `len` tokens) through the f32 product `matmul`, from the normed and rotated fused
+/// qkv rows (`width` wide), `block` query rows at a time: writes rows `start..start +
+/// len` of that head's columns of `out` (`[tokens, H * D]`).
+pub(crate) fn head_attention(
+    matmul: StridedGemm,
+    qkv: &[f32],
+    width: usize,
+    (h, kv, d): (usize, usize, usize),
+    (start, len, head): (usize, usize, usize),
+    block: usize,
+    out: SyncPtr,
+) {
+    let group = h / kv;
+    let kv_head = head / group;
+    let q = &qkv[start * width + head * d..];
+    let k = &qkv[start * width + (h + kv_head) * d..];
+    let v = &qkv[start * width + (h + kv + kv_head) * d..];
+    let scale = 1.0 / (d as f32).sqrt();
+    let block = block.max(1);
+    let mut scores = vec![0f32; block.min(len) * len];
+    let mut r0 = 0;
+    while r0 < len {
+        let rows = block.min(len - r0);
+        // Causal: rows r0..r0+rows see keys 0..r0+rows, nothing later.
+        let keys = r0 + rows;
+        let s = &mut scores[..rows * keys];
+        // SAFETY: q rows r0.. and k rows 0..keys lie inside this sequence's slice of
+        // qkv (row stride `width`, D contiguous columns); s is rows x keys.
+        unsafe {
+            matmul(
+                (rows, keys, d),
+                scale,
+                (q[r0 * width..].as_ptr(), width),
+                (k.as_ptr(), width, true),
+                (s.as_mut_ptr(), keys),
+            )
+        };
+        causal_softmax(s, keys, r0);
+        // SAFETY: the destination tile (rows start+r0.., columns head*D..+D, row
+        // stride H*D) belongs to this (sequence, head) alone; v rows 0..keys lie in
+        // this sequence's slice of qkv.
+        unsafe {
+            matmul(
+                (rows, d, keys),
+                1.0,
+                (s.as_ptr(), keys),
+                (v.as_ptr(), width, false),
+                (out.at((start + r0) * h * d + head * d), h * d),
+            )
+        };
+        r0 += rows;
     }
 }
 
@@ -256,10 +259,93 @@ impl CustomOp1 for QkvAttention<'_> {
                     .collect();
                 // Longest sequences first, so a long one does not start last and run alone.
                 work.sort_by_key(|&(_, len, _)| std::cmp::Reverse(len));
-                work.into_par_iter()
-                    .for_each(|item| self.head_attention(matmul, &qkv, width, item, ptr));
+                let dims = (h, self.kv_heads, d);
+                work.into_par_iter().for_each(|item| {
+                    head_attention(matmul, &qkv, width, dims, item, self.block, ptr)
+                });
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((tokens, h * d))))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::cpu::gemm::test_values as values;
+
+    fn round(v: f32) -> f32 {
+        half::bf16::from_f32(v).to_f32()
+    }
+
+    /// A kernel's causal GQA attention (`attention`, named `what` in failures) against
+    /// an f64 reference that rounds where a bf16 kernel does (q * scale, k, v and the
+    /// probabilities to bf16): sequences of ragged lengths packed together, blocks
+    /// smaller than a sequence, a one-row block, a block of 300 keys (past one K pass
+    /// of a tile), head dims that are not a multiple of a tile's columns, and inputs large enough to make the softmax peaked (where a
+    /// score error would show).
+    pub(crate) fn check_group_attention(what: &str, attention: GroupAttention) {
+        // (heads, kv heads, head dim, block, sequence lengths, input amplitude)
+        type Case = (usize, usize, usize, usize, &'static [usize], f32);
+        let cases: &[Case] = &[
+            (4, 2, 32, 16, &[37, 70], 1.0),
+            (2, 1, 64, 40, &[37, 70], 1.0),
+            (3, 3, 16, 128, &[37, 70], 1.0),
+            (2, 1, 128, 32, &[1, 32, 64], 8.0),
+            (2, 2, 80, 1, &[5, 33], 8.0),
+            (2, 1, 64, 300, &[300], 1.0),
+        ];
+        for &(h, kv, d, block, lens, amp) in cases {
+            let tokens: usize = lens.iter().sum();
+            let width = (h + 2 * kv) * d;
+            let qkv: Vec<f32> = values(tokens * width, (h * d + block) as u64)
+                .into_iter()
+                .map(|v| v * amp)
+                .collect();
+            let mut out = vec![f32::NAN; tokens * h * d];
+            let ptr = SyncPtr(out.as_mut_ptr());
+            let mut start = 0;
+            for &len in lens {
+                for g in 0..kv {
+                    attention(&qkv, width, (h, kv, d), (start, len, g), block, ptr);
+                }
+                start += len;
+            }
+            let r = |v: f32| round(v) as f64;
+            let scale = 1.0 / (d as f32).sqrt();
+            let mut start = 0;
+            for &len in lens {
+                for head in 0..h {
+                    let g = head / (h / kv);
+                    for i in 0..len {
+                        let q = &qkv[(start + i) * width + head * d..][..d];
+                        let scores: Vec<f64> = (0..=i)
+                            .map(|j| {
+                                let k = &qkv[(start + j) * width + (h + g) * d..][..d];
+                                q.iter().zip(k).map(|(&a, &b)| r(a * scale) * r(b)).sum()
+                            })
+                            .collect();
+                        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                        let sum: f64 = e.iter().sum();
+                        for c in 0..d {
+                            let want: f64 = (0..=i)
+                                .map(|j| {
+                                    let v = qkv[(start + j) * width + (h + kv + g) * d + c];
+                                    r((e[j] / sum) as f32) * r(v)
+                                })
+                                .sum();
+                            let got = out[(start + i) * h * d + head * d + c] as f64;
+                            let tol = 2e-3 * amp as f64;
+                            assert!(
+                                (got - want).abs() < tol,
+                                "{what}: h{h} kv{kv} d{d} b{block} len {len} head {head} row {i} col {c}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+                start += len;
+            }
+        }
     }
 }

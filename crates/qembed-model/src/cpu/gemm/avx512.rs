@@ -267,7 +267,8 @@ pub(super) const ATTENTION: AttentionProducts =
     AttentionProducts::PerHead("f32-avx512", strided_gemm);
 
 /// Attention's f32 products on this kernel's micro-kernel, for the AVX-512 kernels
-/// whose attention stays f32 (`avx512`, `avx512bf16`, `avx512vnni`): `c = alpha * a @
+/// whose attention is f32 (`avx512`, and `avx512vnni` on a CPU without AVX512_BF16):
+/// `c = alpha * a @
 /// op(b)` as [`crate::cpu::attention::StridedGemm`] defines it, single-threaded (the
 /// callers are rayon tasks, one per sequence and head). Both operands are packed per
 /// call into the tile's panels (A scaled by `alpha`), which costs one read of each

@@ -200,12 +200,13 @@ pub struct CpuKernelInfo {
     /// Why it cannot run here (missing instructions, a library that did not load);
     /// `None` when it can.
     pub unavailable: Option<String>,
-    /// Whether attention's two products run as the kernel's own bf16 products (AMX
-    /// tiles) rather than in f32: kernels that differ here differ beyond their GEMMs.
+    /// Whether attention's two products run as bf16 products on a kernel's tiles (AMX,
+    /// AVX512_BF16) rather than in f32: kernels that differ here differ beyond their
+    /// GEMMs.
     pub bf16_attention: bool,
     /// How attention's products run (`f32`: the portable product; `f32-avx512`,
-    /// `f32-mkl`, `bf16-amx`, `bf16-amx-model`): kernels with the same name compute
-    /// attention alike.
+    /// `f32-mkl`, `bf16-amx`, `bf16-avx512bf16`, and the software models' `bf16-amx-model`,
+    /// `bf16-avx512bf16-model`): kernels with the same name compute attention alike.
     pub attention: &'static str,
 }
 

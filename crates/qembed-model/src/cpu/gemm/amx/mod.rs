@@ -387,79 +387,14 @@ mod tests {
     }
 
     /// Causal GQA attention against an f64 reference that rounds where the kernel does
-    /// (q * scale, k, v and the probabilities to bf16): sequences of ragged lengths packed
-    /// together, blocks smaller than a sequence, a one-row block, and inputs large
-    /// enough to make the softmax peaked (where a score error would show). Through the
-    /// model, and the instructions where the CPU has them.
+    /// (`crate::cpu::attention::tests::group_attention_matches_a_reference`): through
+    /// the model, and the instructions where the CPU has them.
     #[test]
     fn group_attention_matches_a_reference() {
-        group_attention_case::<model::Model>("model");
+        use crate::cpu::attention::tests::check_group_attention;
+        check_group_attention("model", group_attention::<model::Model>);
         if hardware_too() {
-            group_attention_case::<Hw>("amx");
-        }
-    }
-
-    fn group_attention_case<U: TileIsa>(what: &str) {
-        // (heads, kv heads, head dim, block, sequence lengths, input amplitude)
-        type Case = (usize, usize, usize, usize, &'static [usize], f32);
-        let cases: &[Case] = &[
-            (4, 2, 32, 16, &[37, 70], 1.0),
-            (2, 1, 64, 40, &[37, 70], 1.0),
-            (3, 3, 16, 128, &[37, 70], 1.0),
-            (2, 1, 128, 32, &[1, 32, 64], 8.0),
-            (2, 2, 80, 1, &[5, 33], 8.0),
-        ];
-        for &(h, kv, d, block, lens, amp) in cases {
-            let tokens: usize = lens.iter().sum();
-            let width = (h + 2 * kv) * d;
-            let qkv: Vec<f32> = values(tokens * width, (h * d + block) as u64)
-                .into_iter()
-                .map(|v| v * amp)
-                .collect();
-            let mut out = vec![f32::NAN; tokens * h * d];
-            let ptr = SyncPtr(out.as_mut_ptr());
-            let mut start = 0;
-            for &len in lens {
-                for g in 0..kv {
-                    group_attention::<U>(&qkv, width, (h, kv, d), (start, len, g), block, ptr);
-                }
-                start += len;
-            }
-            let r = |v: f32| round(v) as f64;
-            let scale = 1.0 / (d as f32).sqrt();
-            let mut start = 0;
-            for &len in lens {
-                for head in 0..h {
-                    let g = head / (h / kv);
-                    for i in 0..len {
-                        let q = &qkv[(start + i) * width + head * d..][..d];
-                        let scores: Vec<f64> = (0..=i)
-                            .map(|j| {
-                                let k = &qkv[(start + j) * width + (h + g) * d..][..d];
-                                q.iter().zip(k).map(|(&a, &b)| r(a * scale) * r(b)).sum()
-                            })
-                            .collect();
-                        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-                        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                        let sum: f64 = e.iter().sum();
-                        for c in 0..d {
-                            let want: f64 = (0..=i)
-                                .map(|j| {
-                                    let v = qkv[(start + j) * width + (h + kv + g) * d + c];
-                                    r((e[j] / sum) as f32) * r(v)
-                                })
-                                .sum();
-                            let got = out[(start + i) * h * d + head * d + c] as f64;
-                            let tol = 2e-3 * amp as f64;
-                            assert!(
-                                (got - want).abs() < tol,
-                                "{what}: h{h} kv{kv} d{d} b{block} len {len} head {head} row {i} col {c}: {got} vs {want}"
-                            );
-                        }
-                    }
-                }
-                start += len;
-            }
+            check_group_attention("amx", group_attention::<Hw>);
         }
     }
 

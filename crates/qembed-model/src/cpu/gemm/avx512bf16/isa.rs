@@ -9,6 +9,7 @@
 
 use std::arch::x86_64::*;
 
+use super::attention::group_attention;
 use super::{tile_body, Line, TileArgs};
 use crate::cpu::attention::AttentionProducts;
 
@@ -23,9 +24,10 @@ pub(super) trait DotIsa: Sized {
     /// Why this implementation cannot run here; `None` when it can.
     fn unavailable() -> Option<String>;
 
-    /// Attention's f32 products for a model on these instructions: the portable ones,
-    /// unless the instructions come with AVX512F.
-    const ATTENTION: AttentionProducts = super::super::portable::ATTENTION;
+    /// Attention for a model on these instructions: both products on this kernel's
+    /// tile ([`super::attention`]), under a name of its own per implementation (the
+    /// model and the instructions may sum in different orders).
+    const ATTENTION: AttentionProducts;
 
     /// All lanes zero.
     fn zero() -> Self::Acc;
@@ -66,7 +68,8 @@ impl DotIsa for Hw {
         ])
     }
 
-    const ATTENTION: AttentionProducts = super::super::avx512::ATTENTION;
+    const ATTENTION: AttentionProducts =
+        AttentionProducts::PerGroup("bf16-avx512bf16", group_attention::<Self>);
 
     #[inline(always)]
     fn zero() -> __m512 {

@@ -28,8 +28,10 @@ use rayon::prelude::*;
 use super::bf16::round_input_row;
 use super::blocking::{tile_rows, Blocking, TileHeights};
 use super::{Gemm, PreparedWeight, Prologue};
+use crate::cpu::attention::AttentionProducts;
 use crate::cpu::par::SyncPtr;
 
+mod attention;
 mod isa;
 #[cfg(any(test, feature = "software-models"))]
 mod model;
@@ -70,6 +72,15 @@ pub(super) static AVX512BF16_MODEL: &dyn Gemm = &Avx512Bf16::<model::Model> {
 };
 
 const NAME: &str = "avx512bf16";
+
+/// This kernel's attention where the CPU has its instructions, else `fallback`: for
+/// kernels of other dtypes (int8) whose attention may as well run in bf16.
+pub(super) fn attention_or(fallback: AttentionProducts) -> AttentionProducts {
+    match Hw::unavailable() {
+        None => Hw::ATTENTION,
+        Some(_) => fallback,
+    }
+}
 
 impl<I: DotIsa + 'static> Gemm for Avx512Bf16<I> {
     fn name(&self) -> &'static str {
@@ -113,7 +124,7 @@ impl<I: DotIsa + 'static> Gemm for Avx512Bf16<I> {
         crate::cpu::gemm::op::linear(("avx512bf16-linear", linear::<I>), x, (w, w.n), prologue)
     }
 
-    fn attention(&self) -> crate::cpu::attention::AttentionProducts {
+    fn attention(&self) -> AttentionProducts {
         I::ATTENTION
     }
 }
@@ -135,10 +146,12 @@ impl Packed {
         if w.len() != n * k {
             candle_core::bail!("avx512bf16: {} weights for a {n}x{k} layer", w.len());
         }
-        let kp = k.div_ceil(2);
-        let mut data = vec![Line([0; 32]); n.div_ceil(NR) * kp * 2];
+        let mut packed = Self::zeros(n, k);
+        let kp = packed.kp;
         if kp > 0 {
-            data.par_chunks_mut(kp * 2)
+            packed
+                .data
+                .par_chunks_mut(kp * 2)
                 .enumerate()
                 .for_each(|(p, panel)| {
                     for j in 0..NR.min(n - p * NR) {
@@ -150,7 +163,18 @@ impl Packed {
                     }
                 });
         }
-        Ok(Self { n, k, kp, data })
+        Ok(packed)
+    }
+
+    /// An `[n, k]` layer of zeros.
+    fn zeros(n: usize, k: usize) -> Self {
+        let kp = k.div_ceil(2);
+        Self {
+            n,
+            k,
+            kp,
+            data: vec![Line([0; 32]); n.div_ceil(NR) * kp * 2],
+        }
     }
 
     /// Panel `p`'s lines from pair `t0` on, `kc` pairs of them.
@@ -446,6 +470,19 @@ mod tests {
                 linear::<Hw>(&x, (m, k), &packed, Prologue::None).unwrap(),
                 &|r| linear::<Hw>(&x[r * k..][..k], (1, k), &packed, Prologue::None).unwrap(),
             );
+        }
+    }
+
+    /// Causal GQA attention with both products on the tile against an f64 reference
+    /// that rounds where the kernel does
+    /// (`crate::cpu::attention::tests::check_group_attention`): through the model, and
+    /// the instructions where the CPU has them.
+    #[test]
+    fn group_attention_matches_a_reference() {
+        use crate::cpu::attention::tests::check_group_attention;
+        check_group_attention("model", attention::group_attention::<Model>);
+        if hardware_too() {
+            check_group_attention("avx512bf16", attention::group_attention::<Hw>);
         }
     }
 

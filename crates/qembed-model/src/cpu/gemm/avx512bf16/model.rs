@@ -15,8 +15,10 @@
 //! tiling bug panics (in the model and in the instructions alike) instead of reading
 //! another buffer.
 
+use super::attention::group_attention;
 use super::isa::DotIsa;
 use super::{tile_body, Line, TileArgs};
+use crate::cpu::attention::AttentionProducts;
 
 /// The instructions in plain arithmetic.
 pub(super) struct Model;
@@ -50,6 +52,9 @@ impl DotIsa for Model {
     fn unavailable() -> Option<String> {
         None
     }
+
+    const ATTENTION: AttentionProducts =
+        AttentionProducts::PerGroup("bf16-avx512bf16-model", group_attention::<Self>);
 
     fn zero() -> [f32; 16] {
         [0.0; 16]

@@ -23,7 +23,13 @@ impl DotIsa<16> for Zmm {
         ])
     }
 
-    const ATTENTION: crate::cpu::attention::AttentionProducts = super::super::avx512::ATTENTION;
+    /// bf16 products on the `avx512bf16` tile where the CPU has AVX512_BF16 (every
+    /// AMD CPU with AVX512_VNNI, Intel from Cooper Lake and Sapphire Rapids on): twice
+    /// the multiply-adds per instruction of the f32 ones on the `avx512` tile, which the
+    /// others (Ice Lake, Cascade Lake) run.
+    fn attention() -> crate::cpu::attention::AttentionProducts {
+        super::super::avx512bf16::attention_or(super::super::avx512::ATTENTION)
+    }
 
     #[inline(always)]
     fn zero() -> __m512i {

@@ -72,9 +72,11 @@ pub(super) trait DotIsa<const L: usize>: Sized + 'static {
     /// Why this implementation cannot run here; `None` when it can.
     fn unavailable() -> Option<String>;
 
-    /// Attention's f32 products for a model on these instructions: the portable ones,
-    /// unless the instructions come with AVX512F.
-    const ATTENTION: crate::cpu::attention::AttentionProducts = super::portable::ATTENTION;
+    /// How attention's products run for a model on these instructions: f32 through the
+    /// portable product, unless the instructions come with better ones.
+    fn attention() -> crate::cpu::attention::AttentionProducts {
+        super::portable::ATTENTION
+    }
 
     /// All lanes zero.
     fn zero() -> Self::Acc;
@@ -196,7 +198,7 @@ impl<I: DotIsa<L>, const L: usize> Gemm for Vnni<I, L> {
     }
 
     fn attention(&self) -> crate::cpu::attention::AttentionProducts {
-        I::ATTENTION
+        I::attention()
     }
 }
 
