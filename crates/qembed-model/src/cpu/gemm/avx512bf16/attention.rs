@@ -175,15 +175,32 @@ impl Packed {
     /// the weights of an `[n, k]` layer.
     fn round_columns(src: &[f32], (n, k): (usize, usize), stride: usize) -> Self {
         let mut packed = Self::zeros(n, k);
-        let mut row = vec![MaybeUninit::<u16>::uninit(); n];
         let kp = packed.kp;
-        for kk in 0..k {
-            round_row(&mut row, &src[kk * stride..][..n], 1.0);
-            for (j, v) in row.iter().enumerate() {
-                let (panel, half, slot) = (j / NR, (j % NR) / 16, 2 * (j % 16));
-                // SAFETY: round_row wrote every value of `row`.
-                packed.data[2 * (panel * kp + kk / 2) + half].0[slot + kk % 2] =
-                    unsafe { v.assume_init() };
+        // Rows 2t and 2t + 1 rounded, zero-padded to whole panels: each line of pair t
+        // is 16 values of both, interleaved, so it is written whole and in order.
+        let width = n.next_multiple_of(NR);
+        let mut rows = [(); 2].map(|_| vec![MaybeUninit::<u16>::uninit(); width]);
+        for t in 0..kp {
+            for (e, row) in rows.iter_mut().enumerate() {
+                let kk = 2 * t + e;
+                let values = if kk < k {
+                    &src[kk * stride..][..n]
+                } else {
+                    &[]
+                };
+                round_row(row, values, 1.0);
+            }
+            // SAFETY: round_row wrote all of both rows (values, then zeros), and
+            // MaybeUninit<u16> has u16's layout.
+            let [even, odd] = rows
+                .each_ref()
+                .map(|r| unsafe { std::slice::from_raw_parts(r.as_ptr().cast::<u16>(), width) });
+            for (c, (e, o)) in even.chunks_exact(16).zip(odd.chunks_exact(16)).enumerate() {
+                let line = &mut packed.data[2 * ((c / 2) * kp + t) + c % 2].0;
+                for (i, (&e, &o)) in e.iter().zip(o).enumerate() {
+                    line[2 * i] = e;
+                    line[2 * i + 1] = o;
+                }
             }
         }
         packed
