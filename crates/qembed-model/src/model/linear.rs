@@ -47,8 +47,6 @@ impl Linear {
         self.forward_with(x, Prologue::None)
     }
 
-    /// `prologue(x) @ W.T (+ b)`: the kernel applies the prologue (a norm, SwiGLU) as it
-    /// reads `x`, where it can.
     /// [`forward_with`](Self::forward_with), recording into `max` (one per input
     /// channel) the largest |value| each channel of `prologue(x)` reached: for
     /// measuring the activations an int8 layer will see.
@@ -67,6 +65,8 @@ impl Linear {
         self.forward_with(&input, Prologue::None)
     }
 
+    /// `prologue(x) @ W.T (+ b)`: the kernel applies the prologue (a norm, SwiGLU) as it
+    /// reads `x`, where it can.
     pub(super) fn forward_with(&self, x: &Tensor, prologue: Prologue) -> Result<Tensor> {
         let y = self.gemm.linear(x, &self.weight, prologue)?;
         Ok(match &self.bias {
