@@ -12,7 +12,7 @@
 //!
 //! The two products come from the model's GEMM kernel ([`AttentionProducts`]): f32
 //! strided GEMMs per (sequence, head), or the kernel's own attention per (sequence, kv
-//! head) (AMX: both products on bf16 tiles).
+//! head) (AMX and AVX512_BF16: both products on the kernel's bf16 tiles).
 
 use std::mem::MaybeUninit;
 
@@ -58,8 +58,7 @@ pub(crate) enum AttentionProducts {
 
 impl AttentionProducts {
     /// What the products are called: `f32` (the portable product), `f32-avx512`,
-    /// `bf16-avx512bf16`,
-    /// `f32-mkl`, `bf16-amx`, ...
+    /// `f32-mkl`, `bf16-amx`, `bf16-avx512bf16`, ...
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::PerHead(name, _) | Self::PerGroup(name, _) => name,
@@ -280,10 +279,14 @@ pub(crate) mod tests {
 
     /// A kernel's causal GQA attention (`attention`, named `what` in failures) against
     /// an f64 reference that rounds where a bf16 kernel does (q * scale, k, v and the
-    /// probabilities to bf16): sequences of ragged lengths packed together, blocks
-    /// smaller than a sequence, a one-row block, a block of 300 keys (past one K pass
-    /// of a tile), head dims that are not a multiple of a tile's columns, and inputs large enough to make the softmax peaked (where a
-    /// score error would show).
+    /// probabilities to bf16): sequences of ragged lengths packed together (one of a
+    /// single token), blocks smaller than a sequence, of one row, of a tile's height
+    /// plus one and longer than the sequence, head dims past one K pass of a tile
+    /// (272) and with column tails of 8, 16 and 24, 300 and 600 keys (past one and two
+    /// K passes of the weighted values), a group of 8 query heads per kv head, and
+    /// inputs large enough to make the softmax peaked (where a score error would show).
+    /// Each call writes into a buffer of its own, NaN before, which must then hold
+    /// values exactly in that call's rows and heads' columns and nowhere else.
     pub(crate) fn check_group_attention(what: &str, attention: GroupAttention) {
         // (heads, kv heads, head dim, block, sequence lengths, input amplitude)
         type Case = (usize, usize, usize, usize, &'static [usize], f32);
@@ -294,7 +297,13 @@ pub(crate) mod tests {
             (2, 1, 128, 32, &[1, 32, 64], 8.0),
             (2, 2, 80, 1, &[5, 33], 8.0),
             (2, 1, 64, 300, &[300], 1.0),
+            (2, 1, 272, 16, &[20, 9], 1.0),
+            (2, 2, 40, 13, &[1, 26], 4.0),
+            (16, 2, 72, 512, &[30], 1.0),
+            (8, 1, 24, 600, &[600], 1.0),
         ];
+        // Past the output's end: a write there is a write out of bounds.
+        const SLACK: usize = 64;
         for &(h, kv, d, block, lens, amp) in cases {
             let tokens: usize = lens.iter().sum();
             let width = (h + 2 * kv) * d;
@@ -303,11 +312,32 @@ pub(crate) mod tests {
                 .map(|v| v * amp)
                 .collect();
             let mut out = vec![f32::NAN; tokens * h * d];
-            let ptr = SyncPtr(out.as_mut_ptr());
+            let group = h / kv;
             let mut start = 0;
             for &len in lens {
                 for g in 0..kv {
-                    attention(&qkv, width, (h, kv, d), (start, len, g), block, ptr);
+                    let mut own = vec![f32::NAN; tokens * h * d + SLACK];
+                    attention(
+                        &qkv,
+                        width,
+                        (h, kv, d),
+                        (start, len, g),
+                        block,
+                        SyncPtr(own.as_mut_ptr()),
+                    );
+                    let columns = g * group * d..(g + 1) * group * d;
+                    for (at, &v) in own.iter().enumerate() {
+                        let (t, c) = (at / (h * d), at % (h * d));
+                        let mine = (start..start + len).contains(&t) && columns.contains(&c);
+                        assert_eq!(
+                            v.is_nan(),
+                            !mine,
+                            "{what}: h{h} kv{kv} d{d} b{block} len {len} group {g}: element {at} (token {t}, column {c}) is {v}"
+                        );
+                        if mine {
+                            out[at] = v;
+                        }
+                    }
                 }
                 start += len;
             }

@@ -387,7 +387,7 @@ mod tests {
     }
 
     /// Causal GQA attention against an f64 reference that rounds where the kernel does
-    /// (`crate::cpu::attention::tests::group_attention_matches_a_reference`): through
+    /// (`crate::cpu::attention::tests::check_group_attention`): through
     /// the model, and the instructions where the CPU has them.
     #[test]
     fn group_attention_matches_a_reference() {

@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 
 use super::isa::DotIsa;
 use super::{Packed, TileArgs, KC, MR, NR};
-use crate::cpu::attention::{causal_softmax, head_attention, AttentionProducts};
+use crate::cpu::attention::{causal_softmax, head_attention};
 use crate::cpu::gemm::bf16::round_row;
 use crate::cpu::gemm::blocking::tile_rows;
 use crate::cpu::par::SyncPtr;
@@ -23,7 +23,8 @@ use crate::cpu::par::SyncPtr;
 /// Causal attention of the query heads that share `kv_head`, over one sequence
 /// (`start`, `len` tokens), from the normed and rotated fused qkv rows (`width` wide)
 /// to those heads' columns of the sequence's rows of `out` (`[tokens, H * D]`), `block`
-/// query rows at a time, on the instructions `I` ([`super::isa::Hw`] but in tests).
+/// query rows at a time, on the instructions `I` ([`super::isa::Hw`], or their software
+/// model in tests and in the `software-models` kernel).
 pub(super) fn group_attention<I: DotIsa>(
     qkv: &[f32],
     width: usize,
@@ -34,21 +35,23 @@ pub(super) fn group_attention<I: DotIsa>(
 ) {
     let group = h / kv;
     let heads = kv_head * group..(kv_head + 1) * group;
+    if len == 0 {
+        return;
+    }
     if I::unavailable().is_some() {
         // Not reached by a model (it takes a kernel's attention only once the kernel
         // was chosen, which needs the instructions); the f32 products keep it sound.
-        if let AttentionProducts::PerHead(_, matmul) = super::super::portable::ATTENTION {
-            for head in heads {
-                head_attention(
-                    matmul,
-                    qkv,
-                    width,
-                    (h, kv, d),
-                    (start, len, head),
-                    block,
-                    out,
-                );
-            }
+        let matmul = super::super::portable::strided_gemm;
+        for head in heads {
+            head_attention(
+                matmul,
+                qkv,
+                width,
+                (h, kv, d),
+                (start, len, head),
+                block,
+                out,
+            );
         }
         return;
     }
@@ -97,7 +100,7 @@ pub(super) fn group_attention<I: DotIsa>(
 /// `m` rows (`row(i)`, at most `2 kp` values each) times `scale`, rounded to bf16 pairs
 /// into `dst` as the kernel's row panels of `kp` pairs (`[kp][12]` each); the odd pair
 /// past a row's end is zero, the rows past `m` in the last panel are left as they were
-/// (the tile reads only its own rows). `row` is scratch of at least `2 kp` values.
+/// (the tile reads only its own rows). `scratch` holds at least `2 kp` values.
 fn pack_pairs<'a>(
     dst: &mut [u32],
     (m, kp): (usize, usize),

@@ -1,5 +1,6 @@
 //! bf16 linear layers on AVX512_BF16 (`VDPBF16PS`: AMD Zen 4 and later, Intel Cooper
-//! Lake and later), with the weights packed once at load.
+//! Lake and later), with the weights packed once at load, and attention's two
+//! products on the same tile ([`attention`]).
 //!
 //! One `VDPBF16PS` multiplies 16 pairs of bf16 values by 16 pairs and adds each lane's
 //! two products to an f32 accumulator: 32 multiply-adds, twice what an f32 FMA of the
