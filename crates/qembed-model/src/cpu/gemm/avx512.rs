@@ -262,7 +262,8 @@ unsafe fn tile_of<E: Elem, const R: usize>(t: TileArgs<E>) {
     }
 }
 
-/// Attention's products through [`strided_gemm`], for every kernel that requires AVX512F.
+/// Attention's products through [`strided_gemm`], for the kernels that require AVX512F
+/// and keep attention in f32.
 pub(super) const ATTENTION: AttentionProducts =
     AttentionProducts::PerHead("f32-avx512", strided_gemm);
 
