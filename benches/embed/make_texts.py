@@ -11,40 +11,23 @@ particular order). One JSON string per line, as `qembed embed` reads them.
     python benches/embed/make_texts.py [OUT]   # default benches/embed/texts.jsonl
 """
 import json
-import math
 import os
 import random
 import sys
 
-from tokenizers import Tokenizer
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from corpus import ROOT, count, draw_text, pipeline  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOKENIZER = os.path.join(ROOT, "..", "shared", "data", "qwen3-tokenizer", "tokenizer.json")
 TEXTS, SHORTEST, LONGEST = 100, 8, 900
 
 out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "benches", "embed", "texts.jsonl")
-tok = Tokenizer.from_file(TOKENIZER)
-
-
-def count(text: str) -> int:
-    return len(tok.encode(text, add_special_tokens=False).ids)
-
-
-pipeline = json.load(open(os.path.join(ROOT, "models", "pipeline.json")))
-sentences = pipeline["corpus"] + [q["query"] for q in pipeline["queries"]]
+corpus = pipeline()
+sentences = corpus["corpus"] + [q["query"] for q in corpus["queries"]]
 rng = random.Random(20261203)
 texts = []
 for i in range(TEXTS):
     target = round(SHORTEST * (LONGEST / SHORTEST) ** (i / (TEXTS - 1)))
-    parts = []
-    while count(" ".join(parts)) < target:
-        s = rng.choice(sentences)
-        if rng.random() < 0.2:
-            words = s.split()
-            words.insert(rng.randrange(len(words) + 1), str(rng.randint(0, 99999)))
-            s = " ".join(words)
-        parts.append(s[0].upper() + s[1:] + ".")
-    texts.append(" ".join(parts))
+    texts.append(draw_text(rng, sentences, target))
 rng.shuffle(texts)
 counts = [count(t) for t in texts]
 assert min(counts) >= SHORTEST and max(counts) <= LONGEST + 40, (min(counts), max(counts))

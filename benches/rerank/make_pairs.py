@@ -16,26 +16,18 @@ import os
 import random
 import sys
 
-from tokenizers import Tokenizer
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from corpus import ROOT, count, draw_text, pipeline  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOKENIZER = os.path.join(ROOT, "..", "shared", "data", "qwen3-tokenizer", "tokenizer.json")
 QUERIES, DOCS_PER_QUERY = 4, 32
 QUERY_TOKENS, DOC_TOKENS = (8, 20), (50, 400)
 
 out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "benches", "rerank", "pairs.json")
-tok = Tokenizer.from_file(TOKENIZER)
-
-
-def count(text: str) -> int:
-    return len(tok.encode(text, add_special_tokens=False).ids)
-
-
-pipeline = json.load(open(os.path.join(ROOT, "models", "pipeline.json")))
-candidates = [q["query"] for q in pipeline["queries"]] + pipeline["corpus"]
+corpus = pipeline()
+candidates = [q["query"] for q in corpus["queries"]] + corpus["corpus"]
 queries = [q for q in candidates if QUERY_TOKENS[0] <= count(q) <= QUERY_TOKENS[1]][:QUERIES]
 assert len(queries) == QUERIES, queries
-sentences = pipeline["corpus"]
+sentences = corpus["corpus"]
 
 rng = random.Random(20261126)
 pairs = []
@@ -44,15 +36,7 @@ for query in queries:
     for j in range(DOCS_PER_QUERY):
         # Evenly spread targets; the last sentence added may overshoot by one sentence.
         target = DOC_TOKENS[0] + j * (DOC_TOKENS[1] - DOC_TOKENS[0] - 20) // (DOCS_PER_QUERY - 1)
-        parts = []
-        while count(" ".join(parts)) < target:
-            s = rng.choice(sentences)
-            if rng.random() < 0.2:
-                words = s.split()
-                words.insert(rng.randrange(len(words) + 1), str(rng.randint(0, 99999)))
-                s = " ".join(words)
-            parts.append(s[0].upper() + s[1:] + ".")
-        document = " ".join(parts)
+        document = draw_text(rng, sentences, target)
         n = count(document)
         assert DOC_TOKENS[0] <= n <= DOC_TOKENS[1], (n, target)
         group.append({"query": query, "document": document, "instruction": None,
