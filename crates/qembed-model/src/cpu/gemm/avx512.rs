@@ -270,10 +270,10 @@ pub(super) const ATTENTION: AttentionProducts =
 /// Attention's f32 products on this kernel's micro-kernel, for the AVX-512 kernels
 /// whose attention is f32 (`avx512`, and `avx512vnni` on a CPU without AVX512_BF16):
 /// `c = alpha * a @ op(b)` as [`crate::cpu::attention::StridedGemm`] defines it,
-/// single-threaded (the
-/// callers are rayon tasks, one per sequence and head). Both operands are packed per
-/// call into the tile's panels (A scaled by `alpha`), which costs one read of each
-/// against `m n k` multiply-adds; on a CPU without AVX512F it is the portable product.
+/// single-threaded (the callers are rayon tasks, one per sequence and head). Both
+/// operands are packed per call into the tile's panels (A scaled by `alpha`), which
+/// costs one read of each against `m n k` multiply-adds; on a CPU without AVX512F it is
+/// the portable product.
 ///
 /// Why not the `gemm` crate, which the portable product uses: without its `x86-v4`
 /// feature it runs AVX2 FMAs, half of what a Zen 5 or Intel server core does per cycle,
