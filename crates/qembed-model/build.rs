@@ -1,11 +1,17 @@
 //! Sets `cfg(amx)` on targets where the AMX kernels build.
 //!
-//! With the `cuda` feature: compiles the workspace's `kernels/*.cu` to PTX in OUT_DIR,
-//! where `src/cuda/` embeds them. Without it this does nothing and needs no CUDA.
+//! With the `cuda` feature: compiles each of the workspace's `kernels/*.cu` to one fat
+//! binary in OUT_DIR, where `src/cuda/` embeds them. Without it this does nothing and
+//! needs no CUDA.
 //!
-//! nvcc is `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else `nvcc` on PATH. The PTX targets
-//! `compute_$CUDA_COMPUTE_CAP` (default 90, H100/H200); the driver JIT-compiles it for the
-//! GPU it runs on, so it also loads on any later GPU. sm_80 is the minimum (bf16 WMMA).
+//! A fat binary holds machine code (SASS) for each GPU generation in `$QEMBED_CUDA_SASS`
+//! (default `80,89,90`: A100/A30, L4/L20/L40S, H100/H200), which the driver loads as is,
+//! and PTX for `compute_80`, which the driver JIT-compiles for any other GPU of
+//! capability 8.0 or later (the JIT only compiles forward, so PTX for the oldest GPU
+//! we support is the portable choice). sm_80 is the minimum: the attention kernel uses
+//! bf16 WMMA. `CUDA_COMPUTE_CAP` does not apply here; it picks candle's kernels' target.
+//!
+//! nvcc is `$NVCC`, else `$CUDA_HOME/bin/nvcc`, else `nvcc` on PATH.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,7 +32,7 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    for var in ["NVCC", "CUDA_HOME", "CUDA_COMPUTE_CAP", "NVCC_CCBIN"] {
+    for var in ["NVCC", "CUDA_HOME", "QEMBED_CUDA_SASS", "NVCC_CCBIN"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -34,18 +40,7 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));
     println!("cargo:rerun-if-changed={}", kernels.display());
 
-    let cap: u32 = match std::env::var("CUDA_COMPUTE_CAP") {
-        Ok(v) => v
-            .trim()
-            .trim_start_matches("sm_")
-            .trim_end_matches('a')
-            .parse()
-            .unwrap_or_else(|_| panic!("CUDA_COMPUTE_CAP={v:?} is not a number such as 90")),
-        Err(_) => 90,
-    };
-    if cap < 80 {
-        panic!("CUDA_COMPUTE_CAP={cap}: qembed's kernels need sm_80 or newer (bf16 tensor cores)");
-    }
+    let sass = sass_targets();
     let nvcc = find_nvcc();
 
     let mut sources: Vec<PathBuf> = std::fs::read_dir(&kernels)
@@ -66,16 +61,21 @@ fn main() {
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .expect("utf-8 name");
-            let ptx = out.join(format!("{stem}.ptx"));
+            let fatbin = out.join(format!("{stem}.fatbin"));
             let mut cmd = Command::new(&nvcc);
-            cmd.arg("--ptx")
-                .arg(format!("-arch=compute_{cap}"))
-                .args(["-O3", "-std=c++17", "-lineinfo"])
-                .arg("-I")
-                .arg(&kernels)
-                .arg("-o")
-                .arg(&ptx)
-                .arg(src);
+            cmd.arg("--fatbin");
+            for cap in &sass {
+                cmd.arg(format!("-gencode=arch=compute_{cap},code=sm_{cap}"));
+            }
+            cmd.arg(format!(
+                "-gencode=arch=compute_{PTX_CAP},code=compute_{PTX_CAP}"
+            ))
+            .args(["-O3", "-std=c++17", "-lineinfo"])
+            .arg("-I")
+            .arg(&kernels)
+            .arg("-o")
+            .arg(&fatbin)
+            .arg(src);
             if let Some(cc) = &ccbin {
                 cmd.args(["-ccbin", cc]);
             }
@@ -93,6 +93,31 @@ fn main() {
             panic!("nvcc failed on {} ({})", src.display(), output.status);
         }
     }
+}
+
+/// The PTX in every fat binary: the oldest GPU generation the kernels support.
+const PTX_CAP: u32 = 80;
+
+/// `$QEMBED_CUDA_SASS` as compute capabilities (`80,89,90`, `sm_` prefixes allowed);
+/// each must be at least [`PTX_CAP`]. Empty means PTX only.
+fn sass_targets() -> Vec<u32> {
+    let list = std::env::var("QEMBED_CUDA_SASS").unwrap_or_else(|_| "80,89,90".into());
+    list.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            let cap: u32 = c.trim_start_matches("sm_").parse().unwrap_or_else(|_| {
+                panic!("QEMBED_CUDA_SASS={list:?}: {c:?} is not a capability such as 90")
+            });
+            if cap < PTX_CAP {
+                panic!(
+                    "QEMBED_CUDA_SASS={list:?}: sm_{cap} is older than sm_{PTX_CAP}, the minimum \
+                     for qembed's kernels (bf16 tensor cores)"
+                );
+            }
+            cap
+        })
+        .collect()
 }
 
 fn find_nvcc() -> PathBuf {

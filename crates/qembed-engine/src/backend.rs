@@ -75,7 +75,12 @@ impl DeviceSpec {
                 } else {
                     Device::new_cuda(gpu)
                 };
-                device.map_err(|e| EngineError::Setting(format!("cannot open GPU cuda:{gpu}: {e}")))
+                let device = device.map_err(|e| {
+                    EngineError::Setting(format!("cannot open GPU cuda:{gpu}: {e}"))
+                })?;
+                qembed_model::cuda::check_device(&device)
+                    .map_err(|e| EngineError::Setting(e.to_string()))?;
+                Ok(device)
             }
             #[cfg(not(feature = "cuda"))]
             Self::Cuda(_) => {
@@ -91,6 +96,39 @@ impl DeviceSpec {
     pub fn is_cpu(self) -> bool {
         self == Self::Cpu
     }
+
+    /// Used and total memory of each GPU `ranks` ranks from here run on, from the
+    /// driver; empty on the CPU. A GPU the driver does not answer for is left out.
+    pub fn gpu_memory(self, ranks: usize) -> Vec<GpuMemory> {
+        match self {
+            Self::Cpu => Vec::new(),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(first) => (first..first + ranks)
+                .filter_map(|gpu| {
+                    let (free, total) = qembed_model::cuda::memory_info(gpu).ok()?;
+                    Some(GpuMemory {
+                        device: format!("cuda:{gpu}"),
+                        used_bytes: total.saturating_sub(free) as u64,
+                        total_bytes: total as u64,
+                    })
+                })
+                .collect(),
+            #[cfg(not(feature = "cuda"))]
+            Self::Cuda(_) => {
+                let _ = ranks;
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// One GPU's memory as the driver reports it ([`DeviceSpec::gpu_memory`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuMemory {
+    /// `cuda:N`.
+    pub device: String,
+    pub used_bytes: u64,
+    pub total_bytes: u64,
 }
 
 /// The model, on one device or split over a tensor-parallel group.

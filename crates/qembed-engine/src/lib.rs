@@ -15,7 +15,7 @@ pub mod rerank;
 mod source;
 mod tokenize;
 
-pub use backend::{Backend, DeviceSpec, RankGroup};
+pub use backend::{Backend, DeviceSpec, GpuMemory, RankGroup};
 pub use batcher::{Admission, BatchObserver, BatchStats, Batcher, BatcherConfig, SubmitError};
 pub use embedder::{
     DTypeChoice, Embedder, Input, LoadOptions, OutputOptions, Task, MAX_BATCH_SEQUENCES,

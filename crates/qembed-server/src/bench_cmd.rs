@@ -6,6 +6,7 @@
 
 mod batches;
 mod host;
+mod mfu;
 mod shape;
 mod synth;
 
@@ -81,6 +82,13 @@ struct Row {
     cpu_s: Option<f64>,
     /// Median tokens per CPU-second (CPU only).
     tokens_per_cpu_s: Option<f64>,
+    /// The model's arithmetic (`mfu::forward_flops`) over the median wall time.
+    model_tflops: f64,
+    /// The device's peak (GPUs only) and where the figure comes from.
+    peak_tflops: Option<f64>,
+    peak_source: Option<String>,
+    /// Model FLOPs utilisation: model_tflops / peak_tflops.
+    mfu: Option<f64>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -139,6 +147,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let kernel = model
         .cpu_kernel()
         .map_or_else(|| args.device.to_string(), str::to_string);
+    let peak = gpu_peak(args.device, dtype)?;
     let header = format!(
         "qembed bench: {} shape, random weights, {}{} on {}, kernel {kernel}\n{}",
         shape.name,
@@ -161,13 +170,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("{header}");
     } else {
         println!("{header}");
+        if let Some(p) = &peak {
+            println!("peak {:.1} TFLOP/s ({})", p.tflops, p.source);
+        }
         println!(
-            "{:<10} {:>5} {:>7} {:>12} {:>23} {:>9} {:>9} {:>12}",
-            "batch", "seqs", "tokens", "tokens/s", "(min .. max)", "wall s", "cpu s", "tok/cpu-s"
+            "{:<10} {:>5} {:>7} {:>12} {:>23} {:>9} {:>9} {:>12} {:>9} {:>6}",
+            "batch",
+            "seqs",
+            "tokens",
+            "tokens/s",
+            "(min .. max)",
+            "wall s",
+            "cpu s",
+            "tok/cpu-s",
+            "TFLOP/s",
+            "MFU"
         );
     }
     for batch in &args.batches {
-        let row = measure(&model, batch, &args, dtype, &kernel)?;
+        let row = measure(&model, batch, &args, dtype, &kernel, peak.as_ref())?;
         if args.json {
             println!("{}", serde_json::to_string(&row)?);
         } else {
@@ -187,6 +208,7 @@ fn measure(
     args: &BenchArgs,
     dtype: DType,
     kernel: &str,
+    peak: Option<&mfu::Peak>,
 ) -> Result<Row> {
     let packed = PackedBatch::new(&batch.ids(model.config().vocab_size));
     let tokens = packed.num_tokens();
@@ -207,6 +229,8 @@ fn measure(
     let rates: Vec<f64> = walls.iter().map(|w| tokens as f64 / w).collect();
     let cpu_rates: Vec<f64> = cpus.iter().map(|c| tokens as f64 / c).collect();
     let on_cpu = args.device.is_cpu();
+    let wall = median(&walls);
+    let model_tflops = mfu::forward_flops(&args.shape, &batch.lengths) / wall / 1e12;
     Ok(Row {
         model: args.shape.name,
         device: args.device.to_string(),
@@ -220,10 +244,36 @@ fn measure(
         tokens_per_s: median(&rates),
         tokens_per_s_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
         tokens_per_s_max: rates.iter().copied().fold(0.0, f64::max),
-        wall_s: median(&walls),
+        wall_s: wall,
         cpu_s: on_cpu.then(|| median(&cpus)),
         tokens_per_cpu_s: on_cpu.then(|| median(&cpu_rates)),
+        model_tflops,
+        peak_tflops: peak.map(|p| p.tflops),
+        peak_source: peak.map(|p| p.source.clone()),
+        mfu: peak.map(|p| model_tflops / p.tflops),
     })
+}
+
+/// The peak MFU is measured against on a GPU: the datasheet's, when every GPU the
+/// driver lists has the same known name (the driver lists them in PCI order, not
+/// CUDA's), else a matmul measured on the device. None on the CPU, whose peaks
+/// `benches/forward`'s `qembed-bench-peak` measures per instruction.
+fn gpu_peak(device: DeviceSpec, dtype: DType) -> Result<Option<mfu::Peak>> {
+    if device.is_cpu() {
+        return Ok(None);
+    }
+    let names = host::gpu_names().unwrap_or_default();
+    let mut distinct: Vec<&str> = names.split(", ").filter(|n| !n.is_empty()).collect();
+    distinct.dedup();
+    if let [one] = distinct.as_slice() {
+        if let Some(p) = mfu::table_peak(one, dtype) {
+            return Ok(Some(p));
+        }
+    }
+    let dev = device
+        .device(0)
+        .context("opening the device for the peak matmul")?;
+    mfu::measured_peak(&dev, dtype, 8192).map(Some)
 }
 
 /// `--save` must not overwrite anything: pointed at a real checkpoint by mistake, it
@@ -274,7 +324,7 @@ fn print_row(r: &Row) {
         v.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"))
     };
     println!(
-        "{:<10} {:>5} {:>7} {:>12.1} {:>23} {:>9.4} {:>9} {:>12}",
+        "{:<10} {:>5} {:>7} {:>12.1} {:>23} {:>9.4} {:>9} {:>12} {:>9.2} {:>6}",
         r.batch,
         r.sequences,
         r.tokens,
@@ -282,7 +332,10 @@ fn print_row(r: &Row) {
         format!("({:.1} .. {:.1})", r.tokens_per_s_min, r.tokens_per_s_max),
         r.wall_s,
         opt(r.cpu_s, 4),
-        opt(r.tokens_per_cpu_s, 1)
+        opt(r.tokens_per_cpu_s, 1),
+        r.model_tflops,
+        r.mfu
+            .map_or_else(|| "-".to_string(), |m| format!("{:.1}%", m * 100.0))
     );
 }
 

@@ -34,9 +34,23 @@ pub struct CheckArgs {
     /// `qwen3-rerank-*`, each with the `reference.json` transformers produced for it).
     #[arg(long, default_value = "models")]
     fixtures: PathBuf,
+    /// Split each fixture over N ranks (N consecutive GPUs from --device, NCCL's
+    /// all-reduce; on CPU the ranks share the cores). A fixture whose heads or
+    /// intermediate size N does not divide is skipped, and its row says so.
+    #[arg(long, default_value_t = 1)]
+    tensor_parallel: usize,
     /// Print one JSON line per fixture instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// Where and how the fixtures run.
+#[derive(Debug, Clone, Copy)]
+struct On {
+    device: DeviceSpec,
+    dtype: DType,
+    quantize: Quantize,
+    tensor_parallel: usize,
 }
 
 /// What a fixture's directory name says it is.
@@ -66,17 +80,31 @@ struct Row {
     ok: bool,
     /// Why the row failed, when it did.
     problem: Option<String>,
+    /// Why the fixture was not run (a tensor-parallel size it cannot be split by).
+    skipped: Option<String>,
 }
 
 pub fn run(args: CheckArgs) -> Result<()> {
+    if args.tensor_parallel == 0 {
+        bail!("--tensor-parallel must be at least 1");
+    }
     let dtype = args.dtype.resolve_for(args.device, args.quantize);
     let fixtures = discover(&args.fixtures)?;
     let mut rows = Vec::with_capacity(fixtures.len());
-    let on = (args.device, dtype, args.quantize);
+    let on = On {
+        device: args.device,
+        dtype,
+        quantize: args.quantize,
+        tensor_parallel: args.tensor_parallel,
+    };
     for (name, kind, dir) in &fixtures {
-        let result = match kind {
-            Kind::Embed => check_embedding(name, dir, on),
-            Kind::Rerank => check_reranker(name, dir, on),
+        let result = match unsplittable(dir, on.tensor_parallel) {
+            Ok(Some(why)) => Ok(skipped(name, *kind, on, why)),
+            Err(e) => Err(e),
+            Ok(None) => match kind {
+                Kind::Embed => check_embedding(name, dir, on),
+                Kind::Rerank => check_reranker(name, dir, on),
+            },
         };
         rows.push(result.unwrap_or_else(|e| Row {
             fixture: name.clone(),
@@ -94,9 +122,20 @@ pub fn run(args: CheckArgs) -> Result<()> {
             gate: "-".into(),
             ok: false,
             problem: Some(format!("{e:#}")),
+            skipped: None,
         }));
     }
     print_rows(&rows, args.json)?;
+    let kernels = kernel_checks(args.device)?;
+    print_kernel_rows(&kernels, args.json)?;
+    let kernel_misses = kernels.iter().filter(|k| !k.ok).count();
+    if rows.iter().all(|r| r.skipped.is_some()) {
+        bail!(
+            "no fixture in {} can be split over {} ranks",
+            args.fixtures.display(),
+            args.tensor_parallel
+        );
+    }
     let failed: Vec<&str> = rows
         .iter()
         .filter(|r| !r.ok)
@@ -112,7 +151,132 @@ pub fn run(args: CheckArgs) -> Result<()> {
             failed.join(", ")
         );
     }
+    if kernel_misses > 0 {
+        bail!(
+            "{kernel_misses} of {} kernel checks miss their CPU reference on {}",
+            kernels.len(),
+            args.device
+        );
+    }
     Ok(())
+}
+
+/// One of our CUDA kernels on one dtype and shape against candle's CPU ops
+/// (`qembed_model::cuda::selftest`).
+#[derive(Debug, Serialize)]
+struct KernelRow {
+    kernel_check: &'static str,
+    dtype: String,
+    case: String,
+    max_diff: f64,
+    tolerance: f64,
+    ok: bool,
+}
+
+/// The fused kernels' checks on a GPU device; none on the CPU, whose forward pass
+/// does not use them (the fixtures above cover its kernels).
+fn kernel_checks(device: DeviceSpec) -> Result<Vec<KernelRow>> {
+    if device.is_cpu() {
+        return Ok(Vec::new());
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let dev = device.device(0)?;
+        let checks = qembed_model::cuda::selftest::run(&dev)
+            .with_context(|| format!("running the kernel checks on {device}"))?;
+        Ok(checks
+            .into_iter()
+            .map(|c| KernelRow {
+                kernel_check: c.kernel,
+                dtype: dtype_name(c.dtype),
+                ok: c.ok(),
+                case: c.case,
+                max_diff: c.max_diff as f64,
+                tolerance: c.tolerance as f64,
+            })
+            .collect())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        // Unreachable in practice: opening a CUDA device already failed above.
+        bail!("{device}: this binary was built without CUDA support")
+    }
+}
+
+fn print_kernel_rows(rows: &[KernelRow], json: bool) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if json {
+        for row in rows {
+            serde_json::to_writer(&mut out, row)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\n{:16}  {:5}  {:>9}  {:>9}  {:50}  result",
+        "kernel", "dtype", "max |d|", "tolerance", "case"
+    )?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:16}  {:5}  {:>9.2e}  {:>9.1e}  {:50}  {}",
+            r.kernel_check,
+            r.dtype,
+            r.max_diff,
+            r.tolerance,
+            r.case,
+            if r.ok { "ok" } else { "FAIL" }
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Why `dir`'s model cannot be split over `ranks` (attention heads, kv heads and the
+/// MLP's intermediate size are sharded), or `None` when it can.
+fn unsplittable(dir: &Path, ranks: usize) -> Result<Option<String>> {
+    if ranks == 1 {
+        return Ok(None);
+    }
+    let config = qembed_model::Qwen3Config::from_file(&dir.join("config.json"))
+        .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
+    let dims = [
+        ("attention heads", config.num_attention_heads),
+        ("kv heads", config.num_key_value_heads),
+        ("intermediate size", config.intermediate_size),
+    ];
+    Ok(dims
+        .iter()
+        .find(|(_, n)| !n.is_multiple_of(ranks))
+        .map(|(what, n)| format!("{ranks} ranks do not divide its {what} ({n})")))
+}
+
+/// The row of a fixture that was not run.
+fn skipped(name: &str, kind: Kind, on: On, why: String) -> Row {
+    Row {
+        fixture: name.into(),
+        task: match kind {
+            Kind::Embed => "embed",
+            Kind::Rerank => "rerank",
+        },
+        dtype: dtype_name(on.dtype),
+        quantize: on.quantize.to_string(),
+        kernel: "-".into(),
+        cases: 0,
+        worst_cosine: None,
+        worst_abs: None,
+        alone_vs_batch_cosine: None,
+        gate: "-".into(),
+        ok: true,
+        problem: None,
+        skipped: Some(why),
+    }
 }
 
 /// The fixtures in `dir`, sorted by name: `qwen3-tiny-*` embedding checkpoints and
@@ -195,11 +359,13 @@ fn read_reference<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
 
 /// All cases as one packed batch against the reference raw vectors, then each case
 /// alone against its batched vector.
-fn check_embedding(
-    name: &str,
-    dir: &Path,
-    (device, dtype, quantize): (DeviceSpec, DType, Quantize),
-) -> Result<Row> {
+fn check_embedding(name: &str, dir: &Path, on: On) -> Result<Row> {
+    let On {
+        device,
+        dtype,
+        quantize,
+        tensor_parallel,
+    } = on;
     let reference: EmbedReference = read_reference(dir)?;
     if reference.cases.is_empty() || reference.cases.iter().any(|c| c.input_ids.is_empty()) {
         bail!(
@@ -208,7 +374,7 @@ fn check_embedding(
         );
     }
     let gate = gate(dtype, device)?;
-    let model = Backend::load_quantized(dir, device, dtype, quantize, 1)
+    let model = Backend::load_quantized(dir, device, dtype, quantize, tensor_parallel)
         .with_context(|| format!("loading {}", dir.display()))?;
     let ids: Vec<&[u32]> = reference
         .cases
@@ -268,6 +434,7 @@ fn check_embedding(
         },
         ok: problem.is_none(),
         problem,
+        skipped: None,
     })
 }
 
@@ -354,11 +521,13 @@ fn compare<G: AsRef<[f32]>, W: AsRef<[f32]>>(
 
 /// Every group's documents scored from their texts (template and tokenizer included),
 /// each group at its own length limit, against the card's scores.
-fn check_reranker(
-    name: &str,
-    dir: &Path,
-    (device, dtype, quantize): (DeviceSpec, DType, Quantize),
-) -> Result<Row> {
+fn check_reranker(name: &str, dir: &Path, on: On) -> Result<Row> {
+    let On {
+        device,
+        dtype,
+        quantize,
+        tensor_parallel,
+    } = on;
     let path = dir.join("reference.json");
     let reference: RerankReference = read_reference(dir)?;
     for g in &reference.groups {
@@ -389,6 +558,7 @@ fn check_reranker(
                 let opts = LoadOptions {
                     task: Task::Rerank,
                     device,
+                    tensor_parallel,
                     dtype: choice(dtype),
                     quantize,
                     max_length: g.max_length,
@@ -458,6 +628,7 @@ fn check_reranker(
         gate: format!("|score|<={max_gate:.1e}"),
         ok: problem.is_none(),
         problem,
+        skipped: None,
     })
 }
 
@@ -522,9 +693,10 @@ fn print_rows(rows: &[Row], json: bool) -> Result<()> {
     )?;
     let num = |v: Option<f64>, f: fn(f64) -> String| v.map_or_else(|| "-".into(), f);
     for r in rows {
-        let result = match &r.problem {
-            None => "ok".to_string(),
-            Some(p) => format!("FAIL: {p}"),
+        let result = match (&r.problem, &r.skipped) {
+            (Some(p), _) => format!("FAIL: {p}"),
+            (None, Some(why)) => format!("skipped: {why}"),
+            (None, None) => "ok".to_string(),
         };
         writeln!(
             out,

@@ -6,7 +6,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use qembed_engine::{BatchObserver, BatchStats};
+use qembed_engine::{BatchObserver, BatchStats, GpuMemory};
 
 pub struct Metrics {
     registry: Registry,
@@ -24,6 +24,9 @@ pub struct Metrics {
     pub rerank_pairs: IntCounter,
     pub ready: IntGauge,
     pub model_info: IntGaugeVec,
+    pub gpu_memory_used: IntGaugeVec,
+    pub gpu_memory_total: IntGaugeVec,
+    pub resident_memory: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -95,6 +98,24 @@ impl Metrics {
             Opts::new("qembed_model_info", "The model this instance serves"),
             &["color", "model", "fingerprint", "dtype", "task"],
         )?;
+        let gpu_memory_used = IntGaugeVec::new(
+            Opts::new(
+                "qembed_gpu_memory_used_bytes",
+                "Memory in use on each GPU the model runs on, all processes (from the driver)",
+            ),
+            &["device"],
+        )?;
+        let gpu_memory_total = IntGaugeVec::new(
+            Opts::new(
+                "qembed_gpu_memory_total_bytes",
+                "Memory of each GPU the model runs on (from the driver)",
+            ),
+            &["device"],
+        )?;
+        let resident_memory = IntGauge::new(
+            "qembed_process_resident_memory_bytes",
+            "Resident memory of this process (VmRSS)",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(queue_wait.clone()))?;
@@ -109,6 +130,9 @@ impl Metrics {
         registry.register(Box::new(rerank_pairs.clone()))?;
         registry.register(Box::new(ready.clone()))?;
         registry.register(Box::new(model_info.clone()))?;
+        registry.register(Box::new(gpu_memory_used.clone()))?;
+        registry.register(Box::new(gpu_memory_total.clone()))?;
+        registry.register(Box::new(resident_memory.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -125,7 +149,27 @@ impl Metrics {
             rerank_pairs,
             ready,
             model_info,
+            gpu_memory_used,
+            gpu_memory_total,
+            resident_memory,
         })
+    }
+
+    /// Sets the memory gauges from the driver (each GPU in `gpus`) and /proc, as of
+    /// now: called at each scrape, so the figures are never older than the scrape.
+    pub fn observe_memory(&self, gpus: &[GpuMemory]) {
+        for g in gpus {
+            let clamp = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+            self.gpu_memory_used
+                .with_label_values(&[g.device.as_str()])
+                .set(clamp(g.used_bytes));
+            self.gpu_memory_total
+                .with_label_values(&[g.device.as_str()])
+                .set(clamp(g.total_bytes));
+        }
+        if let Some(rss) = resident_bytes() {
+            self.resident_memory.set(rss);
+        }
     }
 
     pub fn render(&self) -> String {
@@ -134,6 +178,14 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
     }
+}
+
+/// VmRSS of this process from /proc/self/statm (resident pages), if readable.
+fn resident_bytes() -> Option<i64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = i64::try_from(rustix::param::page_size()).ok()?;
+    pages.checked_mul(page)
 }
 
 impl BatchObserver for Metrics {

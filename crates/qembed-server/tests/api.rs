@@ -272,6 +272,10 @@ async fn concurrent_requests_each_get_their_own_vectors() {
     );
     assert!(m.contains("qembed_requests_total{route=\"/v1/embeddings\",status=\"200\"} 240"));
     assert!(m.contains("qembed_model_info{color=\"green\""));
+    // Memory: this process's resident set at the scrape; no GPU series on a CPU server.
+    let rss = metric(&m, "qembed_process_resident_memory_bytes").expect("resident memory");
+    assert!(rss > 1e7, "resident memory {rss} bytes");
+    assert!(!m.contains("qembed_gpu_memory_used_bytes{"), "{m}");
 }
 
 /// More requests than the server admits: the excess gets 429 with Retry-After at once;

@@ -343,6 +343,64 @@ fn check_passes_every_fixture_on_cpu() {
     }
 }
 
+/// `qembed check --tensor-parallel 2` on the CPU (two ranks sharing the cores, the
+/// same sharding and all-reduce points NCCL serves on GPUs): every fixture two ranks
+/// divide passes its reference, and the MQA one (3 heads, 1 kv head) is skipped with
+/// the reason in its row, not failed. Four ranks split only what divides by four.
+#[test]
+fn check_splits_fixtures_over_ranks_and_skips_those_that_do_not_divide() {
+    let models = root().join("models");
+    for ranks in ["2", "4"] {
+        let args = [
+            "check",
+            "--fixtures",
+            models.to_str().unwrap(),
+            "--tensor-parallel",
+            ranks,
+            "--json",
+        ];
+        let out = qembed(&args, "", &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{ranks}: {stderr}");
+        let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), FIXTURES.len() + RERANK_FIXTURES.len());
+        let mqa = rows
+            .iter()
+            .find(|r| r["fixture"] == "qwen3-tiny-mqa")
+            .unwrap();
+        assert!(
+            mqa["skipped"]
+                .as_str()
+                .is_some_and(|w| w.contains("do not divide its attention heads (3)")),
+            "{mqa}"
+        );
+        let tp4 = rows
+            .iter()
+            .find(|r| r["fixture"] == "qwen3-tiny-tp4")
+            .unwrap();
+        assert!(tp4["skipped"].is_null() && tp4["ok"] == true, "{tp4}");
+        assert!(tp4["cases"].as_u64().unwrap() > 0, "{tp4}");
+        for r in &rows {
+            assert_eq!(r["ok"], true, "{ranks}: {r}");
+        }
+    }
+    // A size no fixture divides runs nothing, and says so with a failure.
+    let args = [
+        "check",
+        "--fixtures",
+        models.to_str().unwrap(),
+        "--tensor-parallel",
+        "7",
+    ];
+    let out = qembed(&args, "", &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("can be split over 7 ranks"));
+}
+
 /// `qembed check --quantize int8`: every fixture passes the int8 gates on this CPU,
 /// on an int8 kernel, loaded from bf16 (what `--dtype auto` loads with int8).
 #[test]
@@ -533,6 +591,13 @@ fn bench_tiny_reports_each_batch_shape_as_a_json_line() {
             "{row}"
         );
         assert_eq!(row["kernel"].as_str().map(str::is_empty), Some(false));
+        // The model's arithmetic over the wall time; no peak (nor MFU) on the CPU.
+        let tflops = rate("model_tflops");
+        assert!(tflops > 0.0 && tflops.is_finite(), "{row}");
+        assert!(
+            row["peak_tflops"].is_null() && row["mfu"].is_null(),
+            "{row}"
+        );
     }
 }
 

@@ -8,7 +8,7 @@ use candle_core::{
     Storage, Tensor,
 };
 
-use super::{as_i32, cuda_only, Elem, VARLEN_ATTENTION_PTX};
+use super::{as_i32, cuda_only, load_func, Elem, VARLEN_ATTENTION};
 
 const OP: &str = "cuda varlen_attention";
 /// Query rows per block and keys per tile (BM = BN in the kernel).
@@ -246,8 +246,7 @@ impl VarlenAttention {
             bail!("{OP}: q, k and v hold different numbers of tokens");
         }
         let name = format!("varlen_attention_{}_d{d}", T::NAME);
-        let func =
-            dev.get_or_load_custom_func(&name, "qembed_varlen_attention", VARLEN_ATTENTION_PTX)?;
+        let func = load_func(dev, &VARLEN_ATTENTION, &name)?;
         let smem = smem_bytes(d);
         dev.cuda_stream().context().bind_to_thread().w()?;
         func.set_attribute(
@@ -271,7 +270,8 @@ impl VarlenAttention {
         let (h_i, kvh_i) = (as_i32(h, OP, "heads")?, as_i32(kvh, OP, "kv heads")?);
         let (q_rs, k_rs, v_rs) = (q_rs as i64, k_rs as i64, v_rs as i64);
         {
-            let mut b = func.builder();
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
             b.arg(&qv);
             b.arg(&kv);
             b.arg(&vv);

@@ -1,8 +1,9 @@
 //! The CUDA backend's own kernels (feature `cuda`) and the NCCL all-reduce.
 //!
-//! The kernels live in the workspace's `kernels/*.cu`; `build.rs` compiles them to PTX
-//! with nvcc and they are embedded here, loaded once per device on first use (the driver
-//! JIT-compiles PTX for the GPU it finds). Each is wrapped in a candle custom op whose
+//! The kernels live in the workspace's `kernels/*.cu`; `build.rs` compiles each file to a
+//! fat binary (SASS for sm_80, sm_89 and sm_90, PTX for compute_80) and they are embedded
+//! here, loaded once per GPU on first use: the driver takes the SASS of the GPU's
+//! generation, or JIT-compiles the PTX on any other GPU of capability 8.0 or later. Each is wrapped in a candle custom op whose
 //! `cuda_fwd` validates shapes, dtypes and layouts and returns a candle error rather than
 //! launching on anything it does not expect; the CPU forward is an error (these ops are
 //! CUDA-only; the CPU forward pass has its own path).
@@ -13,20 +14,105 @@
 mod attention;
 mod nccl;
 mod ops;
+pub mod selftest;
 
 pub use attention::{attention_supported, varlen_attention, varlen_attention_packed, CuSeqlens};
 pub use nccl::{nccl_group, NcclGroup};
 pub use ops::{gather_rows, qk_norm_rope, rms_norm, rope, rope_table, swiglu};
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
-use candle_core::cuda_backend::CudaDType;
-use candle_core::{bail, Layout, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
-const RMS_NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rms_norm.ptx"));
-const QK_NORM_ROPE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/qk_norm_rope.ptx"));
-const SWIGLU_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/swiglu.ptx"));
-const GATHER_ROWS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gather_rows.ptx"));
-const VARLEN_ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/varlen_attention.ptx"));
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaView, DeviceRepr,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{bail, CudaDevice, Device, Layout, Result};
+
+/// One `kernels/*.cu` file as nvcc built it (see `build.rs`).
+struct Module {
+    name: &'static str,
+    fatbin: &'static [u8],
+}
+
+macro_rules! module {
+    ($stem:literal) => {
+        Module {
+            name: $stem,
+            fatbin: include_bytes!(concat!(env!("OUT_DIR"), "/", $stem, ".fatbin")),
+        }
+    };
+}
+
+const RMS_NORM: Module = module!("rms_norm");
+const QK_NORM_ROPE: Module = module!("qk_norm_rope");
+const SWIGLU: Module = module!("swiglu");
+const GATHER_ROWS: Module = module!("gather_rows");
+const VARLEN_ATTENTION: Module = module!("varlen_attention");
+
+/// Our modules, loaded once per GPU (its primary context, which every candle device
+/// of that ordinal shares). A loaded module holds its context, so it stays valid for the
+/// life of the process.
+fn modules() -> &'static Mutex<Loaded> {
+    static MODULES: OnceLock<Mutex<Loaded>> = OnceLock::new();
+    MODULES.get_or_init(Default::default)
+}
+
+/// Loaded modules by (GPU ordinal, module name).
+type Loaded = HashMap<(usize, &'static str), Arc<CudaModule>>;
+
+/// The kernel `func` of `module` on `dev`'s GPU, loading the module on first use.
+fn load_func(dev: &CudaDevice, module: &Module, func: &str) -> Result<CudaFunction> {
+    let ctx = dev.cuda_stream().context().clone();
+    let key = (ctx.ordinal(), module.name);
+    // A poisoned lock only means another thread panicked while holding it; the map
+    // itself is always whole (one insert).
+    let mut map = modules().lock().unwrap_or_else(|e| e.into_inner());
+    let loaded = match map.get(&key) {
+        Some(m) => m.clone(),
+        None => {
+            let m = ctx
+                .load_module(Ptx::from_binary(module.fatbin.to_vec()))
+                .map_err(|e| {
+                    candle_core::Error::Msg(format!(
+                        "cannot load qembed's {} kernels on cuda:{}: {e}",
+                        module.name, key.0
+                    ))
+                })?;
+            map.insert(key, m.clone());
+            m
+        }
+    };
+    drop(map);
+    loaded.load_function(func).w()
+}
+
+/// Free and total bytes of GPU `ordinal`, from the driver (`cuMemGetInfo`: the whole
+/// device, so every process's allocations count, as nvidia-smi shows them).
+pub fn memory_info(ordinal: usize) -> Result<(usize, usize)> {
+    let ctx = candle_core::cuda_backend::cudarc::driver::CudaContext::new(ordinal).w()?;
+    ctx.mem_get_info().w()
+}
+
+/// Refuses a GPU that our kernels cannot run on (below sm_80: no bf16 tensor cores),
+/// naming it and its capability, before any weight is copied to it. A CPU device passes.
+pub fn check_device(device: &Device) -> Result<()> {
+    let Device::Cuda(dev) = device else {
+        return Ok(());
+    };
+    let ctx = dev.cuda_stream().context().clone();
+    let (major, minor) = ctx.compute_capability().w()?;
+    if major < 8 {
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        bail!(
+            "cuda:{} is {name} (compute capability {major}.{minor}); qembed's CUDA kernels \
+             need compute capability 8.0 or later (A100, A10, L4, L20, L40S, H100, H200)",
+            ctx.ordinal()
+        );
+    }
+    Ok(())
+}
 
 /// An element type our kernels are instantiated for; `NAME` is the suffix of the
 /// kernel's `extern "C"` name (`rms_norm_f16`, ...).

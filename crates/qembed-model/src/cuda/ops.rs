@@ -8,8 +8,8 @@ use candle_core::{
 };
 
 use super::{
-    as_i32, blocks_for, contiguous_view, cuda_only, Elem, GATHER_ROWS_PTX, QK_NORM_ROPE_PTX,
-    RMS_NORM_PTX, SWIGLU_PTX,
+    as_i32, blocks_for, contiguous_view, cuda_only, load_func, Elem, GATHER_ROWS, QK_NORM_ROPE,
+    RMS_NORM, SWIGLU,
 };
 
 /// Threads per block of the row kernels: 4 warps, one row (or head) per warp.
@@ -79,15 +79,12 @@ impl RmsNorm {
         }
         let rows = n / cols;
         let (rows_i, cols_i) = (as_i32(rows, op, "rows")?, as_i32(cols, op, "cols")?);
-        let func = dev.get_or_load_custom_func(
-            &format!("rms_norm_{}", T::NAME),
-            "qembed_rms_norm",
-            RMS_NORM_PTX,
-        )?;
+        let func = load_func(dev, &RMS_NORM, &format!("rms_norm_{}", T::NAME))?;
         // SAFETY: every element is written by the kernel (one warp per row, all columns).
         let mut out = unsafe { dev.alloc::<T>(n)? };
         {
-            let mut b = func.builder();
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
             b.arg(&xv);
             b.arg(&wv);
             b.arg(&mut out);
@@ -292,15 +289,12 @@ impl QkNormRope {
             as_i32(d, op, "head_dim")?,
         ];
         as_i32(rows, op, "rows")?;
-        let func = dev.get_or_load_custom_func(
-            &format!("qk_norm_rope_{}", T::NAME),
-            "qembed_qk_norm_rope",
-            QK_NORM_ROPE_PTX,
-        )?;
+        let func = load_func(dev, &QK_NORM_ROPE, &format!("qk_norm_rope_{}", T::NAME))?;
         // SAFETY: every element is written (one warp per token-head row, all of D).
         let mut out = unsafe { dev.alloc::<T>(n)? };
         {
-            let mut b = func.builder();
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
             b.arg(&xv);
             b.arg(&mut out);
             b.arg(&wq);
@@ -430,11 +424,7 @@ impl SwiGlu {
         let inter = two_i / 2;
         let xv = contiguous_view(x, l, op, "input")?;
         let n = tokens * inter;
-        let func = dev.get_or_load_custom_func(
-            &format!("swiglu_{}", T::NAME),
-            "qembed_swiglu",
-            SWIGLU_PTX,
-        )?;
+        let func = load_func(dev, &SWIGLU, &format!("swiglu_{}", T::NAME))?;
         // SAFETY: the grid-stride loop writes all tokens * inter elements.
         let mut out = unsafe { dev.alloc::<T>(n)? };
         let (tokens_i, inter_i) = (tokens as i64, inter as i64);
@@ -444,7 +434,8 @@ impl SwiGlu {
             shared_mem_bytes: 0,
         };
         {
-            let mut b = func.builder();
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
             b.arg(&xv);
             b.arg(&mut out);
             b.arg(&tokens_i);
@@ -522,11 +513,7 @@ impl GatherRows {
         }
         let xv = contiguous_view(x, lx, op, "input")?;
         let iv = contiguous_view(idx, li, op, "indices")?;
-        let func = dev.get_or_load_custom_func(
-            &format!("gather_rows_{}", T::NAME),
-            "qembed_gather_rows",
-            GATHER_ROWS_PTX,
-        )?;
+        let func = load_func(dev, &GATHER_ROWS, &format!("gather_rows_{}", T::NAME))?;
         // SAFETY: block row y copies all `cols` elements of output row y.
         let mut out = unsafe { dev.alloc::<T>(n * cols)? };
         let (n_i, cols_i) = (as_i32(n, op, "indices")?, cols as i64);
@@ -536,7 +523,8 @@ impl GatherRows {
             shared_mem_bytes: 0,
         };
         {
-            let mut b = func.builder();
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
             b.arg(&xv);
             b.arg(&iv);
             b.arg(&mut out);

@@ -145,13 +145,19 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    // GPU memory only once the model is on its GPUs (asking the driver earlier would
+    // open a context of its own); resident memory always.
+    let mut gpus = Vec::new();
     if let Some(l) = state.loaded.get() {
         state.metrics.queue_depth.set(l.batcher.in_flight() as i64);
         state
             .metrics
             .queued_tokens
             .set(l.batcher.queued_tokens() as i64);
+        let model = &state.args.model;
+        gpus = model.device.gpu_memory(model.tensor_parallel);
     }
+    state.metrics.observe_memory(&gpus);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
