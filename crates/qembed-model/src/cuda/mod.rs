@@ -3,8 +3,8 @@
 //! The kernels live in the workspace's `kernels/*.cu`; `build.rs` compiles each file to a
 //! fat binary (SASS for sm_80, sm_89 and sm_90, PTX for compute_80) and they are embedded
 //! here, loaded once per GPU on first use: the driver takes the SASS of the GPU's
-//! generation, or JIT-compiles the PTX on any other GPU of capability 8.0 or later. Each is wrapped in a candle custom op whose
-//! `cuda_fwd` validates shapes, dtypes and layouts and returns a candle error rather than
+//! generation, or JIT-compiles the PTX on any other GPU of capability 8.0 or later.
+//! Each is wrapped in a candle custom op whose `cuda_fwd` validates shapes, dtypes and layouts and returns a candle error rather than
 //! launching on anything it does not expect; the CPU forward is an error (these ops are
 //! CUDA-only; the CPU forward pass has its own path).
 //!
@@ -21,7 +21,7 @@ pub use nccl::{nccl_group, NcclGroup};
 pub use ops::{gather_rows, qk_norm_rope, rms_norm, rope, rope_table, swiglu};
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use candle_core::cuda_backend::cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaView, DeviceRepr,
@@ -53,9 +53,10 @@ const VARLEN_ATTENTION: Module = module!("varlen_attention");
 
 /// Our modules, loaded once per GPU (its primary context, which every candle device
 /// of that ordinal shares). A loaded module holds its context, so it stays valid for the
-/// life of the process.
-fn modules() -> &'static Mutex<Loaded> {
-    static MODULES: OnceLock<Mutex<Loaded>> = OnceLock::new();
+/// life of the process. Read-mostly: every kernel launch looks its module up, and the
+/// ranks of a tensor-parallel group do so from their own threads at once.
+fn modules() -> &'static RwLock<Loaded> {
+    static MODULES: OnceLock<RwLock<Loaded>> = OnceLock::new();
     MODULES.get_or_init(Default::default)
 }
 
@@ -68,23 +69,33 @@ fn load_func(dev: &CudaDevice, module: &Module, func: &str) -> Result<CudaFuncti
     let key = (ctx.ordinal(), module.name);
     // A poisoned lock only means another thread panicked while holding it; the map
     // itself is always whole (one insert).
-    let mut map = modules().lock().unwrap_or_else(|e| e.into_inner());
-    let loaded = match map.get(&key) {
-        Some(m) => m.clone(),
+    let found = modules()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned();
+    let loaded = match found {
+        Some(m) => m,
         None => {
-            let m = ctx
-                .load_module(Ptx::from_binary(module.fatbin.to_vec()))
-                .map_err(|e| {
-                    candle_core::Error::Msg(format!(
-                        "cannot load qembed's {} kernels on cuda:{}: {e}",
-                        module.name, key.0
-                    ))
-                })?;
-            map.insert(key, m.clone());
-            m
+            let mut map = modules().write().unwrap_or_else(|e| e.into_inner());
+            match map.get(&key) {
+                // Another thread loaded it between the two locks.
+                Some(m) => m.clone(),
+                None => {
+                    let m = ctx
+                        .load_module(Ptx::from_binary(module.fatbin.to_vec()))
+                        .map_err(|e| {
+                            candle_core::Error::Msg(format!(
+                                "cannot load qembed's {} kernels on cuda:{}: {e}",
+                                module.name, key.0
+                            ))
+                        })?;
+                    map.insert(key, m.clone());
+                    m
+                }
+            }
         }
     };
-    drop(map);
     loaded.load_function(func).w()
 }
 
