@@ -94,6 +94,13 @@ record() { # name status seconds timeout why
   printf '%-12s %-8s %6ss  %s\n' "$1" "$2" "$3" "$5"
 }
 
+# The line of a step's stderr that says what went wrong: the first `Error`/`error` line
+# (a Rust error, before any backtrace), else the last non-empty one; JSON-safe, short.
+first_error() {
+  { grep -m1 -E '^(Error|error|[A-Za-z]*Error)[: ]' "$1" || grep -v '^[[:space:]]*$' "$1" | tail -n 1; } \
+    | tr -d '"\\' | tr '\t' ' ' | cut -c1-200
+}
+
 skip() { # name why
   record "$1" skipped 0 0 "$2"
 }
@@ -116,7 +123,7 @@ step() {
   case $rc in
     0) status=ok ;;
     124|137) status=timeout; why="killed after $limit s" ;;
-    *) status=failed; why="exit $rc: $(tail -n 1 "$OUT/$name.err" | tr -d '"\\' | cut -c1-200)" ;;
+    *) status=failed; why="exit $rc: $(first_error "$OUT/$name.err")" ;;
   esac
   record "$name" "$status" "$(($(date +%s) - t0))" "$limit" "$why"
   [ "$rc" = 0 ]

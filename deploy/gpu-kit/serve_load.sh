@@ -19,7 +19,10 @@ get() { # URL: the body, or a non-zero exit
   "$PY" -c "import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=5).read().decode())" "$1"
 }
 alive() {
-  kill -0 "$SERVER" 2>/dev/null || { echo "qembed serve exited: $(tail -n 3 "$LOG")" >&2; exit 1; }
+  kill -0 "$SERVER" 2>/dev/null && return 0
+  # Its error line (before any backtrace), else the end of its log.
+  echo "qembed serve exited: $(grep -m1 '^error' "$LOG" || tail -n 3 "$LOG")" >&2
+  exit 1
 }
 
 addr=""

@@ -80,6 +80,12 @@ def main(out, budget, elapsed):
     print(md)
 
 
+def one_line(text):
+    """The first line of an error (a table cell cannot hold a backtrace), shortened."""
+    line = str(text).strip().splitlines()[0] if text else "-"
+    return (line[:200] + "...") if len(line) > 200 else line
+
+
 def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -111,7 +117,7 @@ def render(s):
                              f"{k['max_diff']:.2e} > {k['tolerance']:.1e}\n")
         for r in rows:
             result = ("skipped: " + r["skipped"]) if r.get("skipped") else (
-                "ok" if r["ok"] else "FAIL: " + str(r.get("problem")))
+                "ok" if r["ok"] else "FAIL: " + one_line(r.get("problem")))
             lines.append(f"| {r['fixture']} | {r['dtype']} | {r['kernel']} | "
                          f"{fmt(r.get('worst_cosine'), '.6f')} | {fmt(r.get('worst_abs'), '.2e')} | {result} |")
     if s["bench"]:
