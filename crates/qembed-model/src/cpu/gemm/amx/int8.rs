@@ -25,7 +25,7 @@ use super::isa::{Hw, TileIsa};
 use super::tiles::Tiles;
 use super::{for_each_task, BLOCK_COLS, BLOCK_ROWS};
 use crate::cpu::attention::AttentionProducts;
-use crate::cpu::gemm::int8::{quantize_input_row, rescale_row, QuantRows};
+use crate::cpu::gemm::int8::{quantize_input_row, rescale_block, QuantRows};
 use crate::cpu::gemm::{Gemm, PreparedWeight, Prologue};
 use crate::cpu::par::SyncPtr;
 use crate::Quantize;
@@ -266,13 +266,18 @@ unsafe fn product<U: TileIsa>(
             // SAFETY: `strip` is 32 whole rows of kp bytes, the panel kp / 4 rows of 128
             // bytes; both 64-byte aligned (Bytes) for full-speed loads.
             unsafe { block_i8(tiles, strip, lda, w.panel(p), &mut block) };
-            for (r, sums) in block.0[..strip_rows].iter().enumerate() {
-                // SAFETY: row r0 + r < rows, columns c0..c0 + cols < n of `out` are ours
-                // to write (the caller's contract), and nobody else's meanwhile.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(out.add((r0 + r) * ldo + c0), cols) };
-                rescale_row(dst, sums, row_scale[r0 + r], &col_scale[c0..]);
-            }
+            // SAFETY: rows r0..r0 + strip_rows < rows and columns c0..c0 + cols < n of
+            // `out` are ours to write (the caller's contract), and nobody else's meanwhile.
+            unsafe {
+                rescale_block(
+                    out.add(r0 * ldo + c0),
+                    ldo,
+                    &block.0[..strip_rows],
+                    &row_scale[r0..],
+                    &col_scale[c0..],
+                    cols,
+                )
+            };
         }
     }
 }

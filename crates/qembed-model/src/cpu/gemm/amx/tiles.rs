@@ -87,15 +87,18 @@ impl<U: TileIsa> Tiles<U> {
                 // both 64-byte aligned (Line) for full-speed loads.
                 unsafe { self.block(strip, lda, w.panel(p), ksteps, &mut block) };
                 for (r, src) in block.0[..strip_rows].iter().enumerate() {
-                    // SAFETY: row r0 + r < rows and columns c0..c0 + cols of `out` are
-                    // ours to write (the caller's contract).
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            src.as_ptr(),
-                            out.add((r0 + r) * ldo + c0),
-                            cols,
-                        )
-                    };
+                    let dst = out.wrapping_add((r0 + r) * ldo + c0);
+                    if cols == BLOCK_COLS {
+                        // A whole row of the block as one fixed-size move, inlined: a
+                        // memcpy call per 128-byte row cost 5 % of a bf16 forward pass.
+                        // SAFETY: row r0 + r < rows and columns c0..c0 + 32 of `out` are
+                        // ours to write (the caller's contract); unaligned write.
+                        unsafe { dst.cast::<[f32; BLOCK_COLS]>().write_unaligned(*src) };
+                    } else {
+                        // SAFETY: row r0 + r < rows and columns c0..c0 + cols of `out`
+                        // are ours to write (the caller's contract).
+                        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols) };
+                    }
                 }
             }
         }
