@@ -26,10 +26,10 @@ if not gpu:
 dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
 if a.random:
     config = AutoConfig.from_pretrained(a.model)
-    config._attn_implementation = "sdpa"
     torch.manual_seed(0)
+    # Built in the dtype, on the device: no f32 copy of a 4B model first.
     with device:
-        model = Qwen3Model(config).to(dtype).eval()
+        model = Qwen3Model._from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
 else:
     model = Qwen3Model.from_pretrained(a.model, dtype=dtype, attn_implementation="sdpa")
     model = model.to(device).eval()
@@ -54,7 +54,8 @@ for shape in a.shapes.split(","):
 
     def run():
         with torch.inference_mode():
-            h = model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]
+            out = model(input_ids=ids, attention_mask=mask, use_cache=False)
+            h = out.last_hidden_state[:, -1]
             # Back on the host, as qembed returns its vectors: the pass is complete.
             return h.float().cpu()
 

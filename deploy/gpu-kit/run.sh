@@ -9,8 +9,9 @@
 # and NCCL wheels the binary links against). --cpu runs the same steps on the CPU with
 # tiny shapes (how CI proves this script without a GPU).
 #
-# Steps, each under its own timeout and all under the budget (default 480 s with a GPU,
-# 300 s with --cpu); a step that no longer fits is skipped and says so:
+# Steps, each under its own timeout and all under the budget (default 450 s with a GPU,
+# leaving half a minute of the 8 for the summary and clean-up; 300 s with --cpu); a step
+# that no longer fits is skipped and says so:
 #   gpus        nvidia-smi (with --cpu: the CPU's model and flags)
 #   libraries   every library the binary needs resolves (ldd)
 #   check-T     `qembed check` on the bundled fixtures in f16 and bf16 (CPU: f32, bf16)
@@ -22,7 +23,8 @@
 #   tp2         `qembed check --tensor-parallel 2` (NCCL) when there are two GPUs
 #               (CPU: two ranks sharing the cores)
 # Every step's output lands in OUTDIR (JSON where the tool writes JSON), with
-# steps.jsonl, summary.json and summary.md. Exit status 1 if a step failed or timed out.
+# steps.jsonl, summary.json and summary.md. Exit status 1 if a step failed or timed out,
+# or a check or an HTTP gate failed.
 set -uo pipefail
 
 KIT=$(cd "$(dirname "$0")" && pwd)
@@ -32,7 +34,7 @@ OUT=
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) CPU=1 ;;
-    --budget) BUDGET="$2"; shift ;;
+    --budget) BUDGET="${2:?--budget needs a number of seconds}"; shift ;;
     -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) OUT="$1" ;;
@@ -51,19 +53,31 @@ QEMBED="$KIT/bin/qembed"
 LOAD="$KIT/bin/qembed-load"
 # Checkpoints are written here, never into OUTDIR (a 4b one is 8 GB).
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/qembed-kit.XXXXXX")
+CHILD=
 cleanup() {
   # A server a timed-out serve-load step left behind.
   [ -f "$WORK/server.pid" ] && kill -9 "$(cat "$WORK/server.pid")" 2>/dev/null
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+# Ctrl-C or a TERM stops the running step too: `timeout` runs it in a process group of
+# its own, which a terminal's SIGINT does not reach; TERM to timeout is passed on to it.
+interrupted() {
+  [ -n "$CHILD" ] && kill -TERM "$CHILD" 2>/dev/null
+  echo "run.sh: interrupted" >&2
+  exit 130
+}
+trap interrupted INT TERM
+# candle's kernels are PTX that the driver compiles for this GPU on first use, in each
+# process: one cache for all of the kit's processes, where the kit is (writable).
+export CUDA_CACHE_PATH="${CUDA_CACHE_PATH:-$KIT/.nv-compute-cache}"
 
 if [ "$CPU" = 1 ]; then
   BUDGET=${BUDGET:-300}
   DEVICE=cpu; DTYPES="f32 bf16"; BENCH_DTYPE=f32; SHAPES="tiny"; SERVE_SHAPE=tiny
   BATCHES="4x16,2x64,mixed"; RATE=20; DURATION=10
 else
-  BUDGET=${BUDGET:-480}
+  BUDGET=${BUDGET:-450}
   DEVICE=cuda; DTYPES="f16 bf16"; BENCH_DTYPE=f16; SHAPES="0.6b 4b"; SERVE_SHAPE=4b
   BATCHES="32x512,64x128,mixed"; RATE=50; DURATION=60
 fi
@@ -98,7 +112,7 @@ record() { # name status seconds timeout why
 # (a Rust error, before any backtrace), else the last non-empty one; JSON-safe, short.
 first_error() {
   { grep -m1 -E '^(Error|error|[A-Za-z]*Error)[: ]' "$1" || grep -v '^[[:space:]]*$' "$1" | tail -n 1; } \
-    | tr -d '"\\' | tr '\t' ' ' | cut -c1-200
+    | tr '\t\r' '  ' | tr -d '\000-\037"\\' | cut -c1-200
 }
 
 skip() { # name why
@@ -106,20 +120,24 @@ skip() { # name why
 }
 
 # step NAME TIMEOUT CMD...: runs CMD with stdout in OUT/NAME.out, stderr in
-# OUT/NAME.err, under the smaller of TIMEOUT and what is left of the budget.
+# OUT/NAME.err, under the smaller of TIMEOUT and what is left of the budget; skipped
+# when less than MIN_LEFT seconds (default 10) are left, rather than cut short.
 step() {
-  local name=$1 limit=$2
+  local name=$1 limit=$2 need=${MIN_LEFT:-10}
   shift 2
   local left=$((DEADLINE - $(date +%s) - 5))
-  if [ "$left" -lt 10 ]; then
-    skip "$name" "out of time: ${BUDGET} s budget spent"
+  if [ "$left" -lt "$need" ]; then
+    skip "$name" "out of time: ${left} s of the ${BUDGET} s budget left, the step needs ${need}"
     return 1
   fi
   [ "$limit" -gt "$left" ] && limit=$left
   local t0 rc status why=""
   t0=$(date +%s)
-  timeout -k 5 "$limit" "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"
+  timeout -k 5 "$limit" "$@" > "$OUT/$name.out" 2> "$OUT/$name.err" &
+  CHILD=$!
+  wait "$CHILD"
   rc=$?
+  CHILD=
   case $rc in
     0) status=ok ;;
     124|137) status=timeout; why="killed after $limit s" ;;
@@ -139,7 +157,7 @@ if [ "$CPU" = 1 ]; then
 else
   if step gpus 20 nvidia-smi --query-gpu=index,name,compute_cap,memory.total,driver_version --format=csv; then
     GPUS=$(($(wc -l < "$OUT/gpus.out") - 1))
-    nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
+    timeout 20 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
   fi
 fi
 
@@ -150,8 +168,16 @@ for dt in $DTYPES; do
   step "check-$dt" 90 "$QEMBED" check --device "$DEVICE" --dtype "$dt" --fixtures "$KIT/models" --json
 done
 
+# Scratch for the checkpoints: bf16, 2 bytes a parameter.
+scratch_gb() { df -Pk "$WORK" | awk 'NR == 2 {printf "%d", $4 / 1048576}'; }
+need_gb() { case $1 in 0.6b) echo 2 ;; 4b) echo 9 ;; 8b) echo 16 ;; *) echo 1 ;; esac; }
 for shape in $SHAPES; do
   ckpt="$WORK/ckpt-$shape"
+  if [ "$(scratch_gb)" -lt "$(need_gb "$shape")" ]; then
+    skip "bench-$shape" "its checkpoint needs $(need_gb "$shape") GB in $WORK, $(scratch_gb) GB free (set TMPDIR)"
+    skip "torch-$shape" "no checkpoint: bench-$shape was skipped"
+    continue
+  fi
   step "bench-$shape" 150 "$QEMBED" bench --shape "$shape" --device "$DEVICE" --dtype "$BENCH_DTYPE" \
     --batches "$BATCHES" --repeats 3 --save "$ckpt" --json
   if [ -f "$ckpt/config.json" ]; then
@@ -169,7 +195,7 @@ done
 if [ -f "$WORK/ckpt-$SERVE_SHAPE/config.json" ]; then
   [ -f "$WORK/ckpt-$SERVE_SHAPE/tokenizer.json" ] \
     || cp "$KIT/tokenizer/tokenizer.json" "$KIT/tokenizer/tokenizer_config.json" "$WORK/ckpt-$SERVE_SHAPE/"
-  step serve-load $((DURATION + 90)) bash "$KIT/serve_load.sh" "$WORK/ckpt-$SERVE_SHAPE" "$DEVICE" \
+  MIN_LEFT=$((DURATION + 30)) step serve-load $((DURATION + 90)) bash "$KIT/serve_load.sh" "$WORK/ckpt-$SERVE_SHAPE" "$DEVICE" \
     "$BENCH_DTYPE" "$RATE" "$DURATION" "$OUT" "$WORK/server.pid"
 else
   skip serve-load "no $SERVE_SHAPE checkpoint: bench-$SERVE_SHAPE did not write one"
@@ -182,5 +208,7 @@ else
   skip tp2 "needs two GPUs; nvidia-smi lists $GPUS"
 fi
 
+# The summary fails on a check or gate that failed; the run also on a step that did.
 "$PY" "$KIT/summary.py" "$OUT" "$((DEADLINE - START))" "$(($(date +%s) - START))"
-! grep -q '"status":"\(failed\|timeout\)"' "$OUT/steps.jsonl"
+summary=$?
+! grep -q '"status":"\(failed\|timeout\)"' "$OUT/steps.jsonl" && [ "$summary" = 0 ]

@@ -8,6 +8,9 @@ KIT=$(cd "$(dirname "$0")" && pwd)
 CKPT=$1 DEVICE=$2 DTYPE=$3 RATE=$4 DURATION=$5 OUT=$6 PIDFILE=$7
 PY=${PYTHON:-python3}
 LOG="$OUT/serve.log"
+# Everything here is on loopback: a proxy from the environment must not see it.
+unset http_proxy https_proxy all_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY
+export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
 
 "$KIT/bin/qembed" serve --model-path "$CKPT" --device "$DEVICE" --dtype "$DTYPE" \
   --host 127.0.0.1 --port 0 2> "$LOG" &

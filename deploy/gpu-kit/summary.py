@@ -72,12 +72,37 @@ def main(out, budget, elapsed):
                                  text, re.M)
         }
 
+    summary["failures"] = failures(summary)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     md = render(summary)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(md)
     print(md)
+    return 1 if summary["failures"] else 0
+
+
+def tolerance_fraction(k):
+    """A kernel check's difference over its tolerance; a NaN or infinite difference
+    (JSON null) is infinitely far, and exact zero within a zero tolerance is 0."""
+    d, t = k["max_diff"], k["tolerance"]
+    if d is None:
+        return float("inf")
+    if t:
+        return d / t
+    return 0.0 if d == 0 else float("inf")
+
+
+def failures(s):
+    """What the summary shows failed: checks, kernel checks, the HTTP gates."""
+    bad = [f"{name}: {r.get('fixture') or r.get('kernel_check')}"
+           for name, rows in s["checks"].items() for r in rows if not r.get("ok")]
+    if "load" in s:
+        if not s["load"]["p99_gate_ok"]:
+            bad.append(f"p99 {s['load']['p99_ms']:.1f} ms >= {P99_GATE_MS} ms")
+        if not s["load"]["error_gate_ok"]:
+            bad.append(f"error rate {100 * s['load']['error_rate']:.2f} % >= {100 * ERROR_GATE} %")
+    return bad
 
 
 def one_line(text):
@@ -104,17 +129,20 @@ def render(s):
                   "| --- | --- | --- | --- | --- | --- |"]
         if kernels:
             bad = [k for k in kernels if not k["ok"]]
+            skipped = [k for k in kernels if k.get("skipped")]
             worst = {}
             for k in kernels:
+                if k.get("skipped"):
+                    continue
                 key = (k["kernel_check"], k["dtype"])
-                ratio = k["max_diff"] / k["tolerance"] if k["tolerance"] else (0 if k["max_diff"] == 0 else float("inf"))
-                worst[key] = max(worst.get(key, 0), ratio)
-            lines.insert(len(lines) - 2, f"Kernel checks: {len(kernels) - len(bad)} of {len(kernels)} within "
-                         "tolerance; worst difference as a fraction of its tolerance: "
-                         + ", ".join(f"{k} {d} {v:.2f}" for (k, d), v in sorted(worst.items())) + "\n")
-            for k in bad:
-                lines.insert(len(lines) - 2, f"- FAIL {k['kernel_check']} {k['dtype']} {k['case']}: "
-                             f"{k['max_diff']:.2e} > {k['tolerance']:.1e}\n")
+                worst[key] = max(worst.get(key, 0), tolerance_fraction(k))
+            note = [f"Kernel checks: {len(kernels) - len(bad) - len(skipped)} of {len(kernels)} within "
+                    "tolerance, " + f"{len(skipped)} skipped; worst difference as a fraction of its "
+                    "tolerance: " + ", ".join(f"{k} {d} {v:.2f}" for (k, d), v in sorted(worst.items())), ""]
+            note += [f"- FAIL {k['kernel_check']} {k['dtype']} {k['case']}: "
+                     f"{fmt(k['max_diff'], '.2e')} > {k['tolerance']:.1e}" for k in bad]
+            note += [f"- skipped {k['kernel_check']} {k['dtype']} {k['case']}: {k['skipped']}" for k in skipped]
+            lines[len(lines) - 2:len(lines) - 2] = note + ([""] if len(note) > 2 else [])
         for r in rows:
             result = ("skipped: " + r["skipped"]) if r.get("skipped") else (
                 "ok" if r["ok"] else "FAIL: " + one_line(r.get("problem")))
@@ -145,8 +173,10 @@ def render(s):
     if s.get("memory"):
         lines += ["", "## Memory after the load (from /metrics)", ""]
         lines += [f"- {k}: {v / 2**30:.2f} GiB" for k, v in sorted(s["memory"].items())]
+    if s.get("failures"):
+        lines += ["", "## Failed", ""] + [f"- {f}" for f in s["failures"]]
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    sys.exit(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))

@@ -97,6 +97,18 @@ impl DeviceSpec {
         self == Self::Cpu
     }
 
+    /// The name of the GPU this names (`NVIDIA H100 80GB HBM3`), from the driver; `None`
+    /// on the CPU or when the driver does not say.
+    pub fn gpu_name(self) -> Option<String> {
+        match self {
+            Self::Cpu => None,
+            #[cfg(feature = "cuda")]
+            Self::Cuda(gpu) => qembed_model::cuda::device_name(gpu).ok(),
+            #[cfg(not(feature = "cuda"))]
+            Self::Cuda(_) => None,
+        }
+    }
+
     /// Used and total memory of each GPU `ranks` ranks from here run on, from the
     /// driver; empty on the CPU. A GPU the driver does not answer for is left out.
     pub fn gpu_memory(self, ranks: usize) -> Vec<GpuMemory> {

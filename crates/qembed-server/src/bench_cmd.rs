@@ -254,21 +254,15 @@ fn measure(
     })
 }
 
-/// The peak MFU is measured against on a GPU: the datasheet's, when every GPU the
-/// driver lists has the same known name (the driver lists them in PCI order, not
-/// CUDA's), else a matmul measured on the device. None on the CPU, whose peaks
+/// The peak MFU is measured against on a GPU: the datasheet's for the device's name
+/// (from CUDA), else a matmul measured on the device. None on the CPU, whose peaks
 /// `benches/forward`'s `qembed-bench-peak` measures per instruction.
 fn gpu_peak(device: DeviceSpec, dtype: DType) -> Result<Option<mfu::Peak>> {
     if device.is_cpu() {
         return Ok(None);
     }
-    let names = host::gpu_names().unwrap_or_default();
-    let mut distinct: Vec<&str> = names.split(", ").filter(|n| !n.is_empty()).collect();
-    distinct.dedup();
-    if let [one] = distinct.as_slice() {
-        if let Some(p) = mfu::table_peak(one, dtype) {
-            return Ok(Some(p));
-        }
+    if let Some(p) = device.gpu_name().and_then(|n| mfu::table_peak(&n, dtype)) {
+        return Ok(Some(p));
     }
     let dev = device
         .device(0)

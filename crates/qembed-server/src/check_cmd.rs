@@ -126,7 +126,12 @@ pub fn run(args: CheckArgs) -> Result<()> {
         }));
     }
     print_rows(&rows, args.json)?;
-    let kernels = kernel_checks(args.device)?;
+    // A GPU that cannot run the kernel checks at all (it would not open, say) is
+    // reported after the fixtures' own failures, which name the cause per fixture.
+    let (kernels, kernel_error) = match kernel_checks(args.device) {
+        Ok(k) => (k, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
     print_kernel_rows(&kernels, args.json)?;
     let kernel_misses = kernels.iter().filter(|k| !k.ok).count();
     if rows.iter().all(|r| r.skipped.is_some()) {
@@ -151,6 +156,9 @@ pub fn run(args: CheckArgs) -> Result<()> {
             failed.join(", ")
         );
     }
+    if let Some(e) = kernel_error {
+        return Err(e);
+    }
     if kernel_misses > 0 {
         bail!(
             "{kernel_misses} of {} kernel checks miss their CPU reference on {}",
@@ -171,6 +179,8 @@ struct KernelRow {
     max_diff: f64,
     tolerance: f64,
     ok: bool,
+    /// Why the case did not run on this GPU.
+    skipped: Option<String>,
 }
 
 /// The fused kernels' checks on a GPU device; none on the CPU, whose forward pass
@@ -193,6 +203,7 @@ fn kernel_checks(device: DeviceSpec) -> Result<Vec<KernelRow>> {
                 case: c.case,
                 max_diff: c.max_diff as f64,
                 tolerance: c.tolerance as f64,
+                skipped: c.skipped,
             })
             .collect())
     }
@@ -231,7 +242,11 @@ fn print_kernel_rows(rows: &[KernelRow], json: bool) -> Result<()> {
             r.max_diff,
             r.tolerance,
             r.case,
-            if r.ok { "ok" } else { "FAIL" }
+            match (&r.skipped, r.ok) {
+                (Some(why), _) => format!("skipped: {why}"),
+                (None, true) => "ok".into(),
+                (None, false) => "FAIL".into(),
+            }
         )?;
     }
     out.flush()?;

@@ -99,6 +99,12 @@ fn load_func(dev: &CudaDevice, module: &Module, func: &str) -> Result<CudaFuncti
     loaded.load_function(func).w()
 }
 
+/// The name of GPU `ordinal` as the driver gives it (`NVIDIA H100 80GB HBM3`).
+pub fn device_name(ordinal: usize) -> Result<String> {
+    let ctx = candle_core::cuda_backend::cudarc::driver::CudaContext::new(ordinal).w()?;
+    ctx.name().w()
+}
+
 /// Free and total bytes of GPU `ordinal`, from the driver (`cuMemGetInfo`: the whole
 /// device, so every process's allocations count, as nvidia-smi shows them).
 pub fn memory_info(ordinal: usize) -> Result<(usize, usize)> {

@@ -36,19 +36,23 @@ pub struct Peak {
 }
 
 /// Dense tensor-core peaks in TFLOP/s, f16/bf16 inputs with f32 accumulation (NVIDIA
-/// datasheets, without the 2:4-sparsity doubling), by a part of the driver's name.
-/// Checked in order: a more specific name comes before one it contains.
-const GPU_PEAKS: [(&str, f64); 10] = [
-    ("H200", 989.4),
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.4),
-    ("A100", 312.0),
-    ("L40S", 362.05),
-    ("L20", 119.5),
-    ("L4", 121.0),
-    ("A30", 165.0),
-    ("A10", 125.0),
+/// datasheets, without the 2:4-sparsity doubling): (model, variant, peak), matched on
+/// whole words of the driver's name (`NVIDIA H100 PCIe`, `NVIDIA A100-SXM4-80GB`), so
+/// that `A10` is not `A100`'s prefix nor `L4` `L40`'s. Checked in order: a variant
+/// before the model's default.
+const GPU_PEAKS: [(&str, Option<&str>, f64); 12] = [
+    ("H200", Some("NVL"), 835.5),
+    ("H200", None, 989.4),
+    ("H100", Some("PCIe"), 756.0),
+    ("H100", Some("NVL"), 835.0),
+    ("H100", None, 989.4),
+    ("A100", None, 312.0),
+    ("L40S", None, 362.05),
+    ("L40", None, 181.05),
+    ("L20", None, 119.5),
+    ("L4", None, 121.0),
+    ("A30", None, 165.0),
+    ("A10", None, 125.0),
 ];
 
 /// The datasheet peak of the GPU named `name`, for a 16-bit dtype.
@@ -56,12 +60,18 @@ pub fn table_peak(name: &str, dtype: DType) -> Option<Peak> {
     if !matches!(dtype, DType::F16 | DType::BF16) {
         return None;
     }
+    let words: Vec<&str> = name.split([' ', '-']).collect();
     GPU_PEAKS
         .iter()
-        .find(|(part, _)| name.contains(part))
-        .map(|&(part, tflops)| Peak {
+        .find(|(model, variant, _)| {
+            words.contains(model) && variant.is_none_or(|v| words.contains(&v))
+        })
+        .map(|&(model, variant, tflops)| Peak {
             tflops,
-            source: format!("datasheet {part} (dense f16/bf16)"),
+            source: format!(
+                "datasheet {model}{} (dense f16/bf16)",
+                variant.map(|v| format!(" {v}")).unwrap_or_default()
+            ),
         })
 }
 
@@ -119,6 +129,12 @@ mod tests {
         assert_eq!(peak("NVIDIA A10"), Some(125.0));
         assert_eq!(peak("NVIDIA L40S"), Some(362.05));
         assert_eq!(peak("NVIDIA L4"), Some(121.0));
+        assert_eq!(peak("NVIDIA L40"), Some(181.05));
+        assert_eq!(peak("NVIDIA H200 NVL"), Some(835.5));
+        assert_eq!(peak("NVIDIA H100 NVL"), Some(835.0));
+        // Names that only contain a known one are not it.
+        assert_eq!(peak("NVIDIA RTX A1000"), None);
+        assert_eq!(peak("NVIDIA A10G"), None);
         assert_eq!(peak("NVIDIA GeForce RTX 4090"), None);
         assert_eq!(
             table_peak("NVIDIA H100", DType::F32).map(|p| p.tflops),
