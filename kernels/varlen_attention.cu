@@ -14,15 +14,19 @@
 //
 // Tiling: one block = 64 query rows of one head of one sequence, 4 warps x 16 rows.
 // grid = (ceil(max_seqlen / 64), H, num_seqs); blocks past their sequence's end exit.
-// Key/value tiles of 64 rows stream through shared memory up to the diagonal. Per warp
-// and tile: S = Q K^T (WMMA) -> f32 scratch -> lanes apply scale, causal mask and the
-// online softmax (2 lanes per row) and write P (f16/bf16) -> O += P V (WMMA on an f32
-// accumulator kept in shared memory, rescaled per row by the lanes first).
-// Shared memory (dynamic): Q, K, V tiles 3 * 64 * (D + 8) * 2 B, S 64 * 68 * 4 B,
-// P 64 * 72 * 2 B, O 64 * (D + 4) * 4 B, each rounded up to 128 B: 110 KiB at D = 128, so
-// the host raises the function's dynamic shared memory limit (src/cuda/attention.rs
-// computes the same Smem<D>::BYTES: keep the two in step). D is a template parameter:
-// 16, 32, 64 or 128. Needs sm_80+ (bf16 WMMA).
+// Key/value tiles of 64 rows stream through shared memory up to the diagonal, K and V
+// in turn through one buffer. Per warp and tile: S = Q K^T (WMMA) -> f32 scratch ->
+// lanes apply scale, causal mask and the online softmax (2 lanes per row) and write P
+// (f16/bf16); then, once every warp is done with K, V replaces it -> O += P V (WMMA on an
+// f32 accumulator kept in shared memory, rescaled per row by the lanes first).
+// Shared memory (dynamic): Q and one K/V tile 2 * 64 * (D + 8) * 2 B, S 64 * 68 * 4 B,
+// P 64 * 72 * 2 B, O 64 * (D + 4) * 4 B, each rounded up to 128 B: 93 KiB at D = 128,
+// inside the 99 KiB a block may have on sm_86/sm_89 (A10, L4, L20, L40S) as well as on
+// sm_80/sm_90, so the kernel runs on every GPU the binary targets (with separate K and V
+// tiles it needed 110 KiB, and those GPUs fell back to candle's attention). The host
+// raises the function's dynamic shared memory limit (src/cuda/attention.rs computes the
+// same Smem<D>::BYTES: keep the two in step). D is a template parameter: 16, 32, 64 or
+// 128. Needs sm_80+ (bf16 WMMA).
 #include "common.cuh"
 #include <mma.h>
 
@@ -43,9 +47,8 @@ template <int D> struct Smem {
     static constexpr int LDT = D + 8;  // f16/bf16 q/k/v tiles (row pitch, elements)
     static constexpr int LDO = D + 4;  // f32 output accumulator
     static constexpr int Q = 0;
-    static constexpr int K = Q + round_up(BM * LDT * 2, 128);
-    static constexpr int V = K + round_up(BN * LDT * 2, 128);
-    static constexpr int S = V + round_up(BN * LDT * 2, 128);
+    static constexpr int KV = Q + round_up(BM * LDT * 2, 128);  // K, then V, per tile
+    static constexpr int S = KV + round_up(BN * LDT * 2, 128);
     static constexpr int P = S + round_up(BM * LDS * 4, 128);
     static constexpr int O = P + round_up(BM * LDP * 2, 128);
     static constexpr int BYTES = O + round_up(BM * LDO * 4, 128);
@@ -84,12 +87,12 @@ __device__ void varlen_attention_impl(const T* __restrict__ q, const T* __restri
                                       float scale) {
     static_assert(D % 16 == 0 && D >= 16 && D <= 128, "head_dim must be 16, 32, 64 or 128");
     static_assert(BM == BN, "the diagonal tile logic assumes square tiles");
-    static_assert(Smem<D>::BYTES <= 227 * 1024, "shared memory over the sm_90 per-block limit");
+    static_assert(Smem<D>::BYTES <= 99 * 1024,
+                  "shared memory over the 99 KiB per block of sm_86/sm_89 (A10, L4, L20, L40S)");
     using L = Smem<D>;
     extern __shared__ __align__(128) unsigned char smem[];
     T* qs = reinterpret_cast<T*>(smem + L::Q);
-    T* ks = reinterpret_cast<T*>(smem + L::K);
-    T* vs = reinterpret_cast<T*>(smem + L::V);
+    T* kvs = reinterpret_cast<T*>(smem + L::KV);
 
     const int seq = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BM;
     const int start = cu_seqlens[seq];
@@ -117,9 +120,8 @@ __device__ void varlen_attention_impl(const T* __restrict__ q, const T* __restri
     const T* vb = v + (int64_t)start * v_rs + (int64_t)kvh * D;
     const int kv_end = min(len, q0 + BM);  // causal: no key past the block's last row
     for (int n0 = 0; n0 < kv_end; n0 += BN) {
-        __syncthreads();  // everyone is done with the previous K/V tile (and Q is loaded)
-        load_tile<T, D>(ks, kb, k_rs, n0, len);
-        load_tile<T, D>(vs, vb, v_rs, n0, len);
+        __syncthreads();  // everyone is done with the previous V tile (and Q is loaded)
+        load_tile<T, D>(kvs, kb, k_rs, n0, len);
         __syncthreads();
 
         // S = Q_w K^T: 16 x BN scores for this warp's rows.
@@ -132,7 +134,7 @@ __device__ void varlen_attention_impl(const T* __restrict__ q, const T* __restri
                 wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
                 wmma::load_matrix_sync(a, qs + (warp * 16) * L::LDT + kk * 16, L::LDT);
-                wmma::load_matrix_sync(b, ks + (j * 16) * L::LDT + kk * 16, L::LDT);
+                wmma::load_matrix_sync(b, kvs + (j * 16) * L::LDT + kk * 16, L::LDT);
                 wmma::mma_sync(acc, a, b, acc);
             }
             wmma::store_matrix_sync(sw + j * 16, acc, LDS, wmma::mem_row_major);
@@ -164,7 +166,9 @@ __device__ void varlen_attention_impl(const T* __restrict__ q, const T* __restri
         l = l * alpha + sum;
         m = m_new;
         for (int c = hf * (D / 2); c < (hf + 1) * (D / 2); ++c) ow[r * L::LDO + c] *= alpha;
-        __syncwarp();
+        __syncthreads();  // every warp is done with K (and its own P and O): V replaces K
+        load_tile<T, D>(kvs, vb, v_rs, n0, len);
+        __syncthreads();
 
         // O_w += P V: 16 x D, accumulated through shared memory in f32.
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pf[BN / 16];
@@ -177,7 +181,7 @@ __device__ void varlen_attention_impl(const T* __restrict__ q, const T* __restri
 #pragma unroll
             for (int kk = 0; kk < BN / 16; ++kk) {
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
-                wmma::load_matrix_sync(b, vs + (kk * 16) * L::LDT + d0, L::LDT);
+                wmma::load_matrix_sync(b, kvs + (kk * 16) * L::LDT + d0, L::LDT);
                 wmma::mma_sync(acc, pf[kk], b, acc);
             }
             wmma::store_matrix_sync(ow + d0, acc, L::LDO, wmma::mem_row_major);

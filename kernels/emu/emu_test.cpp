@@ -244,8 +244,8 @@ void test_gather(void (*kern)(const T*, const uint32_t*, T*, int, int64_t), int 
 
 int main() {
     // Dynamic shared memory per head size: src/cuda/attention.rs (smem_bytes) must agree.
-    bool smem_ok = Smem<16>::BYTES == 40960 && Smem<32>::BYTES == 51200 &&
-                   Smem<64>::BYTES == 71680 && Smem<128>::BYTES == 112640;
+    bool smem_ok = Smem<16>::BYTES == 37888 && Smem<32>::BYTES == 46080 &&
+                   Smem<64>::BYTES == 62464 && Smem<128>::BYTES == 95232;
     report("attention shared memory = smem_bytes() in src/cuda/attention.rs", smem_ok ? 0 : 1, 0);
     std::vector<int> lens = {1, 5, 64, 65, 130, 17};
     test_attention<__half, 16>("attention f16", lens, 4, 2, true, 3e-3, varlen_attention_f16_d16);
