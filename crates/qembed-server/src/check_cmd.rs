@@ -221,12 +221,7 @@ fn print_kernel_rows(rows: &[KernelRow], json: bool) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if json {
-        for row in rows {
-            serde_json::to_writer(&mut out, row)?;
-            out.write_all(b"\n")?;
-        }
-        out.flush()?;
-        return Ok(());
+        return write_json_lines(&mut out, rows);
     }
     writeln!(
         out,
@@ -684,16 +679,21 @@ fn kernel_name(cpu_kernel: Option<&str>, device: DeviceSpec) -> String {
     }
 }
 
+/// One JSON object per line, then a flush.
+fn write_json_lines<T: Serialize>(out: &mut impl Write, rows: &[T]) -> Result<()> {
+    for row in rows {
+        serde_json::to_writer(&mut *out, row)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn print_rows(rows: &[Row], json: bool) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if json {
-        for row in rows {
-            serde_json::to_writer(&mut out, row)?;
-            out.write_all(b"\n")?;
-        }
-        out.flush()?;
-        return Ok(());
+        return write_json_lines(&mut out, rows);
     }
     let width = rows
         .iter()
