@@ -94,6 +94,13 @@ pub(crate) trait Gemm: Send + Sync {
     /// Why this CPU (or process) cannot run the kernel; `None` when it can.
     fn unavailable(&self) -> Option<String>;
 
+    /// Whether the choice at load may take this kernel on this CPU when it runs here:
+    /// false where a kernel after it in [`BUILT`] was measured faster on this kind of
+    /// CPU although this one runs (`QEMBED_CPU_KERNEL` still forces it).
+    fn preferred_here(&self) -> bool {
+        true
+    }
+
     /// Whether the kernel runs linear layers whose weights are `dtype` (as loaded:
     /// an int8 kernel quantizes them in [`prepare`](Self::prepare)).
     fn supports(&self, dtype: DType) -> bool;
@@ -317,7 +324,12 @@ pub(crate) fn best(dtype: DType, quantize: Quantize) -> &'static dyn Gemm {
     BUILT
         .iter()
         .copied()
-        .find(|k| k.quantize() == quantize && k.supports(dtype) && k.unavailable().is_none())
+        .find(|k| {
+            k.quantize() == quantize
+                && k.supports(dtype)
+                && k.unavailable().is_none()
+                && k.preferred_here()
+        })
         .unwrap_or(match quantize {
             Quantize::None => &portable::PORTABLE,
             Quantize::Int8 => &portable_int8::PORTABLE_INT8,
@@ -445,6 +457,28 @@ mod tests {
                     k.name()
                 );
             }
+        }
+    }
+
+    /// A kernel that runs here but was measured slower on this kind of CPU than one
+    /// after it (`avx512bf16` on Intel) is never the choice at load; forcing it works.
+    #[test]
+    fn the_choice_at_load_passes_over_kernels_not_preferred_here() {
+        for quantize in [Quantize::None, Quantize::Int8] {
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
+                assert!(best(dtype, quantize).preferred_here());
+            }
+        }
+        for k in BUILT
+            .iter()
+            .filter(|k| k.unavailable().is_none() && !k.preferred_here())
+        {
+            let dtype = [DType::BF16, DType::F32, DType::F16]
+                .into_iter()
+                .find(|&d| k.supports(d))
+                .unwrap();
+            let forced = select(dtype, k.quantize(), &Device::Cpu, Some(k.name())).unwrap();
+            assert_eq!(forced.name(), k.name());
         }
     }
 

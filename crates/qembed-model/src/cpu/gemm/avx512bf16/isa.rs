@@ -57,6 +57,34 @@ pub(super) trait DotIsa: Sized {
 /// The real instructions (AVX512F for the loads and stores, AVX512_BF16 for the dot).
 pub(super) struct Hw;
 
+/// Whether `VDPBF16PS` is worth choosing over f32 FMAs on this CPU. It is on AMD (Zen 4
+/// and Zen 5 run it at twice the multiply-adds of an f32 FMA per cycle, measured by
+/// `qembed-bench-peak`), not on Intel: an Intel Xeon with AMX measured 123 GFLOP/s per
+/// thread on it against 248 for the zmm FMA, and the whole forward pass ran 1.25-1.31x
+/// faster on the `avx512` kernel's f32 FMAs over the same bf16 weights (benches/RESULTS.md).
+/// Decided by the vendor, as no cheaper probe tells the two apart.
+pub(super) fn dot_is_fast() -> bool {
+    !is_intel()
+}
+
+/// Whether the CPU says it is Intel's (CPUID leaf 0: "GenuineIntel").
+fn is_intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // `__cpuid` is safe from Rust 1.94 on and unsafe before (MSRV 1.89).
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID exists on every x86-64 CPU; leaf 0 only reads the vendor string.
+        let r = unsafe { std::arch::x86_64::__cpuid(0) };
+        // The vendor string is EBX, EDX, ECX: "Genu" "ineI" "ntel".
+        let vendor = [r.ebx, r.edx, r.ecx];
+        vendor == [0x756e_6547, 0x4965_6e69, 0x6c65_746e]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 impl DotIsa for Hw {
     type Acc = __m512;
     type Pairs = __m512bh;

@@ -92,6 +92,10 @@ impl<I: DotIsa + 'static> Gemm for Avx512Bf16<I> {
         I::unavailable()
     }
 
+    fn preferred_here(&self) -> bool {
+        isa::dot_is_fast()
+    }
+
     fn supports(&self, dtype: DType) -> bool {
         dtype == DType::BF16
     }
