@@ -74,6 +74,16 @@ impl RopeParameters {
 }
 
 impl Qwen3Config {
+    /// The dimensions tensor parallelism splits among the ranks, by their config.json
+    /// names: a group size must divide every one of them.
+    pub fn sharded_dims(&self) -> [(&'static str, usize); 3] {
+        [
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("intermediate_size", self.intermediate_size),
+        ]
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),

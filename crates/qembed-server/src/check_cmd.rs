@@ -99,30 +99,15 @@ pub fn run(args: CheckArgs) -> Result<()> {
     };
     for (name, kind, dir) in &fixtures {
         let result = match unsplittable(dir, on.tensor_parallel) {
-            Ok(Some(why)) => Ok(skipped(name, *kind, on, why)),
+            Ok(Some(why)) => Ok(row_without_results(name, *kind, on, None, Some(why))),
             Err(e) => Err(e),
             Ok(None) => match kind {
                 Kind::Embed => check_embedding(name, dir, on),
                 Kind::Rerank => check_reranker(name, dir, on),
             },
         };
-        rows.push(result.unwrap_or_else(|e| Row {
-            fixture: name.clone(),
-            task: match kind {
-                Kind::Embed => "embed",
-                Kind::Rerank => "rerank",
-            },
-            dtype: dtype_name(dtype),
-            quantize: args.quantize.to_string(),
-            kernel: "-".into(),
-            cases: 0,
-            worst_cosine: None,
-            worst_abs: None,
-            alone_vs_batch_cosine: None,
-            gate: "-".into(),
-            ok: false,
-            problem: Some(format!("{e:#}")),
-            skipped: None,
+        rows.push(result.unwrap_or_else(|e| {
+            row_without_results(name, *kind, on, Some(format!("{e:#}")), None)
         }));
     }
     print_rows(&rows, args.json)?;
@@ -248,27 +233,31 @@ fn print_kernel_rows(rows: &[KernelRow], json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Why `dir`'s model cannot be split over `ranks` (attention heads, kv heads and the
-/// MLP's intermediate size are sharded), or `None` when it can.
+/// Why `dir`'s model cannot be split over `ranks` (the dimensions the model shards,
+/// [`Qwen3Config::sharded_dims`](qembed_model::Qwen3Config::sharded_dims)), or `None`
+/// when it can.
 fn unsplittable(dir: &Path, ranks: usize) -> Result<Option<String>> {
     if ranks == 1 {
         return Ok(None);
     }
     let config = qembed_model::Qwen3Config::from_file(&dir.join("config.json"))
         .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
-    let dims = [
-        ("attention heads", config.num_attention_heads),
-        ("kv heads", config.num_key_value_heads),
-        ("intermediate size", config.intermediate_size),
-    ];
-    Ok(dims
+    Ok(config
+        .sharded_dims()
         .iter()
         .find(|(_, n)| !n.is_multiple_of(ranks))
         .map(|(what, n)| format!("{ranks} ranks do not divide its {what} ({n})")))
 }
 
-/// The row of a fixture that was not run.
-fn skipped(name: &str, kind: Kind, on: On, why: String) -> Row {
+/// The row of a fixture with no results: one that was skipped (`skipped`), or that
+/// failed before any case ran (`problem`).
+fn row_without_results(
+    name: &str,
+    kind: Kind,
+    on: On,
+    problem: Option<String>,
+    skipped: Option<String>,
+) -> Row {
     Row {
         fixture: name.into(),
         task: match kind {
@@ -283,9 +272,9 @@ fn skipped(name: &str, kind: Kind, on: On, why: String) -> Row {
         worst_abs: None,
         alone_vs_batch_cosine: None,
         gate: "-".into(),
-        ok: true,
-        problem: None,
-        skipped: Some(why),
+        ok: problem.is_none(),
+        problem,
+        skipped,
     }
 }
 

@@ -375,7 +375,7 @@ fn check_splits_fixtures_over_ranks_and_skips_those_that_do_not_divide() {
         assert!(
             mqa["skipped"]
                 .as_str()
-                .is_some_and(|w| w.contains("do not divide its attention heads (3)")),
+                .is_some_and(|w| w.contains("do not divide its num_attention_heads (3)")),
             "{mqa}"
         );
         let tp4 = rows

@@ -61,14 +61,17 @@ impl<'a> LayerLoader<'a> {
         (rank, size): (usize, usize),
         act: DType,
     ) -> Result<Self> {
+        let [q, kv, mlp] = cfg
+            .sharded_dims()
+            .map(|(what, total)| shard_range(what, total, rank, size));
         Ok(Self {
             cfg,
             w,
             rank,
             act,
-            q: shard_range("num_attention_heads", cfg.num_attention_heads, rank, size)?,
-            kv: shard_range("num_key_value_heads", cfg.num_key_value_heads, rank, size)?,
-            mlp: shard_range("intermediate_size", cfg.intermediate_size, rank, size)?,
+            q: q?,
+            kv: kv?,
+            mlp: mlp?,
         })
     }
 
