@@ -39,11 +39,80 @@ pub(crate) type StridedGemm = unsafe fn(
 );
 
 /// Causal attention of the query heads that share one kv head, over one sequence:
-/// `(qkv, width, (heads, kv heads, head dim), (start, len, kv head), block, out)`, from
-/// the normed and rotated fused qkv rows to those heads' columns of `out`
-/// (`[tokens, H * D]`; the caller gives each task its own columns and rows).
-pub(crate) type GroupAttention =
-    fn(&[f32], usize, (usize, usize, usize), (usize, usize, usize), usize, SyncPtr);
+/// `(rows, (start, len, kv head), block, out)`, from the fused qkv rows to those heads'
+/// columns of `out` (`[tokens, H * D]`; the caller gives each task its own columns and
+/// rows).
+pub(crate) type GroupAttention = fn(&QkvRows, (usize, usize, usize), usize, SyncPtr);
+
+/// One layer's fused qkv projection, `[tokens, (H + 2 KV) * D]`, as a kernel's own
+/// attention reads it: the q and k heads normed and rotated as they are taken (into
+/// the task's own buffer, which the kernel then packs), not in a copy of the whole
+/// projection made first. That copy was a pass over every row of the layer, written
+/// and read back (6 % of an int8 forward pass on AMX at 32x128).
+pub(crate) struct QkvRows<'a> {
+    pub qkv: &'a [f32],
+    /// The row width, `(H + 2 KV) * D`.
+    pub width: usize,
+    /// `(H, KV, D)`.
+    pub dims: (usize, usize, usize),
+    /// What turns q and k heads into attention's operands; `None` where the rows are
+    /// normed and rotated already (the kernels' own tests).
+    pub norm: Option<HeadNorm<'a>>,
+}
+
+/// The per-head RMSNorm weights of q and k (`[D]` each), their `eps`, and the rotary
+/// tables of each token's own position (`[tokens, D / 2]`).
+#[derive(Clone, Copy)]
+pub(crate) struct HeadNorm<'a> {
+    pub q_norm: &'a [f32],
+    pub k_norm: &'a [f32],
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+    pub eps: f32,
+}
+
+impl QkvRows<'_> {
+    /// Head `c` of the row layout (q heads `0..H`, k heads `H..H + KV`, v heads after
+    /// them) of the `len` tokens from `start`, contiguous `[len, D]` in `dst`: q and k
+    /// normed and rotated (as [`QkvAttention`]'s copy would hold them, bit for bit), v
+    /// as it is.
+    pub(crate) fn head_rows(&self, c: usize, (start, len): (usize, usize), dst: &mut Vec<f32>) {
+        let (h, kv, d) = self.dims;
+        dst.clear();
+        for t in start..start + len {
+            dst.extend_from_slice(&self.qkv[t * self.width + c * d..][..d]);
+        }
+        let Some(n) = self.norm else { return };
+        let w = if c < h {
+            n.q_norm
+        } else if c < h + kv {
+            n.k_norm
+        } else {
+            return;
+        };
+        let half = d / 2;
+        let (cos, sin) = (&n.cos[start * half..], &n.sin[start * half..]);
+        norm_rotate_rows(dst, w, (cos, sin), n.eps);
+    }
+
+    /// The rows of the `len` tokens from `start`, `width` each.
+    pub(crate) fn sequence(&self, (start, len): (usize, usize)) -> &[f32] {
+        &self.qkv[start * self.width..(start + len) * self.width]
+    }
+}
+
+/// [`norm_rotate`] of each `D`-wide row of `rows` (`D = w.len()`), row `t` by the
+/// tables' row `t` (`D / 2` each).
+#[inline(always)]
+fn norm_rotate_rows_impl(rows: &mut [f32], w: &[f32], (cos, sin): (&[f32], &[f32]), eps: f32) {
+    let (d, half) = (w.len(), w.len() / 2);
+    for (t, row) in rows.chunks_exact_mut(d).enumerate() {
+        let (cos, sin) = (&cos[t * half..][..half], &sin[t * half..][..half]);
+        norm_rotate_impl(row, w, cos, sin, eps);
+    }
+}
+
+multiversion!(fn norm_rotate_rows(rows: &mut [f32], w: &[f32], tables: (&[f32], &[f32]), eps: f32) => norm_rotate_rows_impl);
 
 /// How a GEMM kernel runs attention's two products (scores and weighted values), with
 /// the name of that way (`CpuKernelInfo::attention`: kernels with the same one compute
@@ -232,25 +301,39 @@ impl CustomOp1 for QkvAttention<'_> {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (tokens, width) = l.shape().dims2()?;
         self.check(tokens, width)?;
-        let qkv = self.norm_and_rotate(f32_slice(s, l)?, width);
+        let src = f32_slice(s, l)?;
         let (h, d) = (self.heads, self.head_dim);
         let mut out = vec![0f32; tokens * h * d];
         let ptr = SyncPtr(out.as_mut_ptr());
+        let dims = (h, self.kv_heads, d);
         match self.products {
             AttentionProducts::PerGroup(_, group_attention) => {
                 // One task per (sequence, kv head): the kernel may prepare its keys and
-                // values once for all the query heads that share them.
+                // values once for all the query heads that share them, norming and
+                // rotating them as it does.
+                let rows = QkvRows {
+                    qkv: src,
+                    width,
+                    dims,
+                    norm: Some(HeadNorm {
+                        q_norm: self.q_norm,
+                        k_norm: self.k_norm,
+                        cos: self.cos,
+                        sin: self.sin,
+                        eps: self.eps,
+                    }),
+                };
                 let mut work: Vec<(usize, usize, usize)> = self
                     .cu_seqlens
                     .windows(2)
                     .flat_map(|w| (0..self.kv_heads).map(move |g| (w[0], w[1] - w[0], g)))
                     .collect();
                 work.sort_by_key(|&(_, len, _)| std::cmp::Reverse(len));
-                let dims = (h, self.kv_heads, d);
                 work.into_par_iter()
-                    .for_each(|item| group_attention(&qkv, width, dims, item, self.block, ptr));
+                    .for_each(|item| group_attention(&rows, item, self.block, ptr));
             }
             AttentionProducts::PerHead(_, matmul) => {
+                let qkv = self.norm_and_rotate(src, width);
                 let mut work: Vec<(usize, usize, usize)> = self
                     .cu_seqlens
                     .windows(2)
@@ -258,7 +341,6 @@ impl CustomOp1 for QkvAttention<'_> {
                     .collect();
                 // Longest sequences first, so a long one does not start last and run alone.
                 work.sort_by_key(|&(_, len, _)| std::cmp::Reverse(len));
-                let dims = (h, self.kv_heads, d);
                 work.into_par_iter().for_each(|item| {
                     head_attention(matmul, &qkv, width, dims, item, self.block, ptr)
                 });
@@ -287,6 +369,74 @@ pub(crate) mod tests {
     /// inputs large enough to make the softmax peaked (where a score error would show).
     /// Each call writes into a buffer of its own, NaN before, which must then hold
     /// values exactly in that call's rows and heads' columns and nowhere else.
+    /// A kernel's attention norming and rotating q and k as it takes them gives the
+    /// bits it gives from a copy normed and rotated first (what `QkvAttention` made for
+    /// every kernel before): ragged sequences, GQA, a head dim with a column tail, a
+    /// block shorter than a sequence.
+    pub(crate) fn check_fused_norm(what: &str, attention: GroupAttention) {
+        for (h, kv, d, block, lens) in
+            [(4, 2, 32, 16, &[37usize, 5][..]), (2, 1, 72, 64, &[70][..])]
+        {
+            let tokens: usize = lens.iter().sum();
+            let width = (h + 2 * kv) * d;
+            let qkv: Vec<f32> = values(tokens * width, 31).iter().map(|v| 3.0 * v).collect();
+            let q_norm: Vec<f32> = values(d, 32).iter().map(|v| 1.0 + v).collect();
+            let k_norm: Vec<f32> = values(d, 33).iter().map(|v| 1.0 + v).collect();
+            let angle = |i: usize| (i % 97) as f32 * 0.37;
+            let cos: Vec<f32> = (0..tokens * d / 2).map(|i| angle(i).cos()).collect();
+            let sin: Vec<f32> = (0..tokens * d / 2).map(|i| angle(i).sin()).collect();
+            let mut cu = vec![0];
+            for &len in lens {
+                cu.push(cu.last().unwrap() + len);
+            }
+            let op = QkvAttention {
+                heads: h,
+                kv_heads: kv,
+                head_dim: d,
+                eps: 1e-6,
+                q_norm: &q_norm,
+                k_norm: &k_norm,
+                cos: &cos,
+                sin: &sin,
+                cu_seqlens: &cu,
+                block,
+                products: AttentionProducts::PerGroup("test", attention),
+            };
+            let normed = op.norm_and_rotate(&qkv, width);
+            let fused = QkvRows {
+                qkv: &qkv,
+                width,
+                dims: (h, kv, d),
+                norm: Some(HeadNorm {
+                    q_norm: &q_norm,
+                    k_norm: &k_norm,
+                    cos: &cos,
+                    sin: &sin,
+                    eps: 1e-6,
+                }),
+            };
+            let apart = QkvRows {
+                qkv: &normed,
+                norm: None,
+                ..fused
+            };
+            for w in cu.windows(2) {
+                for g in 0..kv {
+                    let item = (w[0], w[1] - w[0], g);
+                    let mut want = vec![0f32; tokens * h * d];
+                    let mut got = vec![0f32; tokens * h * d];
+                    attention(&apart, item, block, SyncPtr(want.as_mut_ptr()));
+                    attention(&fused, item, block, SyncPtr(got.as_mut_ptr()));
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{what}: h{h} kv{kv} d{d} sequence {w:?} group {g}");
+                }
+            }
+        }
+    }
+
     pub(crate) fn check_group_attention(what: &str, attention: GroupAttention) {
         // (heads, kv heads, head dim, block, sequence lengths, input amplitude)
         type Case = (usize, usize, usize, usize, &'static [usize], f32);
@@ -317,14 +467,13 @@ pub(crate) mod tests {
             for &len in lens {
                 for g in 0..kv {
                     let mut own = vec![f32::NAN; tokens * h * d + SLACK];
-                    attention(
-                        &qkv,
+                    let rows = QkvRows {
+                        qkv: &qkv,
                         width,
-                        (h, kv, d),
-                        (start, len, g),
-                        block,
-                        SyncPtr(own.as_mut_ptr()),
-                    );
+                        dims: (h, kv, d),
+                        norm: None,
+                    };
+                    attention(&rows, (start, len, g), block, SyncPtr(own.as_mut_ptr()));
                     let columns = g * group * d..(g + 1) * group * d;
                     for (at, &v) in own.iter().enumerate() {
                         let (t, c) = (at / (h * d), at % (h * d));

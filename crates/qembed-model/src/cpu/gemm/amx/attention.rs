@@ -3,28 +3,29 @@
 use super::*;
 
 /// Causal attention of the query heads that share `kv_head`, over one sequence
-/// (`start`, `len` tokens), from the normed and rotated fused qkv rows (`width` wide):
-/// the scores and the weighted values are bf16 products on AMX tiles (`U`: [`Hw`] but
-/// in tests) with f32
+/// (`start`, `len` tokens), from the fused qkv rows: the scores and the weighted
+/// values are bf16 products on AMX tiles (`U`: [`Hw`] but in tests) with f32
 /// accumulation, the softmax is f32 (as PyTorch's bf16 attention). Writes those heads'
 /// columns of the sequence's rows of `out` (`[tokens, H * D]`).
 ///
-/// Keys and values are packed once for the whole group of query heads; query rows are
-/// taken `block` at a time, each seeing only the keys up to its own position.
+/// Keys and values are packed once for the whole group of query heads (the keys
+/// normed and rotated first, as each query head is); query rows are taken `block` at a
+/// time, each seeing only the keys up to its own position.
 pub(crate) fn group_attention<U: TileIsa>(
-    qkv: &[f32],
-    width: usize,
-    (h, kv, d): (usize, usize, usize),
+    rows: &QkvRows,
     (start, len, kv_head): (usize, usize, usize),
     block: usize,
     out: SyncPtr,
 ) {
-    let seq = &qkv[start * width..(start + len) * width];
-    let keys_at = (h + kv_head) * d;
+    let (h, kv, d) = rows.dims;
+    let width = rows.width;
+    let seq = rows.sequence((start, len));
     let values_at = (h + kv + kv_head) * d;
     // Keys as the weights of a [len, d] layer (scores = q k^T); values transposed, as
     // those of a [d, len] one (out = p v).
-    let kpack = PackedWeight::pack_rows(&seq[keys_at..], (len, d), width);
+    let mut heads = Vec::with_capacity(len * d);
+    rows.head_rows(h + kv_head, (start, len), &mut heads);
+    let kpack = PackedWeight::pack_rows(&heads, (len, d), d);
     let vpack = PackedWeight::pack_columns(&seq[values_at..], (d, len), width);
     let kp_d = d.next_multiple_of(K_STEP);
     let block = block.clamp(1, len);
@@ -36,14 +37,15 @@ pub(crate) fn group_attention<U: TileIsa>(
     let group = h / kv;
     let mut tiles = Tiles::<U>::configure();
     for head in kv_head * group..(kv_head + 1) * group {
+        // This head's queries, normed and rotated, [len, d].
+        rows.head_rows(head, (start, len), &mut heads);
         let mut r0 = 0;
         while r0 < len {
             let rows = block.min(len - r0);
             // Causal: rows r0..r0+rows see keys 0..r0+rows, nothing later.
             let keys = r0 + rows;
             for (i, dst) in slots(&mut qa).chunks_exact_mut(kp_d).take(rows).enumerate() {
-                let q = &seq[(r0 + i) * width + head * d..][..d];
-                round_row(dst, q, scale);
+                round_row(dst, &heads[(r0 + i) * d..][..d], scale);
             }
             let s = &mut scores[..rows * keys];
             // SAFETY: qa holds whole strips of kp_d-wide rows; kpack has kp_d lines a

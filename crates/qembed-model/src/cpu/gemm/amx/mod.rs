@@ -36,7 +36,7 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::{Gemm, PreparedWeight, Prologue};
-use crate::cpu::attention::{causal_softmax, AttentionProducts};
+use crate::cpu::attention::{causal_softmax, AttentionProducts, QkvRows};
 use crate::cpu::par::SyncPtr;
 
 mod attention;
@@ -395,6 +395,18 @@ mod tests {
         check_group_attention("model", group_attention::<model::Model>);
         if hardware_too() {
             check_group_attention("amx", group_attention::<Hw>);
+        }
+    }
+
+    /// Queries and keys normed and rotated as the kernel takes them give the bits of a
+    /// copy normed and rotated first
+    /// (`crate::cpu::attention::tests::check_fused_norm`).
+    #[test]
+    fn group_attention_norms_as_the_copy_did() {
+        use crate::cpu::attention::tests::check_fused_norm;
+        check_fused_norm("model", group_attention::<model::Model>);
+        if hardware_too() {
+            check_fused_norm("amx", group_attention::<Hw>);
         }
     }
 

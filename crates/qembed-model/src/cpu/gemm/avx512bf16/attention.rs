@@ -15,48 +15,54 @@ use std::mem::MaybeUninit;
 
 use super::isa::DotIsa;
 use super::{Packed, TileArgs, KC, MR, NR};
-use crate::cpu::attention::{causal_softmax, head_attention};
+use crate::cpu::attention::{causal_softmax, head_attention, QkvRows};
 use crate::cpu::gemm::bf16::round_row;
 use crate::cpu::gemm::blocking::tile_rows;
 use crate::cpu::par::SyncPtr;
 
 /// Causal attention of the query heads that share `kv_head`, over one sequence
-/// (`start`, `len` tokens), from the normed and rotated fused qkv rows (`width` wide)
-/// to those heads' columns of the sequence's rows of `out` (`[tokens, H * D]`), `block`
-/// query rows at a time, on the instructions `I` ([`super::isa::Hw`], or their software
-/// model in tests and in the `software-models` kernel).
+/// (`start`, `len` tokens), from the fused qkv rows to those heads' columns of the
+/// sequence's rows of `out` (`[tokens, H * D]`), `block` query rows at a time, on the
+/// instructions `I` ([`super::isa::Hw`], or their software model in tests and in the
+/// `software-models` kernel). Keys and queries are normed and rotated as they are
+/// taken ([`QkvRows::head_rows`]).
 pub(super) fn group_attention<I: DotIsa>(
-    qkv: &[f32],
-    width: usize,
-    (h, kv, d): (usize, usize, usize),
+    rows: &QkvRows,
     (start, len, kv_head): (usize, usize, usize),
     block: usize,
     out: SyncPtr,
 ) {
+    let (h, kv, d) = rows.dims;
+    let width = rows.width;
     let group = h / kv;
     let heads = kv_head * group..(kv_head + 1) * group;
     if len == 0 {
         return;
     }
+    let mut buf = Vec::with_capacity(len * d);
     if I::unavailable().is_some() {
         // Not reached by a model (it takes a kernel's attention only once the kernel
         // was chosen, which needs the instructions); the f32 products keep it sound.
+        // The sequence's rows normed and rotated, as the f32 path reads them.
+        let mut normed = vec![0f32; len * width];
+        for c in 0..width / d {
+            rows.head_rows(c, (start, len), &mut buf);
+            for (dst, src) in normed.chunks_exact_mut(width).zip(buf.chunks_exact(d)) {
+                dst[c * d..][..d].copy_from_slice(src);
+            }
+        }
         let matmul = super::super::portable::strided_gemm;
+        // The copy starts at the sequence's first token, and so does `out` here.
+        let out = SyncPtr(out.at(start * h * d));
         for head in heads {
-            head_attention(
-                matmul,
-                qkv,
-                width,
-                (h, kv, d),
-                (start, len, head),
-                block,
-                out,
-            );
+            let at = (0, len, head);
+            head_attention(matmul, &normed, width, (h, kv, d), at, block, out);
         }
         return;
     }
-    let seq = &qkv[start * width..(start + len) * width];
-    let keys = Packed::round_rows(&seq[(h + kv_head) * d..], (len, d), width);
+    let seq = rows.sequence((start, len));
+    rows.head_rows(h + kv_head, (start, len), &mut buf);
+    let keys = Packed::round_rows(&buf, (len, d), d);
     let values = Packed::round_columns(&seq[(h + kv + kv_head) * d..], (d, len), width);
     let block = block.clamp(1, len);
     let kp_d = d.div_ceil(2);
@@ -68,12 +74,14 @@ pub(super) fn group_attention<I: DotIsa>(
     let mut row = vec![MaybeUninit::<u16>::uninit(); 2 * kp_d.max(kp_len)];
     let scale = 1.0 / (d as f32).sqrt();
     for head in heads {
+        // This head's queries, normed and rotated, [len, d].
+        rows.head_rows(head, (start, len), &mut buf);
         let mut r0 = 0;
         while r0 < len {
             let rows = block.min(len - r0);
             // Causal: rows r0..r0+rows see keys 0..r0+rows, nothing later.
             let visible = r0 + rows;
-            let q = |i: usize| &seq[(r0 + i) * width + head * d..][..d];
+            let q = |i: usize| &buf[(r0 + i) * d..][..d];
             pack_pairs(&mut qa, (rows, kp_d), q, scale, &mut row);
             let s = &mut scores[..rows * visible];
             // SAFETY: s is rows x visible, this task's own scratch; `I` is available

@@ -491,6 +491,18 @@ mod tests {
         }
     }
 
+    /// Queries and keys normed and rotated as the kernel takes them give the bits of a
+    /// copy normed and rotated first
+    /// (`crate::cpu::attention::tests::check_fused_norm`).
+    #[test]
+    fn group_attention_norms_as_the_copy_did() {
+        use crate::cpu::attention::tests::check_fused_norm;
+        check_fused_norm("model", attention::group_attention::<Model>);
+        if hardware_too() {
+            check_fused_norm("avx512bf16", attention::group_attention::<Hw>);
+        }
+    }
+
     /// The model's dot is the SDM's: the odd product first, no denormal in or out.
     #[test]
     fn the_model_follows_the_instruction_definition() {
