@@ -66,16 +66,24 @@ impl Qwen3Embedding {
         let x = ops::add(x, &self.reduce(o)?)?;
 
         let post_norm = host(&l.post_attention_norm)?;
-        let gate_up = run(
-            &l.gate_up,
-            &x,
-            Prologue::RmsNorm(&post_norm, eps),
-            measure.as_mut().map(|m| &mut m.gate_up),
-        )?;
+        let post = Prologue::RmsNorm(&post_norm, eps);
+        // The SwiGLU in the gate_up product where the kernel fuses it (not while
+        // measuring: calibration records the maxima of the unfused layers' inputs).
+        let fused = match measure {
+            None => l.gate_up.forward_swiglu(&x, post)?,
+            Some(_) => None,
+        };
+        let (hidden, prologue) = match fused {
+            Some(h) => (h, Prologue::None),
+            None => {
+                let max = measure.as_mut().map(|m| &mut m.gate_up);
+                (run(&l.gate_up, &x, post, max)?, Prologue::SwiGlu)
+            }
+        };
         let down = run(
             &l.down,
-            &gate_up,
-            Prologue::SwiGlu,
+            &hidden,
+            prologue,
             measure.as_mut().map(|m| &mut m.down),
         )?;
         Ok(ops::add(&x, &self.reduce(down)?)?)

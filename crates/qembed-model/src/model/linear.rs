@@ -65,6 +65,18 @@ impl Linear {
         self.forward_with(&input, Prologue::None)
     }
 
+    /// `swiglu(prologue(x) @ W.T)` for a gate_up projection, where its kernel fuses the
+    /// SwiGLU into the product (see `Gemm::linear_swiglu`); `None` where it does not, or
+    /// where a bias must be added before the SwiGLU.
+    pub(super) fn forward_swiglu(&self, x: &Tensor, prologue: Prologue) -> Result<Option<Tensor>> {
+        if self.bias.is_some() {
+            return Ok(None);
+        }
+        self.gemm
+            .linear_swiglu(x, &self.weight, prologue)
+            .transpose()
+    }
+
     /// `prologue(x) @ W.T (+ b)`: the kernel applies the prologue (a norm, SwiGLU) as it
     /// reads `x`, where it can.
     pub(super) fn forward_with(&self, x: &Tensor, prologue: Prologue) -> Result<Tensor> {

@@ -105,4 +105,4 @@ fn swiglu_row_impl(dst: &mut [f32], gate: &[f32], up: &[f32]) {
     }
 }
 
-multiversion!(fn swiglu_row(dst: &mut [f32], gate: &[f32], up: &[f32]) => swiglu_row_impl);
+multiversion!(pub(crate) fn swiglu_row(dst: &mut [f32], gate: &[f32], up: &[f32]) => swiglu_row_impl);

@@ -22,11 +22,11 @@ use rayon::prelude::*;
 
 use super::attention::group_attention;
 use super::isa::{Hw, TileIsa};
-use super::tiles::Tiles;
+use super::tiles::{swiglu_block, Block as F32Block, Tiles};
 use super::{for_each_task, BLOCK_COLS, BLOCK_ROWS};
 use crate::cpu::attention::AttentionProducts;
 use crate::cpu::gemm::int8::{quantize_input_row, rescale_block, QuantRows};
-use crate::cpu::gemm::{Gemm, PreparedWeight, Prologue};
+use crate::cpu::gemm::{swiglu_halves, Gemm, PreparedWeight, Prologue};
 use crate::cpu::par::SyncPtr;
 use crate::Quantize;
 
@@ -103,6 +103,27 @@ impl<U: TileIsa + 'static> Gemm for AmxInt8<U> {
     ) -> crate::Result<Tensor> {
         let w = weight.form::<Packed>(self.name)?;
         crate::cpu::gemm::op::linear(("amx-int8-linear", linear::<U>), x, (w, w.n), prologue)
+    }
+
+    fn linear_swiglu(
+        &self,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        prologue: Prologue,
+    ) -> Option<crate::Result<Tensor>> {
+        let w = match weight.form::<Packed>(self.name) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(e.into())),
+        };
+        swiglu_halves(w.n, BLOCK_COLS).then(|| {
+            let product: crate::cpu::gemm::op::Product<Packed> = linear_swiglu::<U>;
+            crate::cpu::gemm::op::linear(
+                ("amx-int8-linear-swiglu", product),
+                x,
+                (w, w.n / 2),
+                prologue,
+            )
+        })
     }
 
     /// Scores and weighted values as bf16 products on tiles, as the bf16 AMX kernel
@@ -209,6 +230,108 @@ fn linear<U: TileIsa>(
     // SAFETY: the tasks cover every (strip, panel), so all m x n values were written.
     unsafe { out.set_len(m * n) };
     Ok(out)
+}
+
+/// `swiglu(prologue(x) @ w.T)` for a gate_up weight whose halves are whole panels:
+/// f32 `m x n / 2`, each gate block meeting its up block in L1 ([`product_swiglu`]).
+fn linear_swiglu<U: TileIsa>(
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+) -> candle_core::Result<Vec<f32>> {
+    if let Some(why) = U::unavailable_int8() {
+        candle_core::bail!("{why}");
+    }
+    if !swiglu_halves(w.n, BLOCK_COLS) {
+        candle_core::bail!(
+            "{NAME}: {} rows do not split into two halves of whole panels",
+            w.n
+        );
+    }
+    prologue.check(NAME, x, (m, width), w.k)?;
+    let (k, kp) = (w.n / 2, w.kp);
+    if m == 0 || kp == 0 {
+        return Ok(vec![0.0; m * k]);
+    }
+    let (a, row_scale) = quantize_rows(x, m, w, prologue);
+    let a = as_bytes(&a);
+    let mut out: Vec<f32> = Vec::with_capacity(m * k);
+    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
+    // A task's panels are gate panels, each read with its up twin.
+    for_each_task((m, k), 2 * kp * BLOCK_COLS, |rows, panels| {
+        let mut tiles = Tiles::<U>::configure();
+        let (r0, rows) = (rows.start, rows.len());
+        // SAFETY: `a` has whole 32-row strips of kp bytes from row r0 on; the task's
+        // rows and its gate panels' columns are its own part of the m x k output.
+        unsafe {
+            product_swiglu(
+                &mut tiles,
+                &a[r0 * kp..],
+                rows,
+                (w, panels),
+                &row_scale[r0..],
+                (dst.at(r0 * k), k),
+            )
+        };
+    });
+    // SAFETY: the tasks cover every (strip, gate panel), so all m x k values were
+    // written.
+    unsafe { out.set_len(m * k) };
+    Ok(out)
+}
+
+/// `swiglu` of the gate and up products for rows `r < rows` and the gate panels
+/// `panels` of `w` (each with its up twin `n / 64` panels on): both blocks rescaled in
+/// L1, their SwiGLU written to `out`.
+///
+/// # Safety
+/// As [`product`], for the gate panels' columns of an output `n / 2` wide.
+unsafe fn product_swiglu<U: TileIsa>(
+    tiles: &mut Tiles<U>,
+    a: &[i8],
+    rows: usize,
+    (w, panels): (&Packed, std::ops::Range<usize>),
+    row_scale: &[f32],
+    (out, ldo): (*mut f32, usize),
+) {
+    let lda = w.kp;
+    let twin = w.n / 2 / BLOCK_COLS;
+    let mut sums = Block([[0; BLOCK_COLS]; BLOCK_ROWS]);
+    let [mut gate, mut up, mut h] = [(); 3].map(|_| F32Block([[0.0; BLOCK_COLS]; BLOCK_ROWS]));
+    for r0 in (0..rows).step_by(BLOCK_ROWS) {
+        let strip_rows = BLOCK_ROWS.min(rows - r0);
+        let strip = &a[r0 * lda..][..BLOCK_ROWS * lda];
+        for p in panels.clone() {
+            for (panel, f) in [(p, &mut gate), (p + twin, &mut up)] {
+                let c0 = panel * BLOCK_COLS;
+                // SAFETY: as in `product`; `f` is a 32x32 block of our own (row stride
+                // 32), every row and column of which is written.
+                unsafe {
+                    block_i8(tiles, strip, lda, w.panel(panel), &mut sums);
+                    rescale_block(
+                        f.0.as_mut_ptr().cast(),
+                        BLOCK_COLS,
+                        &sums.0,
+                        &row_scale[r0..],
+                        &w.scale[c0..],
+                        BLOCK_COLS,
+                    )
+                };
+            }
+            swiglu_block(&mut h, &gate, &up);
+            // SAFETY: rows r0..r0 + strip_rows < rows and the gate panel's 32 columns of
+            // `out` are ours to write (the caller's contract).
+            unsafe {
+                h.write_to(
+                    strip_rows,
+                    BLOCK_COLS,
+                    out.wrapping_add(r0 * ldo + p * BLOCK_COLS),
+                    ldo,
+                )
+            };
+        }
+    }
 }
 
 /// The `m` input rows with the prologue applied, quantized by the rule, each `kp`
@@ -420,6 +543,41 @@ mod tests {
         // SAFETY: as above.
         unsafe { t.store::<0, i32>(&mut out, 0, 4) };
         out[0]
+    }
+
+    /// The SwiGLU fused into the gate_up product gives the plain product's SwiGLU, bit
+    /// for bit, with and without smoothing: one and three gate panels, K with a tail,
+    /// rows in part-strips and over several tasks.
+    #[test]
+    fn fused_swiglu_equals_the_plain_product() {
+        fused_swiglu_case::<Model>("model");
+        if hardware_too() {
+            fused_swiglu_case::<Hw>("instructions");
+        }
+    }
+
+    fn fused_swiglu_case<U: TileIsa>(named: &str) {
+        for (k, hidden) in [(32, 50), (96, 130)] {
+            let weight = values(2 * k * hidden, 8);
+            let t =
+                Tensor::from_slice(&weight, (2 * k, hidden), &candle_core::Device::Cpu).unwrap();
+            let act_max: Vec<f32> = (0..hidden)
+                .map(|c| if c == 3 { 30.0 } else { 1.0 })
+                .collect();
+            for rows in [
+                QuantRows::from_f32(&weight, 2 * k, hidden),
+                QuantRows::from_weight(&t, Some(&act_max)).unwrap(),
+            ] {
+                let packed = Packed::pack(&rows);
+                crate::cpu::gemm::check_fused_swiglu(
+                    named,
+                    (k, hidden),
+                    &[1, 33, 300],
+                    &|x, mw, p| linear_swiglu::<U>(x, mw, &packed, p).unwrap(),
+                    &|x, mw, p| linear::<U>(x, mw, &packed, p).unwrap(),
+                );
+            }
+        }
     }
 
     #[test]

@@ -265,6 +265,22 @@ impl<U: TileIsa + 'static> Gemm for Amx<U> {
         super::op::linear(("amx-linear", product::<U>), x, (w, w.n), input)
     }
 
+    fn linear_swiglu(
+        &self,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        input: Prologue,
+    ) -> Option<crate::Result<Tensor>> {
+        let w = match weight.form::<PackedWeight>(self.name) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(e.into())),
+        };
+        super::swiglu_halves(w.n, BLOCK_COLS).then(|| {
+            let product: super::op::Product<PackedWeight> = product_swiglu::<U>;
+            super::op::linear(("amx-linear-swiglu", product), x, (w, w.n / 2), input)
+        })
+    }
+
     /// Scores and weighted values as bf16 products on tiles: the model's linear layers
     /// are bf16 anyway.
     fn attention(&self) -> AttentionProducts {
@@ -283,6 +299,42 @@ fn product<U: TileIsa>(
 ) -> candle_core::Result<Vec<f32>> {
     let a = AmxLinear { weight, input }.round(x, m, width)?;
     matmul::<U>(&a, m, weight)
+}
+
+/// `swiglu(input(x) @ w.T)` for a gate_up weight whose halves are whole panels:
+/// f32 `m x n / 2` ([`Tiles::product_swiglu`]).
+fn product_swiglu<U: TileIsa>(
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &PackedWeight,
+    input: Prologue,
+) -> candle_core::Result<Vec<f32>> {
+    if !super::swiglu_halves(w.n, BLOCK_COLS) {
+        candle_core::bail!(
+            "amx: {} rows do not split into two halves of whole panels",
+            w.n
+        );
+    }
+    let a = AmxLinear { weight: w, input }.round(x, m, width)?;
+    if let Some(why) = U::unavailable() {
+        candle_core::bail!("{why}");
+    }
+    let (k, kp) = (w.n / 2, w.kp);
+    let a: &[u16] = lines(&a);
+    let mut out: Vec<f32> = Vec::with_capacity(m * k);
+    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
+    // A task's panels are gate panels, each read with its up twin.
+    for_each_task((m, k), 2 * kp * 64, |rows, panels| {
+        let mut tiles = Tiles::<U>::configure();
+        let (r0, rows) = (rows.start, rows.len());
+        // SAFETY: `a` has whole 32-row strips of kp values from row r0 on; the task's
+        // rows and its gate panels' columns are its own part of the m x k output.
+        unsafe { tiles.product_swiglu(&a[r0 * kp..], rows, w, panels, (dst.at(r0 * k), k)) };
+    });
+    // SAFETY: the tasks cover every (strip, gate panel), so all m x k values were
+    // written.
+    unsafe { out.set_len(m * k) };
+    Ok(out)
 }
 
 /// A layer's weight and prologue, for rounding its input rows.
@@ -477,6 +529,36 @@ mod tests {
             input: Prologue::SwiGlu,
         };
         assert!(op.round(&x, m, k).is_err());
+    }
+
+    /// The SwiGLU fused into the gate_up product gives the plain product's SwiGLU, bit
+    /// for bit: one to three gate panels, K with a tail, rows in part-strips and over
+    /// several tasks. A gate_up whose halves are not whole panels is not fused.
+    #[test]
+    fn fused_swiglu_equals_the_plain_product() {
+        fused_swiglu_case::<model::Model>("model");
+        if hardware_too() {
+            fused_swiglu_case::<Hw>("amx");
+        }
+        assert!(!crate::cpu::gemm::swiglu_halves(2 * 40, BLOCK_COLS));
+        assert!(!crate::cpu::gemm::swiglu_halves(0, BLOCK_COLS));
+    }
+
+    fn fused_swiglu_case<U: TileIsa>(named: &str) {
+        for (k, hidden) in [(32, 50), (96, 130)] {
+            let w: Vec<half::bf16> = values(2 * k * hidden, 7)
+                .iter()
+                .map(|&v| half::bf16::from_f32(v))
+                .collect();
+            let packed = PackedWeight::pack(&w, 2 * k, hidden).unwrap();
+            crate::cpu::gemm::check_fused_swiglu(
+                named,
+                (k, hidden),
+                &[1, 33, 300],
+                &|x, mw, p| product_swiglu::<U>(x, mw, &packed, p).unwrap(),
+                &|x, mw, p| product::<U>(x, mw, &packed, p).unwrap(),
+            );
+        }
     }
 
     #[test]

@@ -86,20 +86,51 @@ impl<U: TileIsa> Tiles<U> {
                 // caller's contract), panel p one of `w`'s, of w.kp >= ksteps * 32 lines;
                 // both 64-byte aligned (Line) for full-speed loads.
                 unsafe { self.block(strip, lda, w.panel(p), ksteps, &mut block) };
-                for (r, src) in block.0[..strip_rows].iter().enumerate() {
-                    let dst = out.wrapping_add((r0 + r) * ldo + c0);
-                    if cols == BLOCK_COLS {
-                        // A whole row of the block as one fixed-size move, inlined: a
-                        // memcpy call per 128-byte row cost 5 % of a bf16 forward pass.
-                        // SAFETY: row r0 + r < rows and columns c0..c0 + 32 of `out` are
-                        // ours to write (the caller's contract); unaligned write.
-                        unsafe { dst.cast::<[f32; BLOCK_COLS]>().write_unaligned(*src) };
-                    } else {
-                        // SAFETY: row r0 + r < rows and columns c0..c0 + cols of `out`
-                        // are ours to write (the caller's contract).
-                        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols) };
-                    }
+                // SAFETY: rows r0..r0 + strip_rows < rows and columns c0..c0 + cols of
+                // `out` are ours to write (the caller's contract).
+                unsafe { block.write_to(strip_rows, cols, out.wrapping_add(r0 * ldo + c0), ldo) };
+            }
+        }
+    }
+
+    /// `swiglu(a @ w.T)` for a gate_up weight `w` (`w.n = 2 k`, the gate's `k` columns
+    /// then the up's, `k` a multiple of 32): `out[r][c]` for rows `r < rows` and the
+    /// columns of the gate panels `panels` (each with its up twin `k / 32` panels on),
+    /// over all of K. Each gate block meets its up block in L1 and only their SwiGLU is
+    /// written.
+    ///
+    /// # Safety
+    /// `a` must hold whole 32-row strips covering `rows` (`lda` = `w.kp`); `out` must be
+    /// valid for writes at `r * ldo + c` for those rows and the panels' columns, and no
+    /// one else may access them.
+    pub(super) unsafe fn product_swiglu(
+        &mut self,
+        a: &[u16],
+        rows: usize,
+        w: &PackedWeight,
+        panels: std::ops::Range<usize>,
+        (out, ldo): (*mut f32, usize),
+    ) {
+        let lda = w.kp;
+        let twin = w.n / 2 / BLOCK_COLS;
+        let mut gate = Block([[0.0; BLOCK_COLS]; BLOCK_ROWS]);
+        let mut up = Block([[0.0; BLOCK_COLS]; BLOCK_ROWS]);
+        let mut h = Block([[0.0; BLOCK_COLS]; BLOCK_ROWS]);
+        for r0 in (0..rows).step_by(BLOCK_ROWS) {
+            let strip_rows = BLOCK_ROWS.min(rows - r0);
+            let strip = &a[r0 * lda..][..BLOCK_ROWS * lda];
+            for p in panels.clone() {
+                // SAFETY: as in `product`: 32 whole rows of `a`, two of `w`'s panels
+                // (p < twin, so p + twin < 2 twin = the panel count), all of K.
+                unsafe {
+                    self.block(strip, lda, w.panel(p), lda / K_STEP, &mut gate);
+                    self.block(strip, lda, w.panel(p + twin), lda / K_STEP, &mut up);
                 }
+                swiglu_block(&mut h, &gate, &up);
+                let c0 = p * BLOCK_COLS;
+                // SAFETY: rows r0..r0 + strip_rows < rows and columns c0..c0 + 32 of
+                // `out` are ours to write (the caller's contract).
+                unsafe { h.write_to(strip_rows, BLOCK_COLS, out.wrapping_add(r0 * ldo + c0), ldo) };
             }
         }
     }
@@ -107,4 +138,38 @@ impl<U: TileIsa> Tiles<U> {
 
 /// A 32x32 f32 output block, 64-byte aligned for the tile stores.
 #[repr(C, align(64))]
-struct Block([[f32; BLOCK_COLS]; BLOCK_ROWS]);
+pub(super) struct Block(pub(super) [[f32; BLOCK_COLS]; BLOCK_ROWS]);
+
+impl Block {
+    /// The first `rows` rows and `cols` columns of the block to `out` (row stride `ldo`).
+    ///
+    /// # Safety
+    /// `out` must be valid for writes at `r * ldo + c` for `r < rows`, `c < cols`, and
+    /// no one else may access them meanwhile.
+    #[inline(always)]
+    pub(super) unsafe fn write_to(&self, rows: usize, cols: usize, out: *mut f32, ldo: usize) {
+        for (r, src) in self.0[..rows].iter().enumerate() {
+            let dst = out.wrapping_add(r * ldo);
+            if cols == BLOCK_COLS {
+                // A whole row of the block as one fixed-size move, inlined: a memcpy
+                // call per 128-byte row cost 5 % of a bf16 forward pass.
+                // SAFETY: row r < rows, columns 0..32: ours to write (the contract);
+                // unaligned write.
+                unsafe { dst.cast::<[f32; BLOCK_COLS]>().write_unaligned(*src) };
+            } else {
+                // SAFETY: row r < rows, columns 0..cols: ours to write (the contract).
+                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols.min(BLOCK_COLS)) };
+            }
+        }
+    }
+}
+
+/// `h = silu(gate) * up`, element by element, over whole blocks: one call a block (the
+/// per-call dispatch of a row at a time costs as much as the row).
+pub(super) fn swiglu_block(h: &mut Block, gate: &Block, up: &Block) {
+    crate::cpu::gemm::prologue::swiglu_row(
+        h.0.as_flattened_mut(),
+        gate.0.as_flattened(),
+        up.0.as_flattened(),
+    );
+}
