@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::par::SyncPtr;
+
 /// Weight bytes (per K pass) a task keeps in L2 while it walks down its rows.
 const TASK_WEIGHT_BYTES: usize = 256 << 10;
 /// Row panels per task, for large batches: enough work per task to amortise it.
@@ -44,15 +46,93 @@ impl Blocking {
         if m == 0 || n == 0 || k == 0 {
             return;
         }
+        let (tasks, cols_per_task) = self.tasks((m, n), 1);
+        let col_panels = n.div_ceil(self.nr);
+        tasks.into_par_iter().for_each(|(p0, r0)| {
+            let panels = p0..(p0 + cols_per_task).min(col_panels);
+            self.task(panels, self.task_rows(m, r0), k, &tile);
+        });
+    }
+
+    /// [`for_each_tile`](Self::for_each_tile) for a gate_up product (`n` = 2 k columns,
+    /// the gate's then the up's, `k` a multiple of `nr`) that writes only its SwiGLU,
+    /// `m x k`, to `out`: a task takes gate panels with their up twins, its tiles write
+    /// (and their later passes read) a scratch of its own, `[rows][gate | up]` at the
+    /// row stride `tile` is given with its destination, and once its last pass is done
+    /// the task writes the SwiGLU of its rows and gate columns. The `2 k`-wide product
+    /// stays in the task's cache instead of going to memory and back.
+    ///
+    /// # Safety
+    /// `out` must be valid for writes of `m x n / 2` f32 that nobody else accesses
+    /// meanwhile; `tile(p, r, k0, (dst, ld))` must write (or on later passes update)
+    /// exactly tile (p, r)'s rows below `m` and `nr` columns at `dst`, row stride `ld`.
+    pub(super) unsafe fn for_each_tile_swiglu(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        out: SyncPtr,
+        tile: impl Fn(usize, usize, usize, (*mut f32, usize)) + Sync,
+    ) {
+        let half = n / 2;
+        if m == 0 || half == 0 || k == 0 {
+            return;
+        }
+        let twin = half / self.nr;
+        let (tasks, gates_per_task) = self.tasks((m, half), 2);
+        tasks
+            .into_par_iter()
+            .for_each_init(Vec::new, |scratch: &mut Vec<f32>, (p0, r0)| {
+                let gates = p0..(p0 + gates_per_task).min(twin);
+                let rows = self.task_rows(m, r0);
+                let (first_row, cols) = (r0 * self.mr, gates.len() * self.nr);
+                let task_rows = (rows.len() * self.mr).min(m - first_row);
+                let ld = 2 * cols;
+                scratch.resize(task_rows * ld, 0.0);
+                let base = SyncPtr(scratch.as_mut_ptr());
+                let panels = gates.clone().chain(gates.clone().map(|g| g + twin));
+                self.task(panels, rows, k, &|p, r, k0| {
+                    // The gate panels fill the left half of the scratch, their twins
+                    // the right half.
+                    let column = if p < twin {
+                        p - p0
+                    } else {
+                        p - twin - p0 + gates.len()
+                    };
+                    let at = (r * self.mr - first_row) * ld + column * self.nr;
+                    tile(p, r, k0, (base.at(at), ld));
+                });
+                for (i, row) in scratch.chunks_exact(ld).enumerate() {
+                    let (gate, up) = row.split_at(cols);
+                    // SAFETY: row first_row + i < m and the task's gate columns are
+                    // this task's alone in the m x half output (the caller's contract).
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out.at((first_row + i) * half + p0 * self.nr),
+                            cols,
+                        )
+                    };
+                    super::prologue::swiglu_row(dst, gate, up);
+                }
+            });
+    }
+
+    /// The tasks of an `m x n` product, `(first column panel, first row panel)` each,
+    /// and how many column panels a task owns; `weights_per_panel` physical panels of
+    /// weights are read per column panel.
+    fn tasks(
+        &self,
+        (m, n): (usize, usize),
+        weights_per_panel: usize,
+    ) -> (Vec<(usize, usize)>, usize) {
         let (row_panels, col_panels) = (m.div_ceil(self.mr), n.div_ceil(self.nr));
         let threads = rayon::current_num_threads().max(1);
         // Columns per task: weights within TASK_WEIGHT_BYTES per K pass, and at least
         // ~4 tasks per thread where the rows alone do not make them.
-        let fit = (TASK_WEIGHT_BYTES / (self.kc * self.weight_step_bytes)).max(1);
+        let panel_bytes = self.kc * self.weight_step_bytes * weights_per_panel;
+        let fit = (TASK_WEIGHT_BYTES / panel_bytes.max(1)).max(1);
         let row_tasks = row_panels.div_ceil(TASK_ROW_PANELS);
         let wanted = (threads * 4).div_ceil(row_tasks);
         let cols_per_task = col_panels.div_ceil(wanted).clamp(1, fit);
-        let tasks: Vec<(usize, usize)> = (0..col_panels)
+        let tasks = (0..col_panels)
             .step_by(cols_per_task)
             .flat_map(|p0| {
                 (0..row_panels)
@@ -60,32 +140,45 @@ impl Blocking {
                     .map(move |r0| (p0, r0))
             })
             .collect();
-        tasks.into_par_iter().for_each(|(p0, r0)| {
-            let panels = p0..(p0 + cols_per_task).min(col_panels);
-            let rows = r0..(r0 + TASK_ROW_PANELS).min(row_panels);
-            // A weight panel's K slice stays in L1 while the task's row panels stream
-            // past it. When all of the task's rows fit in L2, each weight panel is
-            // walked down its whole K before the next: the task's weights are then one
-            // sequential stream from memory, read once (small batches). Otherwise K is
-            // the outer loop, so that the rows' K slice stays in L2.
-            if rows.len() * k * self.row_step_bytes <= TASK_ROW_BYTES {
-                for p in panels {
-                    for k0 in (0..k).step_by(self.kc) {
-                        for r in rows.clone() {
-                            tile(p, r, k0);
-                        }
-                    }
-                }
-            } else {
+        (tasks, cols_per_task)
+    }
+
+    /// The row panels of the task that starts at row panel `r0`.
+    fn task_rows(&self, m: usize, r0: usize) -> std::ops::Range<usize> {
+        r0..(r0 + TASK_ROW_PANELS).min(m.div_ceil(self.mr))
+    }
+
+    /// One task's tiles, `tile(p, r, k0)` for its column panels `panels` and row
+    /// panels `rows`, each (p, r)'s passes in order.
+    fn task(
+        &self,
+        panels: impl Iterator<Item = usize> + Clone,
+        rows: std::ops::Range<usize>,
+        k: usize,
+        tile: &(impl Fn(usize, usize, usize) + ?Sized),
+    ) {
+        // A weight panel's K slice stays in L1 while the task's row panels stream past
+        // it. When all of the task's rows fit in L2, each weight panel is walked down
+        // its whole K before the next: the task's weights are then one sequential
+        // stream from memory, read once (small batches). Otherwise K is the outer
+        // loop, so that the rows' K slice stays in L2.
+        if rows.len() * k * self.row_step_bytes <= TASK_ROW_BYTES {
+            for p in panels {
                 for k0 in (0..k).step_by(self.kc) {
-                    for p in panels.clone() {
-                        for r in rows.clone() {
-                            tile(p, r, k0);
-                        }
+                    for r in rows.clone() {
+                        tile(p, r, k0);
                     }
                 }
             }
-        });
+        } else {
+            for k0 in (0..k).step_by(self.kc) {
+                for p in panels.clone() {
+                    for r in rows.clone() {
+                        tile(p, r, k0);
+                    }
+                }
+            }
+        }
     }
 }
 

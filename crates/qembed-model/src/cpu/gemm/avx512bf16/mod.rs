@@ -129,6 +129,27 @@ impl<I: DotIsa + 'static> Gemm for Avx512Bf16<I> {
         crate::cpu::gemm::op::linear(("avx512bf16-linear", linear::<I>), x, (w, w.n), prologue)
     }
 
+    fn linear_swiglu(
+        &self,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        prologue: Prologue,
+    ) -> Option<crate::Result<Tensor>> {
+        let w = match weight.form::<Packed>(self.name) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(e.into())),
+        };
+        super::swiglu_halves(w.n, NR).then(|| {
+            let product: super::op::Product<Packed> = linear_swiglu::<I>;
+            super::op::linear(
+                ("avx512bf16-linear-swiglu", product),
+                x,
+                (w, w.n / 2),
+                prologue,
+            )
+        })
+    }
+
     fn attention(&self) -> AttentionProducts {
         I::ATTENTION
     }
@@ -196,15 +217,44 @@ fn linear<I: DotIsa>(
     w: &Packed,
     prologue: Prologue,
 ) -> candle_core::Result<Vec<f32>> {
+    product::<I>(x, (m, width), w, prologue, false)
+}
+
+/// `swiglu(prologue(x) @ w.T)` for a gate_up weight whose halves are whole panels: f32
+/// `m x n / 2` (`Blocking::for_each_tile_swiglu`).
+fn linear_swiglu<I: DotIsa>(
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+) -> candle_core::Result<Vec<f32>> {
+    if !super::swiglu_halves(w.n, NR) {
+        candle_core::bail!(
+            "{NAME}: {} rows do not split into two halves of whole panels",
+            w.n
+        );
+    }
+    product::<I>(x, (m, width), w, prologue, true)
+}
+
+/// [`linear`], or with `swiglu` [`linear_swiglu`].
+fn product<I: DotIsa>(
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+    swiglu: bool,
+) -> candle_core::Result<Vec<f32>> {
     if let Some(why) = I::unavailable() {
         candle_core::bail!("avx512bf16: {why}");
     }
     prologue.check(NAME, x, (m, width), w.k)?;
     let a = pack_rows(x, m, w, prologue);
     let n = w.n;
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let out_cols = if swiglu { n / 2 } else { n };
+    let mut out: Vec<f32> = Vec::with_capacity(m * out_cols);
     if w.kp == 0 {
-        out.resize(m * n, 0.0);
+        out.resize(m * out_cols, 0.0);
         return Ok(out);
     }
     let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
@@ -215,23 +265,36 @@ fn linear<I: DotIsa>(
         weight_step_bytes: 2 * size_of::<Line>(),
         row_step_bytes: MR * size_of::<u32>(),
     };
-    blocking.for_each_tile((m, n, w.kp), |p, r, t0| {
+    // Tile (p, r)'s pass from pair t0, written at `at` (row stride `ld`).
+    let tile = |p: usize, r: usize, t0: usize, at: (*mut f32, usize)| {
         let kc = KC.min(w.kp - t0);
         let args = TileArgs {
             a: &a[(r * w.kp + t0) * MR..][..kc * MR],
             b: w.lines(p, t0, kc),
-            out: (dst.at(r * MR * n + p * NR), n),
+            out: at,
             cols: NR.min(n - p * NR),
             accumulate: t0 > 0,
         };
-        // SAFETY: the tile (rows r*12.., columns p*32.., row stride n) lies inside the
-        // m x n output, and only this call writes it (for_each_tile gives each (p, r)
-        // to one task, its passes in order); `I` is available (checked above).
+        // SAFETY: `at` is where the blocking puts tile (p, r), valid for its rows and
+        // columns and written by this call alone (each (p, r) is one task's, its passes
+        // in order); `I` is available (checked above).
         unsafe { tile_rows::<_, I>(args, MR.min(m - r * MR)) };
-    });
+    };
+    if swiglu {
+        // SAFETY: `out` has room for m x n / 2 f32, ours alone; `tile` writes tile
+        // (p, r) at the place it is given.
+        unsafe { blocking.for_each_tile_swiglu((m, n, w.kp), dst, tile) };
+    } else {
+        // The tile (rows r*12.., columns p*32.., row stride n) lies inside the m x n
+        // output.
+        blocking.for_each_tile((m, n, w.kp), |p, r, t0| {
+            tile(p, r, t0, (dst.at(r * MR * n + p * NR), n))
+        });
+    }
     // SAFETY: the tiles cover every (row panel, column panel), each written by its
-    // first pass (kp > 0, m and n as given).
-    unsafe { out.set_len(m * n) };
+    // first pass (kp > 0, m and n as given); with `swiglu` every row's gate columns
+    // were written from the tasks' scratch.
+    unsafe { out.set_len(m * out_cols) };
     Ok(out)
 }
 
@@ -474,6 +537,35 @@ mod tests {
             check(
                 linear::<Hw>(&x, (m, k), &packed, Prologue::None).unwrap(),
                 &|r| linear::<Hw>(&x[r * k..][..k], (1, k), &packed, Prologue::None).unwrap(),
+            );
+        }
+    }
+
+    /// The SwiGLU fused into the gate_up product gives the plain product's SwiGLU, bit
+    /// for bit: one and three gate panels, K of one and of several passes, rows in
+    /// part-panels and over several tasks; through the model, and the instructions
+    /// where the CPU has them.
+    #[test]
+    fn fused_swiglu_equals_the_plain_product() {
+        fused_swiglu_case::<Model>("model");
+        if hardware_too() {
+            fused_swiglu_case::<Hw>("avx512bf16");
+        }
+    }
+
+    fn fused_swiglu_case<I: DotIsa>(named: &str) {
+        for (k, hidden) in [(32, 50), (96, 130), (32, 600)] {
+            let w: Vec<half::bf16> = values(2 * k * hidden, 7)
+                .iter()
+                .map(|&v| half::bf16::from_f32(v))
+                .collect();
+            let packed = Packed::pack(&w, 2 * k, hidden).unwrap();
+            crate::cpu::gemm::check_fused_swiglu(
+                named,
+                (k, hidden),
+                &[1, 13, 300],
+                &|x, mw, p| linear_swiglu::<I>(x, mw, &packed, p).unwrap(),
+                &|x, mw, p| linear::<I>(x, mw, &packed, p).unwrap(),
             );
         }
     }

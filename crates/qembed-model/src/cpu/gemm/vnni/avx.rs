@@ -14,6 +14,7 @@ pub(super) struct Ymm;
 impl DotIsa<8> for Ymm {
     const NAME: &'static str = "avxvnni";
     const OP: &'static str = "avxvnni-linear";
+    const OP_SWIGLU: &'static str = "avxvnni-linear-swiglu";
     const MR: usize = 6;
 
     type Acc = __m256i;

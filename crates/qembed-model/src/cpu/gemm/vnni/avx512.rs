@@ -11,6 +11,7 @@ pub(super) struct Zmm;
 impl DotIsa<16> for Zmm {
     const NAME: &'static str = "avx512vnni";
     const OP: &'static str = "avx512vnni-linear";
+    const OP_SWIGLU: &'static str = "avx512vnni-linear-swiglu";
     const MR: usize = 12;
 
     type Acc = __m512i;

@@ -61,6 +61,8 @@ pub(super) trait DotIsa<const L: usize>: Sized + 'static {
     const NAME: &'static str;
     /// The candle op its linear layers run as.
     const OP: &'static str;
+    /// The candle op its gate_up layers with the SwiGLU fused run as.
+    const OP_SWIGLU: &'static str;
     /// Rows of the output tile (its accumulators are `2 MR` vectors).
     const MR: usize;
 
@@ -197,6 +199,22 @@ impl<I: DotIsa<L>, const L: usize> Gemm for Vnni<I, L> {
         crate::cpu::gemm::op::linear((I::OP, linear::<I, L>), x, (w, w.n), prologue)
     }
 
+    fn linear_swiglu(
+        &self,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        prologue: Prologue,
+    ) -> Option<crate::Result<Tensor>> {
+        let w = match weight.form::<Packed>(self.name) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(e.into())),
+        };
+        super::swiglu_halves(w.n, w.nr).then(|| {
+            let product: crate::cpu::gemm::op::Product<Packed> = linear_swiglu::<I, L>;
+            crate::cpu::gemm::op::linear((I::OP_SWIGLU, product), x, (w, w.n / 2), prologue)
+        })
+    }
+
     fn attention(&self) -> crate::cpu::attention::AttentionProducts {
         I::attention()
     }
@@ -291,6 +309,35 @@ fn linear<I: DotIsa<L>, const L: usize>(
     w: &Packed,
     prologue: Prologue,
 ) -> candle_core::Result<Vec<f32>> {
+    product::<I, L>(x, (m, width), w, prologue, false)
+}
+
+/// `swiglu(prologue(x) @ w.T)` for a gate_up weight whose halves are whole panels: f32
+/// `m x n / 2` (`Blocking::for_each_tile_swiglu`).
+fn linear_swiglu<I: DotIsa<L>, const L: usize>(
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+) -> candle_core::Result<Vec<f32>> {
+    if !super::swiglu_halves(w.n, w.nr) {
+        candle_core::bail!(
+            "{}: {} rows do not split into two halves of whole panels",
+            I::NAME,
+            w.n
+        );
+    }
+    product::<I, L>(x, (m, width), w, prologue, true)
+}
+
+/// [`linear`], or with `swiglu` [`linear_swiglu`].
+fn product<I: DotIsa<L>, const L: usize>(
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+    swiglu: bool,
+) -> candle_core::Result<Vec<f32>> {
     if let Some(why) = I::unavailable() {
         candle_core::bail!("{}: {why}", I::NAME);
     }
@@ -306,9 +353,10 @@ fn linear<I: DotIsa<L>, const L: usize>(
     let mr = I::MR;
     let (a, row_scale) = pack_rows(x, (m, mr), w, prologue);
     let (n, nr) = (w.n, w.nr);
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let out_cols = if swiglu { n / 2 } else { n };
+    let mut out: Vec<f32> = Vec::with_capacity(m * out_cols);
     if w.kq == 0 {
-        out.resize(m * n, 0.0);
+        out.resize(m * out_cols, 0.0);
         return Ok(out);
     }
     let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
@@ -320,12 +368,13 @@ fn linear<I: DotIsa<L>, const L: usize>(
         weight_step_bytes: nr * size_of::<u32>(),
         row_step_bytes: mr * size_of::<u32>(),
     };
-    blocking.for_each_tile((m, n, w.kq), |p, r, t0| {
+    // Tile (p, r)'s pass from quad t0, written at `at` (row stride `ld`).
+    let tile = |p: usize, r: usize, t0: usize, at: (*mut f32, usize)| {
         let kc = kc_max.min(w.kq - t0);
         let args = TileArgs {
             a: &a[(r * w.kq + t0) * mr..][..kc * mr],
             b: w.quads(p, t0, kc),
-            out: (dst.at(r * mr * n + p * nr), n),
+            out: at,
             cols: nr.min(n - p * nr),
             first: t0 == 0,
             last: t0 + kc == w.kq,
@@ -333,15 +382,27 @@ fn linear<I: DotIsa<L>, const L: usize>(
             col_scale: &w.scale[p * nr..][..nr],
             bias: &w.bias[p * nr..][..nr],
         };
-        // SAFETY: the tile (rows r*mr.., columns p*nr.., row stride n) lies inside the
-        // m x n output, and only this call writes it (for_each_tile gives each (p, r)
-        // to one task, its passes in order, the first with t0 = 0); its height is at
-        // most MR; `I` is available (checked above).
+        // SAFETY: `at` is where the blocking puts tile (p, r), valid for its rows and
+        // columns and written by this call alone (each (p, r) is one task's, its passes
+        // in order, the first with t0 = 0); its height is at most MR; `I` is
+        // available (checked above).
         unsafe { tile_rows::<_, Tiles<I, L>>(args, mr.min(m - r * mr)) };
-    });
+    };
+    if swiglu {
+        // SAFETY: `out` has room for m x n / 2 f32, ours alone; `tile` writes tile
+        // (p, r) at the place it is given.
+        unsafe { blocking.for_each_tile_swiglu((m, n, w.kq), dst, tile) };
+    } else {
+        // The tile (rows r*mr.., columns p*nr.., row stride n) lies inside the m x n
+        // output.
+        blocking.for_each_tile((m, n, w.kq), |p, r, t0| {
+            tile(p, r, t0, (dst.at(r * mr * n + p * nr), n))
+        });
+    }
     // SAFETY: the tiles cover every (row panel, column panel), each finished (written
-    // as f32) by its last pass (kq > 0, m and n as given).
-    unsafe { out.set_len(m * n) };
+    // as f32) by its last pass (kq > 0, m and n as given); with `swiglu` every row's
+    // gate columns were written from the tasks' scratch.
+    unsafe { out.set_len(m * out_cols) };
     Ok(out)
 }
 
@@ -559,6 +620,53 @@ mod tests {
             reference::equals_on_shapes(&hw, I::NAME, &SHAPES);
             reference::fused_inputs_and_smoothing_equal(&hw, I::NAME);
         }
+    }
+
+    /// The SwiGLU fused into the gate_up product gives the plain product's SwiGLU, bit
+    /// for bit, with and without smoothing: one and three gate panels, K of one and of
+    /// three passes (partial sums kept in the task's scratch), rows in part-panels and
+    /// over several tasks; through the model always, the instructions where they run.
+    fn fused_swiglu_equals_the_plain_product<I: DotIsa<L>, const L: usize>() {
+        let case = |named: &str, fused: Product, plain: Product| {
+            for (k, hidden) in [(32, 50), (96, 130), (32, 1030)] {
+                let weight = values(2 * k * hidden, 8);
+                let t = Tensor::from_slice(&weight, (2 * k, hidden), &candle_core::Device::Cpu)
+                    .unwrap();
+                let act_max: Vec<f32> = (0..hidden)
+                    .map(|c| if c == 3 { 30.0 } else { 1.0 })
+                    .collect();
+                for rows in [
+                    QuantRows::from_f32(&weight, 2 * k, hidden),
+                    QuantRows::from_weight(&t, Some(&act_max)).unwrap(),
+                ] {
+                    let packed = Packed::pack(&rows, 2 * L);
+                    crate::cpu::gemm::check_fused_swiglu(
+                        named,
+                        (k, hidden),
+                        &[1, 13, 300],
+                        &|x, mw, p| fused(x, mw, &packed, p).unwrap(),
+                        &|x, mw, p| plain(x, mw, &packed, p).unwrap(),
+                    );
+                }
+            }
+        };
+        let name = format!("{} model", I::NAME);
+        case(&name, linear_swiglu::<Model<I>, L>, linear::<Model<I>, L>);
+        if kernel_or_model(I::NAME) {
+            case(I::NAME, linear_swiglu::<I, L>, linear::<I, L>);
+        }
+    }
+
+    type Product = crate::cpu::gemm::op::Product<Packed>;
+
+    #[test]
+    fn avx512vnni_fuses_swiglu() {
+        fused_swiglu_equals_the_plain_product::<Zmm, 16>();
+    }
+
+    #[test]
+    fn avxvnni_fuses_swiglu() {
+        fused_swiglu_equals_the_plain_product::<Ymm, 8>();
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub(super) struct Model<H>(PhantomData<fn() -> H>);
 impl<H: DotIsa<L>, const L: usize> DotIsa<L> for Model<H> {
     const NAME: &'static str = H::NAME;
     const OP: &'static str = H::OP;
+    const OP_SWIGLU: &'static str = H::OP_SWIGLU;
     const MR: usize = H::MR;
 
     type Acc = [i32; L];
