@@ -163,15 +163,36 @@ fn causal_softmax_impl(s: &mut [f32], keys: usize, r0: usize) {
     for (i, row) in s.chunks_exact_mut(keys).enumerate() {
         let visible = r0 + i + 1;
         let (live, masked) = row.split_at_mut(visible);
-        let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        live.iter_mut().for_each(|x| *x = exp(*x - max));
-        let inv = 1.0 / sum_map(live, |v| v);
+        let inv = exp_row(live);
         live.iter_mut().for_each(|x| *x *= inv);
         masked.fill(0.0);
     }
 }
 
 multiversion!(pub(crate) fn causal_softmax(s: &mut [f32], keys: usize, r0: usize) => causal_softmax_impl);
+
+/// `e^(x - max)` of a score row in place; returns `1 / sum`, what turns it into the
+/// softmax.
+#[inline(always)]
+fn exp_row(live: &mut [f32]) -> f32 {
+    let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    live.iter_mut().for_each(|x| *x = exp(*x - max));
+    1.0 / sum_map(live, |v| v)
+}
+
+/// [`causal_softmax`] but for its last product: each row's visible keys hold
+/// `e^(x - max)` and `inv[i]` the factor that makes them probabilities, for kernels
+/// that apply it as they round the row to bf16 (the same bits as rounding the
+/// probabilities, without a pass that writes them and one that clears the masked
+/// keys). The masked keys are left as they are.
+#[inline(always)]
+fn causal_exp_impl(s: &mut [f32], keys: usize, r0: usize, inv: &mut [f32]) {
+    for (i, (row, inv)) in s.chunks_exact_mut(keys).zip(inv).enumerate() {
+        *inv = exp_row(&mut row[..r0 + i + 1]);
+    }
+}
+
+multiversion!(pub(crate) fn causal_exp(s: &mut [f32], keys: usize, r0: usize, inv: &mut [f32]) => causal_exp_impl);
 
 /// RMSNorm (weight `w`) then rotate-half rope (tables `cos`, `sin` of `D / 2`) of each
 /// `D`-wide head in `heads`.

@@ -33,6 +33,7 @@ pub(crate) fn group_attention<U: TileIsa>(
     let mut qa = vec![Line([0; 32]); strip_rows * kp_d / 32];
     let mut pa = vec![Line([0; 32]); strip_rows * len.next_multiple_of(K_STEP) / 32];
     let mut scores = vec![0f32; block * len];
+    let mut inv = vec![0f32; block];
     let scale = 1.0 / (d as f32).sqrt();
     let group = h / kv;
     let mut tiles = Tiles::<U>::configure();
@@ -61,13 +62,15 @@ pub(crate) fn group_attention<U: TileIsa>(
                     (s.as_mut_ptr(), keys, keys),
                 )
             };
-            causal_softmax(s, keys, r0);
+            causal_exp(s, keys, r0, &mut inv);
             let kp_keys = keys.next_multiple_of(K_STEP);
-            for (dst, p) in slots(&mut pa)
+            for (i, (dst, p)) in slots(&mut pa)
                 .chunks_exact_mut(kp_keys)
                 .zip(s.chunks_exact(keys))
+                .enumerate()
             {
-                round_row(dst, p, 1.0);
+                // The visible keys, made probabilities as they are rounded; zeros after.
+                round_row(dst, &p[..r0 + i + 1], inv[i]);
             }
             // SAFETY: pa holds whole strips of kp_keys-wide rows (kp_keys <= vpack's kp);
             // the destination (rows start+r0.., columns head*D..+D, row stride H*D)

@@ -36,7 +36,7 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::{Gemm, PreparedWeight, Prologue};
-use crate::cpu::attention::{causal_softmax, AttentionProducts, QkvRows};
+use crate::cpu::attention::{causal_exp, AttentionProducts, QkvRows};
 use crate::cpu::par::SyncPtr;
 
 mod attention;

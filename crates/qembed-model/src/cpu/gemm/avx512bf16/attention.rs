@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 
 use super::isa::DotIsa;
 use super::{Packed, TileArgs, KC, MR, NR};
-use crate::cpu::attention::{causal_softmax, head_attention, QkvRows};
+use crate::cpu::attention::{causal_exp, head_attention, QkvRows};
 use crate::cpu::gemm::bf16::round_row;
 use crate::cpu::gemm::blocking::tile_rows;
 use crate::cpu::par::SyncPtr;
@@ -71,6 +71,7 @@ pub(super) fn group_attention<I: DotIsa>(
     let mut qa = vec![0u32; panels * kp_d * MR];
     let mut pa = vec![0u32; panels * kp_len * MR];
     let mut scores = vec![0f32; block * len];
+    let mut inv = vec![0f32; block];
     let mut row = vec![MaybeUninit::<u16>::uninit(); 2 * kp_d.max(kp_len)];
     let scale = 1.0 / (d as f32).sqrt();
     for head in heads {
@@ -82,18 +83,20 @@ pub(super) fn group_attention<I: DotIsa>(
             // Causal: rows r0..r0+rows see keys 0..r0+rows, nothing later.
             let visible = r0 + rows;
             let q = |i: usize| &buf[(r0 + i) * d..][..d];
-            pack_pairs(&mut qa, (rows, kp_d), q, scale, &mut row);
+            pack_pairs(&mut qa, (rows, kp_d), q, |_| scale, &mut row);
             let s = &mut scores[..rows * visible];
             // SAFETY: s is rows x visible, this task's own scratch; `I` is available
             // (checked above).
             unsafe { product::<I>((&qa, rows, kp_d), &keys, visible, (s.as_mut_ptr(), visible)) };
-            causal_softmax(s, visible, r0);
+            causal_exp(s, visible, r0, &mut inv);
             let kp = visible.div_ceil(2);
+            // Each row's visible keys, made probabilities as they are rounded; zeros
+            // after them.
             pack_pairs(
                 &mut pa,
                 (rows, kp),
-                |i| &s[i * visible..][..visible],
-                1.0,
+                |i| &s[i * visible..][..r0 + i + 1],
+                |i| inv[i],
                 &mut row,
             );
             let dst = out.at((start + r0) * h * d + head * d);
@@ -105,7 +108,7 @@ pub(super) fn group_attention<I: DotIsa>(
     }
 }
 
-/// `m` rows (`row(i)`, at most `2 kp` values each) times `scale`, rounded to bf16 pairs
+/// `m` rows (`row(i)`, at most `2 kp` values each) times `scale(i)`, rounded to bf16 pairs
 /// into `dst` as the kernel's row panels of `kp` pairs (`[kp][12]` each); the odd pair
 /// past a row's end is zero, the rows past `m` in the last panel are left as they were
 /// (the tile reads only its own rows). `scratch` holds at least `2 kp` values.
@@ -113,12 +116,12 @@ fn pack_pairs<'a>(
     dst: &mut [u32],
     (m, kp): (usize, usize),
     row: impl Fn(usize) -> &'a [f32],
-    scale: f32,
+    scale: impl Fn(usize) -> f32,
     scratch: &mut [MaybeUninit<u16>],
 ) {
     let scratch = &mut scratch[..2 * kp];
     for i in 0..m {
-        round_row(scratch, row(i), scale);
+        round_row(scratch, row(i), scale(i));
         // SAFETY: round_row wrote all of `scratch` (values, then zeros), and
         // MaybeUninit<u16> has u16's layout.
         let pairs: &[u16] = unsafe { std::slice::from_raw_parts(scratch.as_ptr().cast(), 2 * kp) };
