@@ -61,6 +61,17 @@ fn add_impl(out: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) {
 
 multiversion!(fn add_rows(out: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32]) => add_impl);
 
+/// `acc[i] = acc[i] + b[i]`: the residual add done in place (the same bits as [`add`]
+/// of `acc` and `b`).
+#[inline(always)]
+fn add_assign_impl(acc: &mut [f32], b: &[f32]) {
+    for (a, &b) in acc.iter_mut().zip(b) {
+        *a += b;
+    }
+}
+
+multiversion!(pub(crate) fn add_assign(acc: &mut [f32], b: &[f32]) => add_assign_impl);
+
 /// RMSNorm of each row of `[tokens, width]` by a `[width]` weight.
 struct RmsNorm<'a> {
     weight: &'a [f32],

@@ -74,11 +74,10 @@ impl Qwen3Embedding {
             let layer = LayerLoader::build(tensors.clone(), float, None)?;
             let mut maxima = InputMaxima::zeros(self);
             let rope = (cos.as_slice(), sin.as_slice());
-            let next = self.fused_layer(&layer, &x, rope, batch.cu_seqlens(), Some(&mut maxima))?;
+            x = self.fused_layer(&layer, x, rope, batch.cu_seqlens(), Some(&mut maxima))?;
             drop(layer);
             self.layers
                 .push(LayerLoader::build(tensors, int8, Some(&maxima))?);
-            x = next;
         }
         self.gemm = chosen;
         Ok(())

@@ -17,17 +17,20 @@ impl Qwen3Embedding {
     pub(super) fn forward_fused_cpu(&self, mut x: Tensor, batch: &PackedBatch) -> Result<Tensor> {
         let (cos, sin) = self.rotary_tables(&batch.positions());
         for layer in &self.layers {
-            x = self.fused_layer(layer, &x, (&cos, &sin), batch.cu_seqlens(), None)?;
+            x = self.fused_layer(layer, x, (&cos, &sin), batch.cu_seqlens(), None)?;
         }
         Ok(x)
     }
 
     /// One decoder layer; with `measure`, each linear layer's input maxima recorded
-    /// into it as well (for smoothing int8 weights at load).
+    /// into it as well (for smoothing int8 weights at load). `x` is consumed: where the
+    /// kernel fuses the residual adds, the layer adds into its storage in place (the
+    /// caller's tensor, fresh from the embedding lookup or the layer before, that
+    /// nothing else holds).
     pub(super) fn fused_layer(
         &self,
         l: &DecoderLayer,
-        x: &Tensor,
+        x: Tensor,
         (cos, sin): (&[f32], &[f32]),
         cu_seqlens: &[usize],
         mut measure: Option<&mut InputMaxima>,
@@ -40,7 +43,7 @@ impl Qwen3Embedding {
         let input_norm = host(&l.input_norm)?;
         let qkv = run(
             &l.qkv,
-            x,
+            &x,
             Prologue::RmsNorm(&input_norm, eps),
             measure.as_mut().map(|m| &mut m.qkv),
         )?;
@@ -57,13 +60,21 @@ impl Qwen3Embedding {
             block: self.attention_block,
             products: self.gemm.attention(),
         })?;
-        let o = run(
-            &l.o_proj,
-            &attn,
-            Prologue::None,
-            measure.as_mut().map(|m| &mut m.o_proj),
-        )?;
-        let x = ops::add(x, &self.reduce(o)?)?;
+        // The residual adds in the products where the kernel fuses them: not across
+        // tensor-parallel ranks (whose partial products are summed first), nor while
+        // measuring.
+        let fuse_add = measure.is_none() && self.comm.as_ref().is_none_or(|c| c.world_size() == 1);
+        let x = if fuse_add && l.o_proj.forward_add(&x, &attn, Prologue::None)? {
+            x
+        } else {
+            let o = run(
+                &l.o_proj,
+                &attn,
+                Prologue::None,
+                measure.as_mut().map(|m| &mut m.o_proj),
+            )?;
+            ops::add(&x, &self.reduce(o)?)?
+        };
 
         let post_norm = host(&l.post_attention_norm)?;
         let post = Prologue::RmsNorm(&post_norm, eps);
@@ -80,6 +91,9 @@ impl Qwen3Embedding {
                 (run(&l.gate_up, &x, post, max)?, Prologue::SwiGlu)
             }
         };
+        if fuse_add && l.down.forward_add(&x, &hidden, prologue)? {
+            return Ok(x);
+        }
         let down = run(
             &l.down,
             &hidden,

@@ -77,6 +77,19 @@ impl Linear {
             .transpose()
     }
 
+    /// `out += prologue(x) @ W.T` in place where the kernel fuses the add (see
+    /// `Gemm::linear_add`; `out` a contiguous f32 tensor that nothing else shares);
+    /// false, with `out` untouched, where it does not or a bias is in the way.
+    pub(super) fn forward_add(&self, out: &Tensor, x: &Tensor, prologue: Prologue) -> Result<bool> {
+        if self.bias.is_some() || out.dtype() != DType::F32 || !out.is_contiguous() {
+            return Ok(false);
+        }
+        match self.gemm.linear_add(out, x, &self.weight, prologue) {
+            Some(done) => done.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     /// `prologue(x) @ W.T (+ b)`: the kernel applies the prologue (a norm, SwiGLU) as it
     /// reads `x`, where it can.
     pub(super) fn forward_with(&self, x: &Tensor, prologue: Prologue) -> Result<Tensor> {

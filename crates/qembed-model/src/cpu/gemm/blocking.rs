@@ -20,6 +20,17 @@ const TASK_ROW_PANELS: usize = 16;
 /// panel down its whole K in one go.
 const TASK_ROW_BYTES: usize = 256 << 10;
 
+/// Where a register-tiled kernel's product goes ([`Blocking::for_each_tile_to`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Output {
+    /// An `m x n` output of its own.
+    Plain,
+    /// The SwiGLU of a gate_up product, `m x n / 2`.
+    SwiGlu,
+    /// Added in place to an `m x n` residual.
+    Add,
+}
+
 /// A kernel's tile and panel sizes.
 pub(super) struct Blocking {
     /// Rows of a tile (and of an activation panel).
@@ -115,6 +126,80 @@ impl Blocking {
             });
     }
 
+    /// The product through `tile(p, r, k0, (dst, ld))` (which must write, or on later
+    /// passes update, exactly tile (p, r)'s rows below `m` and its columns at `dst`,
+    /// row stride `ld`) to `out` as `output` says: the `m x n` product itself, its
+    /// SwiGLU ([`for_each_tile_swiglu`](Self::for_each_tile_swiglu)), or added to
+    /// `out` ([`for_each_tile_add`](Self::for_each_tile_add)).
+    ///
+    /// # Safety
+    /// `out` must be valid for reads and writes of `m x n` f32 (`m x n / 2` for
+    /// [`Output::SwiGlu`]; initialised for [`Output::Add`]) that nobody else accesses
+    /// meanwhile.
+    pub(super) unsafe fn for_each_tile_to(
+        &self,
+        output: Output,
+        (m, n, k): (usize, usize, usize),
+        out: SyncPtr,
+        tile: impl Fn(usize, usize, usize, (*mut f32, usize)) + Sync,
+    ) {
+        let (mr, nr) = (self.mr, self.nr);
+        match output {
+            Output::Plain => self.for_each_tile((m, n, k), |p, r, k0| {
+                tile(p, r, k0, (out.at(r * mr * n + p * nr), n))
+            }),
+            // SAFETY: the caller's contract, passed on.
+            Output::SwiGlu => unsafe { self.for_each_tile_swiglu((m, n, k), out, tile) },
+            // SAFETY: the caller's contract, passed on.
+            Output::Add => unsafe { self.for_each_tile_add((m, n, k), out, tile) },
+        }
+    }
+
+    /// [`for_each_tile`](Self::for_each_tile) adding the product to `out` (`m x n`, the
+    /// residual stream) in place: a task's tiles write (and their later passes read) a
+    /// scratch of its own, `[rows][cols]`, and once its last pass is done the task adds
+    /// it to its rows and columns of `out`.
+    ///
+    /// # Safety
+    /// `out` must be valid for reads and writes of `m x n` initialised f32 that nobody
+    /// else accesses meanwhile; `tile` as for
+    /// [`for_each_tile_swiglu`](Self::for_each_tile_swiglu).
+    pub(super) unsafe fn for_each_tile_add(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        out: SyncPtr,
+        tile: impl Fn(usize, usize, usize, (*mut f32, usize)) + Sync,
+    ) {
+        if m == 0 || n == 0 || k == 0 {
+            return;
+        }
+        let (tasks, cols_per_task) = self.tasks((m, n), 1);
+        let col_panels = n.div_ceil(self.nr);
+        tasks
+            .into_par_iter()
+            .for_each_init(Vec::new, |scratch: &mut Vec<f32>, (p0, r0)| {
+                let panels = p0..(p0 + cols_per_task).min(col_panels);
+                let rows = self.task_rows(m, r0);
+                let (first_row, c0) = (r0 * self.mr, p0 * self.nr);
+                let cols = (panels.end * self.nr).min(n) - c0;
+                let task_rows = (rows.len() * self.mr).min(m - first_row);
+                scratch.resize(task_rows * cols, 0.0);
+                let base = SyncPtr(scratch.as_mut_ptr());
+                self.task(panels, rows, k, &|p, r, k0| {
+                    let at = (r * self.mr - first_row) * cols + (p - p0) * self.nr;
+                    tile(p, r, k0, (base.at(at), cols));
+                });
+                for (i, row) in scratch.chunks_exact(cols).enumerate() {
+                    // SAFETY: row first_row + i < m and columns c0..c0 + cols < n are
+                    // this task's alone in `out` (the caller's contract).
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out.at((first_row + i) * n + c0), cols)
+                    };
+                    crate::cpu::ops::add_assign(dst, row);
+                }
+            });
+    }
+
     /// The tasks of an `m x n` product, `(first column panel, first row panel)` each,
     /// and how many column panels a task owns; `weights_per_panel` physical panels of
     /// weights are read per column panel.
@@ -180,6 +265,22 @@ impl Blocking {
             }
         }
     }
+}
+
+/// A new f32 output of `len` values, all written by `fill` (given where they go).
+///
+/// # Safety
+/// `fill`, when it returns `Ok`, must have written all `len` values (a kernel's
+/// product does: its tiles cover the output).
+pub(super) unsafe fn new_output(
+    len: usize,
+    fill: impl FnOnce(SyncPtr) -> candle_core::Result<()>,
+) -> candle_core::Result<Vec<f32>> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    fill(SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast()))?;
+    // SAFETY: `fill` wrote all `len` values (the contract).
+    unsafe { out.set_len(len) };
+    Ok(out)
 }
 
 /// A register-tile micro-kernel compiled once per tile height `R` (1 to 12 rows), so

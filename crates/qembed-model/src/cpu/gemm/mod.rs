@@ -145,6 +145,22 @@ pub(crate) trait Gemm: Send + Sync {
         None
     }
 
+    /// `out += prologue(x) @ W.T` in place, `out` the f32 `[m, out]` residual stream:
+    /// each output block added as it is finished, so that the product is not written
+    /// to memory as a tensor of its own and read back by an add (16 MiB each way per
+    /// add at 4096 tokens of the 0.6B shape, two adds a layer). `None` where the kernel
+    /// does not fuse it; the caller then adds. The same bits either way.
+    fn linear_add(
+        &self,
+        out: &Tensor,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        prologue: Prologue,
+    ) -> Option<Result<()>> {
+        let _ = (out, x, weight, prologue);
+        None
+    }
+
     /// How attention's products run for a model on this kernel.
     fn attention(&self) -> AttentionProducts {
         portable::ATTENTION
@@ -426,6 +442,10 @@ pub(crate) fn test_values(len: usize, seed: u64) -> Vec<f32> {
 #[cfg(test)]
 pub(crate) type TestProduct<'a> = &'a dyn Fn(&[f32], (usize, usize), Prologue) -> Vec<f32>;
 
+/// A kernel's product added in place in a test: `(x, (m, width), prologue, out)`.
+#[cfg(test)]
+pub(crate) type TestProductAdd<'a> = &'a dyn Fn(&[f32], (usize, usize), Prologue, &mut [f32]);
+
 /// A kernel's fused gate_up product (`fused(x, (m, width), prologue)`: `m x k`) against
 /// its plain product of the same weight (`plain`: `m x 2k`) followed by SwiGLU in f32:
 /// the same bits, for the input norm and for none, over `rows` counts of input rows
@@ -455,6 +475,41 @@ pub(crate) fn check_fused_swiglu(
                 .zip(&want)
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{named}: {m} rows of {hidden}, gate_up of 2 x {k}");
+        }
+    }
+}
+
+/// A kernel's product added in place (`fused(x, (m, k), prologue, out)`) against its
+/// plain product (`plain`, `m x n`) added to the same residual afterwards: the same
+/// bits, for the input norm and for none, over `rows` counts of rows `k` wide.
+#[cfg(test)]
+pub(crate) fn check_fused_add(
+    named: &str,
+    (n, k): (usize, usize),
+    rows: &[usize],
+    fused: TestProductAdd,
+    plain: TestProduct,
+) {
+    let norm: Vec<f32> = test_values(k, 51).iter().map(|v| 1.0 + v).collect();
+    for &m in rows {
+        let x = test_values(m * k, 50 + m as u64);
+        let residual: Vec<f32> = test_values(m * n, 60 + m as u64)
+            .iter()
+            .map(|v| 4.0 * v)
+            .collect();
+        for p in [Prologue::None, Prologue::RmsNorm(&norm, 1e-6)] {
+            let want: Vec<f32> = residual
+                .iter()
+                .zip(plain(&x, (m, k), p))
+                .map(|(r, o)| r + o)
+                .collect();
+            let mut got = residual.clone();
+            fused(&x, (m, k), p, &mut got);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{named}: {m} rows of {k}, {n} columns");
         }
     }
 }

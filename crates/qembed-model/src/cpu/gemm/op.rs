@@ -2,7 +2,7 @@
 //! product takes contiguous f32 rows and returns f32 rows, so that a kernel is its
 //! product function and its weight form, not another op struct.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, Layout, Shape, Tensor};
 
 use super::Prologue;
 use crate::cpu::f32_slice;
@@ -46,5 +46,68 @@ impl<W> CustomOp1 for LinearOp<'_, W> {
         let (m, width) = l.shape().dims2()?;
         let out = (self.product)(f32_slice(s, l)?, (m, width), self.w, self.prologue)?;
         Ok((CpuStorage::F32(out), Shape::from((m, self.n))))
+    }
+}
+
+/// A kernel's product added in place: `out += prologue(x) @ w.T` for `(m, width)` rows
+/// of `x`, `out` f32 `m x n`.
+pub(super) type ProductAdd<W> =
+    fn(&[f32], (usize, usize), &W, Prologue<'_>, &mut [f32]) -> candle_core::Result<()>;
+
+/// `out += prologue(x) @ w.T` by `product` on weight `w`, in place on `out` (a
+/// contiguous 2-D f32 tensor of `n` columns), as the in-place candle op `name`.
+pub(super) fn linear_add<W>(
+    (name, product): (&'static str, ProductAdd<W>),
+    out: &Tensor,
+    x: &Tensor,
+    w: &W,
+    prologue: Prologue,
+) -> crate::Result<()> {
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    Ok(out.inplace_op2(
+        &x,
+        &LinearAddOp {
+            name,
+            product,
+            w,
+            prologue,
+        },
+    )?)
+}
+
+struct LinearAddOp<'a, W> {
+    name: &'static str,
+    product: ProductAdd<W>,
+    w: &'a W,
+    prologue: Prologue<'a>,
+}
+
+impl<W> InplaceOp2 for LinearAddOp<'_, W> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        src: &CpuStorage,
+        src_l: &Layout,
+    ) -> candle_core::Result<()> {
+        let (m, width) = src_l.shape().dims2()?;
+        let (rows, _) = dst_l.shape().dims2()?;
+        let (CpuStorage::F32(out), Some((from, to))) = (dst, dst_l.contiguous_offsets()) else {
+            candle_core::bail!("{}: the output is not contiguous f32", self.name)
+        };
+        if rows != m {
+            candle_core::bail!("{}: {m} input rows for {rows} output rows", self.name);
+        }
+        (self.product)(
+            f32_slice(src, src_l)?,
+            (m, width),
+            self.w,
+            self.prologue,
+            &mut out[from..to],
+        )
     }
 }

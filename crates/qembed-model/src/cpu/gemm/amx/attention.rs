@@ -60,6 +60,7 @@ pub(crate) fn group_attention<U: TileIsa>(
                     0..keys.div_ceil(BLOCK_COLS),
                     kp_d / K_STEP,
                     (s.as_mut_ptr(), keys, keys),
+                    false,
                 )
             };
             causal_exp(s, keys, r0, &mut inv);
@@ -84,6 +85,7 @@ pub(crate) fn group_attention<U: TileIsa>(
                     0..d.div_ceil(BLOCK_COLS),
                     kp_keys / K_STEP,
                     (out.at((start + r0) * h * d + head * d), h * d, d),
+                    false,
                 )
             };
             r0 += rows;

@@ -126,6 +126,27 @@ impl<U: TileIsa + 'static> Gemm for AmxInt8<U> {
         })
     }
 
+    fn linear_add(
+        &self,
+        out: &Tensor,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        prologue: Prologue,
+    ) -> Option<crate::Result<()>> {
+        let w = match weight.form::<Packed>(self.name) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let product: crate::cpu::gemm::op::ProductAdd<Packed> = linear_add::<U>;
+        Some(crate::cpu::gemm::op::linear_add(
+            ("amx-int8-linear-add", product),
+            out,
+            x,
+            w,
+            prologue,
+        ))
+    }
+
     /// Scores and weighted values as bf16 products on tiles, as the bf16 AMX kernel
     /// runs them: attention is not quantized.
     fn attention(&self) -> AttentionProducts {
@@ -196,18 +217,68 @@ fn linear<U: TileIsa>(
     w: &Packed,
     prologue: Prologue,
 ) -> candle_core::Result<Vec<f32>> {
+    let mut out: Vec<f32> = Vec::with_capacity(m * w.n);
+    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
+    // SAFETY: `out` has room for the m x n output, ours alone.
+    unsafe { linear_to::<U>(x, (m, width), w, prologue, (dst, false))? };
+    // SAFETY: on Ok all m x n values were written.
+    unsafe { out.set_len(m * w.n) };
+    Ok(out)
+}
+
+/// `out += prologue(x) @ w.T` in place, `out` `m x n`.
+fn linear_add<U: TileIsa>(
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    if out.len() != m * w.n {
+        candle_core::bail!(
+            "{NAME}: an output of {} values for {m} x {}",
+            out.len(),
+            w.n
+        );
+    }
+    // SAFETY: `out` is the m x n output, initialised and borrowed mutably.
+    unsafe {
+        linear_to::<U>(
+            x,
+            (m, width),
+            w,
+            prologue,
+            (SyncPtr(out.as_mut_ptr()), true),
+        )
+    }
+}
+
+/// [`linear`] into `dst` (`m x n`), or with `add` added to what it holds.
+///
+/// # Safety
+/// `dst` must be valid for writes of `m x n` f32 (reads too, initialised, with `add`)
+/// that nobody else accesses meanwhile. On `Ok` all of them were written.
+unsafe fn linear_to<U: TileIsa>(
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+    (dst, add): (SyncPtr, bool),
+) -> candle_core::Result<()> {
     if let Some(why) = U::unavailable_int8() {
         candle_core::bail!("{why}");
     }
     prologue.check(NAME, x, (m, width), w.k)?;
     let (n, kp) = (w.n, w.kp);
     if m == 0 || n == 0 || kp == 0 {
-        return Ok(vec![0.0; m * n]);
+        if !add {
+            // SAFETY: `dst` is valid for m x n writes (the contract).
+            unsafe { std::ptr::write_bytes(dst.0, 0, m * n) };
+        }
+        return Ok(());
     }
     let (a, row_scale) = quantize_rows(x, m, w, prologue);
     let a = as_bytes(&a);
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
     // A panel is kp / 4 rows of 128 bytes.
     for_each_task((m, n), kp * BLOCK_COLS, |rows, panels| {
         let mut tiles = Tiles::<U>::configure();
@@ -223,13 +294,11 @@ fn linear<U: TileIsa>(
                 rows,
                 (w, panels),
                 scales,
-                (dst.at(r0 * n), n),
+                (dst.at(r0 * n), n, add),
             )
         };
     });
-    // SAFETY: the tasks cover every (strip, panel), so all m x n values were written.
-    unsafe { out.set_len(m * n) };
-    Ok(out)
+    Ok(())
 }
 
 /// `swiglu(prologue(x) @ w.T)` for a gate_up weight whose halves are whole panels:
@@ -362,22 +431,25 @@ fn quantize_rows(x: &[f32], m: usize, w: &Packed, prologue: Prologue) -> (Vec<By
 
 /// `out[r][c]` for rows `r < rows` and the columns of `panels` of `w`: the int8 rows of
 /// `a` (row stride `w.kp`) times the panels, rescaled by `row_scale[r]` and
-/// `col_scale[c]`. Strip by strip, panel by panel, through a 32x32 int32 block.
+/// `col_scale[c]`; with `add`, added to what `out` holds (the residual) instead.
+/// Strip by strip, panel by panel, through a 32x32 int32 block.
 ///
 /// # Safety
 /// `a` must hold whole 32-row strips covering `rows`, `row_scale` at least `rows`
 /// scales; `out` must be valid for writes at `r * ldo + c` for those rows and the
-/// panels' columns below `w.n`, and no one else may access them.
+/// panels' columns below `w.n` (reads too, initialised, with `add`), and no one else
+/// may access them.
 unsafe fn product<U: TileIsa>(
     tiles: &mut Tiles<U>,
     a: &[i8],
     rows: usize,
     (w, panels): (&Packed, std::ops::Range<usize>),
     (row_scale, col_scale): (&[f32], &[f32]),
-    (out, ldo): (*mut f32, usize),
+    (out, ldo, add): (*mut f32, usize, bool),
 ) {
     let lda = w.kp;
     let mut block = Block([[0; BLOCK_COLS]; BLOCK_ROWS]);
+    let mut rescaled = F32Block([[0.0; BLOCK_COLS]; BLOCK_ROWS]);
     for r0 in (0..rows).step_by(BLOCK_ROWS) {
         let strip_rows = BLOCK_ROWS.min(rows - r0);
         // The strip's 32 rows alone (a bounds check a block, not a tile load): a tile
@@ -389,18 +461,24 @@ unsafe fn product<U: TileIsa>(
             // SAFETY: `strip` is 32 whole rows of kp bytes, the panel kp / 4 rows of 128
             // bytes; both 64-byte aligned (Bytes) for full-speed loads.
             unsafe { block_i8(tiles, strip, lda, w.panel(p), &mut block) };
-            // SAFETY: rows r0..r0 + strip_rows < rows and columns c0..c0 + cols < n of
-            // `out` are ours to write (the caller's contract), and nobody else's meanwhile.
-            unsafe {
-                rescale_block(
-                    out.add(r0 * ldo + c0),
-                    ldo,
-                    &block.0[..strip_rows],
-                    &row_scale[r0..],
-                    &col_scale[c0..],
-                    cols,
-                )
-            };
+            let dst = out.wrapping_add(r0 * ldo + c0);
+            let sums = &block.0[..strip_rows];
+            let scales = (&row_scale[r0..], &col_scale[c0..]);
+            if add {
+                // SAFETY: `rescaled` is a 32x32 block of our own (row stride 32); rows
+                // r0..r0 + strip_rows < rows and columns c0..c0 + cols < n of `out` are
+                // ours to read and write (the caller's contract).
+                unsafe {
+                    let at = rescaled.0.as_mut_ptr().cast();
+                    rescale_block(at, BLOCK_COLS, sums, scales.0, scales.1, cols);
+                    rescaled.add_to(strip_rows, cols, dst, ldo);
+                }
+            } else {
+                // SAFETY: rows r0..r0 + strip_rows < rows and columns c0..c0 + cols < n
+                // of `out` are ours to write (the caller's contract), and nobody else's
+                // meanwhile.
+                unsafe { rescale_block(dst, ldo, sums, scales.0, scales.1, cols) };
+            }
         }
     }
 }
@@ -553,6 +631,38 @@ mod tests {
         fused_swiglu_case::<Model>("model");
         if hardware_too() {
             fused_swiglu_case::<Hw>("instructions");
+        }
+    }
+
+    /// The product added in place to a residual gives the plain product added after
+    /// it, bit for bit, with and without smoothing: a partial last panel, K with a
+    /// tail, rows over several tasks.
+    #[test]
+    fn fused_add_equals_the_plain_product() {
+        fused_add_case::<Model>("model");
+        if hardware_too() {
+            fused_add_case::<Hw>("instructions");
+        }
+    }
+
+    fn fused_add_case<U: TileIsa>(named: &str) {
+        for (n, k) in [(45, 50), (64, 130)] {
+            let weight = values(n * k, 9);
+            let t = Tensor::from_slice(&weight, (n, k), &candle_core::Device::Cpu).unwrap();
+            let act_max: Vec<f32> = (0..k).map(|c| if c == 5 { 30.0 } else { 1.0 }).collect();
+            for rows in [
+                QuantRows::from_f32(&weight, n, k),
+                QuantRows::from_weight(&t, Some(&act_max)).unwrap(),
+            ] {
+                let packed = Packed::pack(&rows);
+                crate::cpu::gemm::check_fused_add(
+                    named,
+                    (n, k),
+                    &[1, 33, 300],
+                    &|x, mk, p, out| linear_add::<U>(x, mk, &packed, p, out).unwrap(),
+                    &|x, mk, p| linear::<U>(x, mk, &packed, p).unwrap(),
+                );
+            }
         }
     }
 

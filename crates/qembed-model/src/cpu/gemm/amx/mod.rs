@@ -139,6 +139,26 @@ fn detect() -> bool {
 /// `w.kp`): f32 `m x n`, products of bf16 values accumulated in f32, on the tile
 /// instructions `U` ([`Hw`] but in tests).
 fn matmul<U: TileIsa>(a: &[Line], m: usize, w: &PackedWeight) -> candle_core::Result<Vec<f32>> {
+    let mut out: Vec<f32> = Vec::with_capacity(m * w.n);
+    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
+    // SAFETY: `out` has room for the m x n output, ours alone.
+    unsafe { matmul_to::<U>(a, m, w, (dst, false))? };
+    // SAFETY: the tasks cover every (strip, panel), so all m x n values were written.
+    unsafe { out.set_len(m * w.n) };
+    Ok(out)
+}
+
+/// [`matmul`] into `dst` (`m x n`), or with `add` added to what it holds.
+///
+/// # Safety
+/// `dst` must be valid for writes of `m x n` f32 (reads too, initialised, with `add`)
+/// that nobody else accesses meanwhile. On `Ok` all of them were written.
+unsafe fn matmul_to<U: TileIsa>(
+    a: &[Line],
+    m: usize,
+    w: &PackedWeight,
+    (dst, add): (SyncPtr, bool),
+) -> candle_core::Result<()> {
     let (n, kp) = (w.n, w.kp);
     if a.len() < m.next_multiple_of(BLOCK_ROWS) * kp / 32 {
         candle_core::bail!("amx: activations shorter than {m} rows of {kp}");
@@ -147,8 +167,6 @@ fn matmul<U: TileIsa>(a: &[Line], m: usize, w: &PackedWeight) -> candle_core::Re
         candle_core::bail!("{why}");
     }
     let a: &[u16] = lines(a);
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
     for_each_task((m, n), kp * 64, |rows, panels| {
         let mut tiles = Tiles::<U>::configure();
         let (r0, rows) = (rows.start, rows.len());
@@ -164,12 +182,11 @@ fn matmul<U: TileIsa>(a: &[Line], m: usize, w: &PackedWeight) -> candle_core::Re
                 panels,
                 kp / K_STEP,
                 (dst.at(r0 * n), n, n),
+                add,
             )
         };
     });
-    // SAFETY: the tasks cover every (strip, panel), so all m x n values were written.
-    unsafe { out.set_len(m * n) };
-    Ok(out)
+    Ok(())
 }
 
 /// Calls `task(rows, panels)` in parallel for each task of an `m x n` product whose
@@ -281,6 +298,27 @@ impl<U: TileIsa + 'static> Gemm for Amx<U> {
         })
     }
 
+    fn linear_add(
+        &self,
+        out: &Tensor,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        input: Prologue,
+    ) -> Option<crate::Result<()>> {
+        let w = match weight.form::<PackedWeight>(self.name) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let product: super::op::ProductAdd<PackedWeight> = product_add::<U>;
+        Some(super::op::linear_add(
+            ("amx-linear-add", product),
+            out,
+            x,
+            w,
+            input,
+        ))
+    }
+
     /// Scores and weighted values as bf16 products on tiles: the model's linear layers
     /// are bf16 anyway.
     fn attention(&self) -> AttentionProducts {
@@ -299,6 +337,26 @@ fn product<U: TileIsa>(
 ) -> candle_core::Result<Vec<f32>> {
     let a = AmxLinear { weight, input }.round(x, m, width)?;
     matmul::<U>(&a, m, weight)
+}
+
+/// `out += input(x) @ w.T` in place, `out` `m x n`.
+fn product_add<U: TileIsa>(
+    x: &[f32],
+    (m, width): (usize, usize),
+    weight: &PackedWeight,
+    input: Prologue,
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    if out.len() != m * weight.n {
+        candle_core::bail!(
+            "{NAME}: an output of {} values for {m} x {}",
+            out.len(),
+            weight.n
+        );
+    }
+    let a = AmxLinear { weight, input }.round(x, m, width)?;
+    // SAFETY: `out` is the m x n output, initialised and borrowed mutably.
+    unsafe { matmul_to::<U>(&a, m, weight, (SyncPtr(out.as_mut_ptr()), true)) }
 }
 
 /// `swiglu(input(x) @ w.T)` for a gate_up weight whose halves are whole panels:
@@ -542,6 +600,33 @@ mod tests {
         }
         assert!(!crate::cpu::gemm::swiglu_halves(2 * 40, BLOCK_COLS));
         assert!(!crate::cpu::gemm::swiglu_halves(0, BLOCK_COLS));
+    }
+
+    /// The product added in place to a residual gives the plain product added after
+    /// it, bit for bit: a partial last panel, K with a tail, rows over several tasks.
+    #[test]
+    fn fused_add_equals_the_plain_product() {
+        fused_add_case::<model::Model>("model");
+        if hardware_too() {
+            fused_add_case::<Hw>("amx");
+        }
+    }
+
+    fn fused_add_case<U: TileIsa>(named: &str) {
+        for (n, k) in [(45, 50), (64, 130)] {
+            let w: Vec<half::bf16> = values(n * k, 9)
+                .iter()
+                .map(|&v| half::bf16::from_f32(v))
+                .collect();
+            let packed = PackedWeight::pack(&w, n, k).unwrap();
+            crate::cpu::gemm::check_fused_add(
+                named,
+                (n, k),
+                &[1, 33, 300],
+                &|x, mk, p, out| product_add::<U>(x, mk, &packed, p, out).unwrap(),
+                &|x, mk, p| product::<U>(x, mk, &packed, p).unwrap(),
+            );
+        }
     }
 
     fn fused_swiglu_case<U: TileIsa>(named: &str) {

@@ -55,13 +55,15 @@ impl<U: TileIsa> Tiles<U> {
     }
 
     /// `out[r][c]` for rows `r < rows` and the columns of `panels` below `width`: the bf16
-    /// rows of `a` (row stride `lda`) times the panels of `w`, over `ksteps` * 32 of K.
-    /// Strip by strip, panel by panel, through a 32x32 block.
+    /// rows of `a` (row stride `lda`) times the panels of `w`, over `ksteps` * 32 of K;
+    /// with `add`, added to what `out` holds (the residual) instead. Strip by strip,
+    /// panel by panel, through a 32x32 block.
     ///
     /// # Safety
     /// `a` must hold whole 32-row strips covering `rows` (`lda` a multiple of 32, at
     /// least `ksteps * 32`) and `ksteps * 32 <= w.kp`; `out` must be valid for writes at
-    /// `r * ldo + c` for those rows and columns, and no one else may access them.
+    /// `r * ldo + c` for those rows and columns (and reads, initialised, with `add`),
+    /// and no one else may access them.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn product(
         &mut self,
@@ -72,6 +74,7 @@ impl<U: TileIsa> Tiles<U> {
         panels: std::ops::Range<usize>,
         ksteps: usize,
         (out, ldo, width): (*mut f32, usize, usize),
+        add: bool,
     ) {
         let mut block = Block([[0.0; BLOCK_COLS]; BLOCK_ROWS]);
         for r0 in (0..rows).step_by(BLOCK_ROWS) {
@@ -86,9 +89,17 @@ impl<U: TileIsa> Tiles<U> {
                 // caller's contract), panel p one of `w`'s, of w.kp >= ksteps * 32 lines;
                 // both 64-byte aligned (Line) for full-speed loads.
                 unsafe { self.block(strip, lda, w.panel(p), ksteps, &mut block) };
+                let dst = out.wrapping_add(r0 * ldo + c0);
                 // SAFETY: rows r0..r0 + strip_rows < rows and columns c0..c0 + cols of
-                // `out` are ours to write (the caller's contract).
-                unsafe { block.write_to(strip_rows, cols, out.wrapping_add(r0 * ldo + c0), ldo) };
+                // `out` are ours to write, and with `add` to read (the caller's
+                // contract).
+                unsafe {
+                    if add {
+                        block.add_to(strip_rows, cols, dst, ldo)
+                    } else {
+                        block.write_to(strip_rows, cols, dst, ldo)
+                    }
+                };
             }
         }
     }
@@ -159,6 +170,36 @@ impl Block {
             } else {
                 // SAFETY: row r < rows, columns 0..cols: ours to write (the contract).
                 unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols.min(BLOCK_COLS)) };
+            }
+        }
+    }
+}
+
+impl Block {
+    /// [`write_to`](Self::write_to), but each value added to what `out` holds:
+    /// `out = out + block`, the residual add's bits.
+    ///
+    /// # Safety
+    /// `out` must be valid for reads and writes at `r * ldo + c` for `r < rows`, `c <
+    /// cols` (initialised), and no one else may access them meanwhile.
+    #[inline(always)]
+    pub(super) unsafe fn add_to(&self, rows: usize, cols: usize, out: *mut f32, ldo: usize) {
+        for (r, src) in self.0[..rows].iter().enumerate() {
+            let dst = out.wrapping_add(r * ldo);
+            if cols == BLOCK_COLS {
+                // SAFETY: row r < rows, columns 0..32: ours (the contract); unaligned.
+                unsafe {
+                    let mut v = dst.cast::<[f32; BLOCK_COLS]>().read_unaligned();
+                    for (v, s) in v.iter_mut().zip(src) {
+                        *v += s;
+                    }
+                    dst.cast::<[f32; BLOCK_COLS]>().write_unaligned(v);
+                }
+            } else {
+                for (c, s) in src.iter().enumerate().take(cols) {
+                    // SAFETY: row r < rows, column c < cols: ours (the contract).
+                    unsafe { *dst.add(c) += s };
+                }
             }
         }
     }

@@ -27,7 +27,7 @@ use candle_core::{CpuStorage, DType, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::bf16::round_input_row;
-use super::blocking::{tile_rows, Blocking, TileHeights};
+use super::blocking::{new_output, tile_rows, Blocking, Output, TileHeights};
 use super::{Gemm, PreparedWeight, Prologue};
 use crate::cpu::attention::AttentionProducts;
 use crate::cpu::par::SyncPtr;
@@ -150,6 +150,27 @@ impl<I: DotIsa + 'static> Gemm for Avx512Bf16<I> {
         })
     }
 
+    fn linear_add(
+        &self,
+        out: &Tensor,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        prologue: Prologue,
+    ) -> Option<crate::Result<()>> {
+        let w = match weight.form::<Packed>(self.name) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let product: super::op::ProductAdd<Packed> = linear_add::<I>;
+        Some(super::op::linear_add(
+            ("avx512bf16-linear-add", product),
+            out,
+            x,
+            w,
+            prologue,
+        ))
+    }
+
     fn attention(&self) -> AttentionProducts {
         I::ATTENTION
     }
@@ -217,7 +238,13 @@ fn linear<I: DotIsa>(
     w: &Packed,
     prologue: Prologue,
 ) -> candle_core::Result<Vec<f32>> {
-    product::<I>(x, (m, width), w, prologue, false)
+    // SAFETY: `new_output` gives room for the m x n output, and `product` writes all of
+    // it when it returns Ok.
+    unsafe {
+        new_output(m * w.n, |dst| {
+            product::<I>(x, (m, width), w, prologue, (Output::Plain, dst))
+        })
+    }
 }
 
 /// `swiglu(prologue(x) @ w.T)` for a gate_up weight whose halves are whole panels: f32
@@ -234,30 +261,75 @@ fn linear_swiglu<I: DotIsa>(
             w.n
         );
     }
-    product::<I>(x, (m, width), w, prologue, true)
+    // SAFETY: `new_output` gives room for the m x n / 2 output, and `product` writes
+    // all of it when it returns Ok.
+    unsafe {
+        new_output(m * (w.n / 2), |dst| {
+            product::<I>(x, (m, width), w, prologue, (Output::SwiGlu, dst))
+        })
+    }
 }
 
-/// [`linear`], or with `swiglu` [`linear_swiglu`].
-fn product<I: DotIsa>(
+/// `out += prologue(x) @ w.T` in place, `out` `m x n` (`Blocking::for_each_tile_add`).
+fn linear_add<I: DotIsa>(
     x: &[f32],
     (m, width): (usize, usize),
     w: &Packed,
     prologue: Prologue,
-    swiglu: bool,
-) -> candle_core::Result<Vec<f32>> {
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    if out.len() != m * w.n {
+        candle_core::bail!(
+            "{NAME}: an output of {} values for {m} x {}",
+            out.len(),
+            w.n
+        );
+    }
+    // SAFETY: `out` is the m x n output, initialised and borrowed mutably.
+    unsafe {
+        product::<I>(
+            x,
+            (m, width),
+            w,
+            prologue,
+            (Output::Add, SyncPtr(out.as_mut_ptr())),
+        )
+    }
+}
+
+/// The product to `dst` as `output` says (`Blocking::for_each_tile_to`): on `Ok`, all
+/// of the output written (or, for [`Output::Add`], added to).
+///
+/// # Safety
+/// `dst` must be valid for writes of the output's `m` rows (`n` values each, `n / 2`
+/// for [`Output::SwiGlu`]; reads too, initialised, for [`Output::Add`]), accessed by
+/// nobody else meanwhile.
+unsafe fn product<I: DotIsa>(
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+    (output, dst): (Output, SyncPtr),
+) -> candle_core::Result<()> {
     if let Some(why) = I::unavailable() {
         candle_core::bail!("avx512bf16: {why}");
     }
     prologue.check(NAME, x, (m, width), w.k)?;
     let a = pack_rows(x, m, w, prologue);
     let n = w.n;
-    let out_cols = if swiglu { n / 2 } else { n };
-    let mut out: Vec<f32> = Vec::with_capacity(m * out_cols);
     if w.kp == 0 {
-        out.resize(m * out_cols, 0.0);
-        return Ok(out);
+        // No K: a zero product (and SwiGLU(0) = 0; adding it changes nothing).
+        if output != Output::Add {
+            let len = if output == Output::SwiGlu {
+                m * (n / 2)
+            } else {
+                m * n
+            };
+            // SAFETY: `dst` is valid for `len` writes (the contract).
+            unsafe { std::ptr::write_bytes(dst.0, 0, len) };
+        }
+        return Ok(());
     }
-    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
     let blocking = Blocking {
         mr: MR,
         nr: NR,
@@ -280,22 +352,10 @@ fn product<I: DotIsa>(
         // in order); `I` is available (checked above).
         unsafe { tile_rows::<_, I>(args, MR.min(m - r * MR)) };
     };
-    if swiglu {
-        // SAFETY: `out` has room for m x n / 2 f32, ours alone; `tile` writes tile
-        // (p, r) at the place it is given.
-        unsafe { blocking.for_each_tile_swiglu((m, n, w.kp), dst, tile) };
-    } else {
-        // The tile (rows r*12.., columns p*32.., row stride n) lies inside the m x n
-        // output.
-        blocking.for_each_tile((m, n, w.kp), |p, r, t0| {
-            tile(p, r, t0, (dst.at(r * MR * n + p * NR), n))
-        });
-    }
-    // SAFETY: the tiles cover every (row panel, column panel), each written by its
-    // first pass (kp > 0, m and n as given); with `swiglu` every row's gate columns
-    // were written from the tasks' scratch.
-    unsafe { out.set_len(m * out_cols) };
-    Ok(out)
+    // SAFETY: `dst` is the output `output` needs (the contract); `tile` writes tile
+    // (p, r) at the place it is given.
+    unsafe { blocking.for_each_tile_to(output, (m, n, w.kp), dst, tile) };
+    Ok(())
 }
 
 /// The `m` input rows with the prologue applied, in bf16 pairs, in panels of 12 rows,
@@ -550,6 +610,34 @@ mod tests {
         fused_swiglu_case::<Model>("model");
         if hardware_too() {
             fused_swiglu_case::<Hw>("avx512bf16");
+        }
+    }
+
+    /// The product added in place to a residual gives the plain product added after
+    /// it, bit for bit: a partial last panel, K of one and of several passes, rows in
+    /// part-panels and over several tasks.
+    #[test]
+    fn fused_add_equals_the_plain_product() {
+        fused_add_case::<Model>("model");
+        if hardware_too() {
+            fused_add_case::<Hw>("avx512bf16");
+        }
+    }
+
+    fn fused_add_case<I: DotIsa>(named: &str) {
+        for (n, k) in [(45, 50), (64, 600)] {
+            let w: Vec<half::bf16> = values(n * k, 9)
+                .iter()
+                .map(|&v| half::bf16::from_f32(v))
+                .collect();
+            let packed = Packed::pack(&w, n, k).unwrap();
+            crate::cpu::gemm::check_fused_add(
+                named,
+                (n, k),
+                &[1, 13, 300],
+                &|x, mk, p, out| linear_add::<I>(x, mk, &packed, p, out).unwrap(),
+                &|x, mk, p| linear::<I>(x, mk, &packed, p).unwrap(),
+            );
         }
     }
 

@@ -15,6 +15,7 @@ impl DotIsa<8> for Ymm {
     const NAME: &'static str = "avxvnni";
     const OP: &'static str = "avxvnni-linear";
     const OP_SWIGLU: &'static str = "avxvnni-linear-swiglu";
+    const OP_ADD: &'static str = "avxvnni-linear-add";
     const MR: usize = 6;
 
     type Acc = __m256i;

@@ -12,6 +12,7 @@ impl DotIsa<16> for Zmm {
     const NAME: &'static str = "avx512vnni";
     const OP: &'static str = "avx512vnni-linear";
     const OP_SWIGLU: &'static str = "avx512vnni-linear-swiglu";
+    const OP_ADD: &'static str = "avx512vnni-linear-add";
     const MR: usize = 12;
 
     type Acc = __m512i;

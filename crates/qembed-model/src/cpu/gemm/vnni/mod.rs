@@ -36,7 +36,7 @@ use std::marker::PhantomData;
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::blocking::{tile_rows, Blocking, TileHeights};
+use super::blocking::{new_output, tile_rows, Blocking, Output, TileHeights};
 use super::int8::{quantize_input_row, rescale, QuantRows};
 use super::{Gemm, PreparedWeight, Prologue};
 use crate::cpu::par::SyncPtr;
@@ -63,6 +63,8 @@ pub(super) trait DotIsa<const L: usize>: Sized + 'static {
     const OP: &'static str;
     /// The candle op its gate_up layers with the SwiGLU fused run as.
     const OP_SWIGLU: &'static str;
+    /// The candle op its layers with the residual add fused run as.
+    const OP_ADD: &'static str;
     /// Rows of the output tile (its accumulators are `2 MR` vectors).
     const MR: usize;
 
@@ -215,6 +217,27 @@ impl<I: DotIsa<L>, const L: usize> Gemm for Vnni<I, L> {
         })
     }
 
+    fn linear_add(
+        &self,
+        out: &Tensor,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        prologue: Prologue,
+    ) -> Option<crate::Result<()>> {
+        let w = match weight.form::<Packed>(self.name) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let product: crate::cpu::gemm::op::ProductAdd<Packed> = linear_add::<I, L>;
+        Some(crate::cpu::gemm::op::linear_add(
+            (I::OP_ADD, product),
+            out,
+            x,
+            w,
+            prologue,
+        ))
+    }
+
     fn attention(&self) -> crate::cpu::attention::AttentionProducts {
         I::attention()
     }
@@ -309,7 +332,13 @@ fn linear<I: DotIsa<L>, const L: usize>(
     w: &Packed,
     prologue: Prologue,
 ) -> candle_core::Result<Vec<f32>> {
-    product::<I, L>(x, (m, width), w, prologue, false)
+    // SAFETY: `new_output` gives room for the m x n output, and `product` writes all
+    // of it when it returns Ok.
+    unsafe {
+        new_output(m * w.n, |dst| {
+            product::<I, L>(x, (m, width), w, prologue, (Output::Plain, dst))
+        })
+    }
 }
 
 /// `swiglu(prologue(x) @ w.T)` for a gate_up weight whose halves are whole panels: f32
@@ -327,17 +356,57 @@ fn linear_swiglu<I: DotIsa<L>, const L: usize>(
             w.n
         );
     }
-    product::<I, L>(x, (m, width), w, prologue, true)
+    // SAFETY: `new_output` gives room for the m x n / 2 output, and `product` writes
+    // all of it when it returns Ok.
+    unsafe {
+        new_output(m * (w.n / 2), |dst| {
+            product::<I, L>(x, (m, width), w, prologue, (Output::SwiGlu, dst))
+        })
+    }
 }
 
-/// [`linear`], or with `swiglu` [`linear_swiglu`].
-fn product<I: DotIsa<L>, const L: usize>(
+/// `out += prologue(x) @ w.T` in place, `out` `m x n` (`Blocking::for_each_tile_add`).
+fn linear_add<I: DotIsa<L>, const L: usize>(
     x: &[f32],
     (m, width): (usize, usize),
     w: &Packed,
     prologue: Prologue,
-    swiglu: bool,
-) -> candle_core::Result<Vec<f32>> {
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    if out.len() != m * w.n {
+        candle_core::bail!(
+            "{}: an output of {} values for {m} x {}",
+            I::NAME,
+            out.len(),
+            w.n
+        );
+    }
+    // SAFETY: `out` is the m x n output, initialised and borrowed mutably.
+    unsafe {
+        product::<I, L>(
+            x,
+            (m, width),
+            w,
+            prologue,
+            (Output::Add, SyncPtr(out.as_mut_ptr())),
+        )
+    }
+}
+
+/// The product to `dst` as `output` says (`Blocking::for_each_tile_to`): on `Ok`, all
+/// of the output written (or, for [`Output::Add`], added to).
+///
+/// # Safety
+/// `dst` must be valid for writes of the output's `m` rows (`n` values each, `n / 2`
+/// for [`Output::SwiGlu`]; reads too, initialised, for [`Output::Add`]), accessed by
+/// nobody else meanwhile.
+unsafe fn product<I: DotIsa<L>, const L: usize>(
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+    (output, dst): (Output, SyncPtr),
+) -> candle_core::Result<()> {
     if let Some(why) = I::unavailable() {
         candle_core::bail!("{}: {why}", I::NAME);
     }
@@ -353,13 +422,19 @@ fn product<I: DotIsa<L>, const L: usize>(
     let mr = I::MR;
     let (a, row_scale) = pack_rows(x, (m, mr), w, prologue);
     let (n, nr) = (w.n, w.nr);
-    let out_cols = if swiglu { n / 2 } else { n };
-    let mut out: Vec<f32> = Vec::with_capacity(m * out_cols);
     if w.kq == 0 {
-        out.resize(m * out_cols, 0.0);
-        return Ok(out);
+        // No K: a zero product (and SwiGLU(0) = 0; adding it changes nothing).
+        if output != Output::Add {
+            let len = if output == Output::SwiGlu {
+                m * (n / 2)
+            } else {
+                m * n
+            };
+            // SAFETY: `dst` is valid for `len` writes (the contract).
+            unsafe { std::ptr::write_bytes(dst.0, 0, len) };
+        }
+        return Ok(());
     }
-    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
     let kc_max = PASS_WEIGHT_BYTES / (nr * size_of::<u32>());
     let blocking = Blocking {
         mr,
@@ -388,22 +463,10 @@ fn product<I: DotIsa<L>, const L: usize>(
         // available (checked above).
         unsafe { tile_rows::<_, Tiles<I, L>>(args, mr.min(m - r * mr)) };
     };
-    if swiglu {
-        // SAFETY: `out` has room for m x n / 2 f32, ours alone; `tile` writes tile
-        // (p, r) at the place it is given.
-        unsafe { blocking.for_each_tile_swiglu((m, n, w.kq), dst, tile) };
-    } else {
-        // The tile (rows r*mr.., columns p*nr.., row stride n) lies inside the m x n
-        // output.
-        blocking.for_each_tile((m, n, w.kq), |p, r, t0| {
-            tile(p, r, t0, (dst.at(r * mr * n + p * nr), n))
-        });
-    }
-    // SAFETY: the tiles cover every (row panel, column panel), each finished (written
-    // as f32) by its last pass (kq > 0, m and n as given); with `swiglu` every row's
-    // gate columns were written from the tasks' scratch.
-    unsafe { out.set_len(m * out_cols) };
-    Ok(out)
+    // SAFETY: `dst` is the output `output` needs (the contract); `tile` writes tile
+    // (p, r) at the place it is given.
+    unsafe { blocking.for_each_tile_to(output, (m, n, w.kq), dst, tile) };
+    Ok(())
 }
 
 /// The `m` input rows with the prologue applied, quantized by the rule and biased to
@@ -658,6 +721,48 @@ mod tests {
     }
 
     type Product = crate::cpu::gemm::op::Product<Packed>;
+
+    /// The product added in place to a residual gives the plain product added after
+    /// it, bit for bit: a partial last panel, K of one and of three passes, rows in
+    /// part-panels and over several tasks, with and without smoothing.
+    fn fused_add_equals_the_plain_product<I: DotIsa<L>, const L: usize>() {
+        type Add = crate::cpu::gemm::op::ProductAdd<Packed>;
+        let case = |named: &str, fused: Add, plain: Product| {
+            for (n, k) in [(45, 50), (64, 1030)] {
+                let weight = values(n * k, 9);
+                let t = Tensor::from_slice(&weight, (n, k), &candle_core::Device::Cpu).unwrap();
+                let act_max: Vec<f32> = (0..k).map(|c| if c == 5 { 30.0 } else { 1.0 }).collect();
+                for rows in [
+                    QuantRows::from_f32(&weight, n, k),
+                    QuantRows::from_weight(&t, Some(&act_max)).unwrap(),
+                ] {
+                    let packed = Packed::pack(&rows, 2 * L);
+                    crate::cpu::gemm::check_fused_add(
+                        named,
+                        (n, k),
+                        &[1, 13, 300],
+                        &|x, mk, p, out| fused(x, mk, &packed, p, out).unwrap(),
+                        &|x, mk, p| plain(x, mk, &packed, p).unwrap(),
+                    );
+                }
+            }
+        };
+        let name = format!("{} model", I::NAME);
+        case(&name, linear_add::<Model<I>, L>, linear::<Model<I>, L>);
+        if kernel_or_model(I::NAME) {
+            case(I::NAME, linear_add::<I, L>, linear::<I, L>);
+        }
+    }
+
+    #[test]
+    fn avx512vnni_fuses_the_residual_add() {
+        fused_add_equals_the_plain_product::<Zmm, 16>();
+    }
+
+    #[test]
+    fn avxvnni_fuses_the_residual_add() {
+        fused_add_equals_the_plain_product::<Ymm, 8>();
+    }
 
     #[test]
     fn avx512vnni_fuses_swiglu() {

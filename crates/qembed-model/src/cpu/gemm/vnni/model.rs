@@ -22,6 +22,7 @@ impl<H: DotIsa<L>, const L: usize> DotIsa<L> for Model<H> {
     const NAME: &'static str = H::NAME;
     const OP: &'static str = H::OP;
     const OP_SWIGLU: &'static str = H::OP_SWIGLU;
+    const OP_ADD: &'static str = H::OP_ADD;
     const MR: usize = H::MR;
 
     type Acc = [i32; L];
