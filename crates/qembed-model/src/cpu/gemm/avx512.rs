@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 
 use candle_core::{DType, Tensor};
 
-use super::blocking::{tile_rows, Blocking, TileHeights};
+use super::blocking::{self, tile_rows, Blocking, Output, TileHeights};
 use super::panels::{self, in_order, Bf16, Panels, SlotOrder, F16};
 use super::{Gemm, PreparedWeight, Prologue};
 use crate::cpu::attention::AttentionProducts;
@@ -65,6 +65,36 @@ impl Gemm for Avx512 {
     ) -> crate::Result<Tensor> {
         let w = weight.form::<Packed>(NAME)?;
         crate::cpu::gemm::op::linear(("avx512-linear", linear), x, (w, w.shape().0), prologue)
+    }
+
+    fn linear_swiglu(
+        &self,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        prologue: Prologue,
+    ) -> Option<crate::Result<Tensor>> {
+        let op = (
+            NAME,
+            "avx512-linear-swiglu",
+            linear_swiglu as super::op::Product<Packed>,
+        );
+        let half = |w: &Packed| super::swiglu_halves(w.shape().0, NR).then_some(w.shape().0 / 2);
+        super::op::swiglu(op, x, weight, prologue, half)
+    }
+
+    fn linear_add(
+        &self,
+        out: &Tensor,
+        x: &Tensor,
+        weight: &PreparedWeight,
+        prologue: Prologue,
+    ) -> Option<crate::Result<()>> {
+        let op = (
+            NAME,
+            "avx512-linear-add",
+            linear_add as super::op::ProductAdd<Packed>,
+        );
+        super::op::add(op, out, x, weight, prologue)
     }
 
     fn attention(&self) -> AttentionProducts {
@@ -130,35 +160,77 @@ const ORDER: SlotOrder = SlotOrder {
 /// `prologue(x) @ w.T` for `m` rows of `width` values: f32 `m x n`.
 fn linear(
     x: &[f32],
-    (m, width): (usize, usize),
+    mw: (usize, usize),
     w: &Packed,
     prologue: Prologue,
 ) -> candle_core::Result<Vec<f32>> {
+    blocking::plain(product, w.shape().0, x, mw, w, prologue)
+}
+
+/// `swiglu(prologue(x) @ w.T)` for a gate_up weight whose halves are whole panels: f32
+/// `m x n / 2` (`Blocking::for_each_tile_swiglu`).
+fn linear_swiglu(
+    x: &[f32],
+    mw: (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+) -> candle_core::Result<Vec<f32>> {
+    blocking::swiglu(product, (w.shape().0, NR), x, mw, w, prologue)
+}
+
+/// `out += prologue(x) @ w.T` in place, `out` `m x n` (`Blocking::for_each_tile_add`).
+fn linear_add(
+    x: &[f32],
+    mw: (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    blocking::add(product, w.shape().0, x, mw, w, prologue, out)
+}
+
+/// The product to `to` as its [`Output`] says.
+///
+/// # Safety
+/// As [`blocking::Driver`].
+unsafe fn product(
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &Packed,
+    prologue: Prologue,
+    to: (Output, SyncPtr),
+) -> candle_core::Result<()> {
     if let Some(why) = AVX512.unavailable() {
         candle_core::bail!("avx512: {why}");
     }
     let k = w.shape().1;
     prologue.check(NAME, x, (m, width), k)?;
     let a = prologue.row_panels(x, m, k, MR);
-    Ok(match w {
-        Packed::F32(p) => product(&a, m, p),
-        Packed::Bf16(p) => product(&a, m, p),
-        Packed::F16(p) => product(&a, m, p),
-    })
+    // SAFETY: the caller's contract, passed on; AVX512F was checked above.
+    unsafe {
+        match w {
+            Packed::F32(p) => tiles(&a, m, p, to),
+            Packed::Bf16(p) => tiles(&a, m, p, to),
+            Packed::F16(p) => tiles(&a, m, p, to),
+        }
+    };
+    Ok(())
 }
 
-/// `a @ w.T` for the packed rows `a` (`m` of them): f32 `m x n`, every element written.
-fn product<E: Elem>(a: &[f32], m: usize, w: &Panels<E, NR>) -> Vec<f32> {
+/// `a @ w.T` for the packed rows `a` (`m` of them) to `dst` as `output` says.
+///
+/// # Safety
+/// As [`blocking::Driver`]'s `dst`; AVX512F must be available.
+unsafe fn tiles<E: Elem>(a: &[f32], m: usize, w: &Panels<E, NR>, (output, dst): (Output, SyncPtr)) {
     let (n, k) = (w.n, w.k);
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
     if m == 0 || n == 0 {
-        return out;
+        return;
     }
     if k == 0 {
-        out.resize(m * n, 0.0);
-        return out;
+        // SAFETY: `dst` is this product's output (the contract).
+        unsafe { blocking::zero_output((output, dst), (m, n)) };
+        return;
     }
-    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
     let blocking = Blocking {
         mr: MR,
         nr: NR,
@@ -166,25 +238,25 @@ fn product<E: Elem>(a: &[f32], m: usize, w: &Panels<E, NR>) -> Vec<f32> {
         weight_step_bytes: NR * size_of::<E>(),
         row_step_bytes: MR * size_of::<f32>(),
     };
-    blocking.for_each_tile((m, n, k), |p, r, k0| {
+    let tile = |p: usize, r: usize, k0: usize, at: (*mut f32, usize)| {
         let kc = KC.min(k - k0);
         let args = TileArgs {
             a: a[r * k * MR + k0 * MR..].as_ptr(),
             b: w.at(p, k0),
             kc,
-            c: (dst.at(r * MR * n + p * NR), n),
+            c: at,
             cols: NR.min(n - p * NR),
             accumulate: k0 > 0,
         };
         // SAFETY: `args.a` has kc * 12 values of row panel r, `args.b` kc * 32 of panel
-        // p; the tile (rows r*12.., columns p*32.., row stride n) lies inside the m x n
-        // output and is written by this call alone (for_each_tile gives each (p, r) to
-        // one task, its passes in order). AVX512F was checked in `linear`.
+        // p; `at` is where the blocking puts tile (p, r), written by this call alone
+        // (each (p, r) is one task's, its passes in order). AVX512F is available (the
+        // contract).
         unsafe { tile_rows::<_, Tile>(args, MR.min(m - r * MR)) };
-    });
-    // SAFETY: the tasks cover every (row panel, column panel), each tile written (k > 0).
-    unsafe { out.set_len(m * n) };
-    out
+    };
+    // SAFETY: `dst` is the output `output` needs (the contract); `tile` writes tile
+    // (p, r) at the place it is given.
+    unsafe { blocking.for_each_tile_to(output, (m, n, k), dst, tile) };
 }
 
 /// One tile's operands: `a` is `kc` rows of 12 values, `b` `kc` rows of 32 panel
@@ -422,6 +494,18 @@ mod tests {
     fn a_row_alone_equals_the_row_in_a_batch() {
         if kernel_or_skip(NAME) {
             shared::a_row_alone_equals_the_row_in_a_batch(linear, &ORDER, &[0, 5, 12, 22]);
+        }
+    }
+
+    #[test]
+    fn fused_swiglu_and_add_equal_the_plain_product() {
+        if kernel_or_skip(NAME) {
+            let products = (
+                linear as shared::Linear<NR>,
+                linear_swiglu as shared::Linear<NR>,
+                linear_add as _,
+            );
+            shared::fused_outputs_equal_the_plain_product(products, &ORDER, NAME);
         }
     }
 

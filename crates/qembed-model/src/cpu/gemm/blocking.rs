@@ -10,6 +10,7 @@
 
 use rayon::prelude::*;
 
+use super::Prologue;
 use crate::cpu::par::SyncPtr;
 
 /// Weight bytes (per K pass) a task keeps in L2 while it walks down its rows.
@@ -267,20 +268,94 @@ impl Blocking {
     }
 }
 
-/// A new f32 output of `len` values, all written by `fill` (given where they go).
+/// A register-tiled kernel's product: `prologue(x) @ w.T` for `(m, width)` rows of
+/// `x`, to `dst` as the [`Output`] says.
 ///
 /// # Safety
-/// `fill`, when it returns `Ok`, must have written all `len` values (a kernel's
-/// product does: its tiles cover the output).
-pub(super) unsafe fn new_output(
-    len: usize,
-    fill: impl FnOnce(SyncPtr) -> candle_core::Result<()>,
+/// `dst` must be valid for writes of the output's `m` rows (the weight's `n` values
+/// each, `n / 2` for [`Output::SwiGlu`]; reads too, initialised, for [`Output::Add`]),
+/// accessed by nobody else meanwhile. An implementation must, on `Ok`, have written
+/// (or added to) all of them.
+pub(super) type Driver<W> = unsafe fn(
+    &[f32],
+    (usize, usize),
+    &W,
+    Prologue<'_>,
+    (Output, SyncPtr),
+) -> candle_core::Result<()>;
+
+/// The plain product of `driver` on a weight of `n` output columns: f32 `m x n`.
+pub(super) fn plain<W>(
+    driver: Driver<W>,
+    n: usize,
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &W,
+    prologue: Prologue,
 ) -> candle_core::Result<Vec<f32>> {
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    fill(SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast()))?;
-    // SAFETY: `fill` wrote all `len` values (the contract).
-    unsafe { out.set_len(len) };
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
+    // SAFETY: `out` has room for the m x n output, ours alone.
+    unsafe { driver(x, (m, width), w, prologue, (Output::Plain, dst))? };
+    // SAFETY: on Ok the driver wrote all m x n values (its contract).
+    unsafe { out.set_len(m * n) };
     Ok(out)
+}
+
+/// The SwiGLU of `driver`'s product for a gate_up weight of `n` output columns whose
+/// halves are whole panels of `nr` columns: f32 `m x n / 2`.
+pub(super) fn swiglu<W>(
+    driver: Driver<W>,
+    (n, nr): (usize, usize),
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &W,
+    prologue: Prologue,
+) -> candle_core::Result<Vec<f32>> {
+    if !super::swiglu_halves(n, nr) {
+        candle_core::bail!("{n} rows do not split into two halves of whole panels of {nr}");
+    }
+    let half = n / 2;
+    let mut out: Vec<f32> = Vec::with_capacity(m * half);
+    let dst = SyncPtr(out.spare_capacity_mut().as_mut_ptr().cast());
+    // SAFETY: `out` has room for the m x n / 2 output, ours alone.
+    unsafe { driver(x, (m, width), w, prologue, (Output::SwiGlu, dst))? };
+    // SAFETY: on Ok the driver wrote all m x n / 2 values (its contract).
+    unsafe { out.set_len(m * half) };
+    Ok(out)
+}
+
+/// `driver`'s product (`n` output columns) added in place to `out` (`m x n`).
+pub(super) fn add<W>(
+    driver: Driver<W>,
+    n: usize,
+    x: &[f32],
+    (m, width): (usize, usize),
+    w: &W,
+    prologue: Prologue,
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    if out.len() != m * n {
+        candle_core::bail!("an output of {} values for {m} x {n}", out.len());
+    }
+    let dst = SyncPtr(out.as_mut_ptr());
+    // SAFETY: `out` is the m x n output, initialised and borrowed mutably.
+    unsafe { driver(x, (m, width), w, prologue, (Output::Add, dst)) }
+}
+
+/// Zeros for an output when the product has no K (SwiGLU(0) is 0 too; adding zeros
+/// changes nothing, so an [`Output::Add`] is left as it is).
+///
+/// # Safety
+/// As [`Driver`]'s `dst`, for an `m x n` product.
+pub(super) unsafe fn zero_output((output, dst): (Output, SyncPtr), (m, n): (usize, usize)) {
+    let len = match output {
+        Output::Add => return,
+        Output::SwiGlu => m * (n / 2),
+        Output::Plain => m * n,
+    };
+    // SAFETY: `dst` is valid for `len` writes (the contract).
+    unsafe { std::ptr::write_bytes(dst.0, 0, len) };
 }
 
 /// A register-tile micro-kernel compiled once per tile height `R` (1 to 12 rows), so

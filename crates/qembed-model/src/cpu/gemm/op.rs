@@ -111,3 +111,36 @@ impl<W> InplaceOp2 for LinearAddOp<'_, W> {
         )
     }
 }
+
+/// `Gemm::linear_swiglu` for a kernel (`kernel`) whose weights are `W`: the fused op
+/// `(name, product)` with `half` output columns, where `half(w)` says the weight's
+/// halves are whole panels; `None` (not fused) where it does not.
+pub(super) fn swiglu<W: std::any::Any>(
+    (kernel, name, product): (&'static str, &'static str, Product<W>),
+    x: &Tensor,
+    weight: &super::PreparedWeight,
+    prologue: Prologue,
+    half: impl Fn(&W) -> Option<usize>,
+) -> Option<crate::Result<Tensor>> {
+    let w = match weight.form::<W>(kernel) {
+        Ok(w) => w,
+        Err(e) => return Some(Err(e.into())),
+    };
+    let half = half(w)?;
+    Some(linear((name, product), x, (w, half), prologue))
+}
+
+/// `Gemm::linear_add` for a kernel (`kernel`) whose weights are `W`: the in-place op
+/// `(name, product)`.
+pub(super) fn add<W: std::any::Any>(
+    (kernel, name, product): (&'static str, &'static str, ProductAdd<W>),
+    out: &Tensor,
+    x: &Tensor,
+    weight: &super::PreparedWeight,
+    prologue: Prologue,
+) -> Option<crate::Result<()>> {
+    Some(match weight.form::<W>(kernel) {
+        Ok(w) => linear_add((name, product), out, x, w, prologue),
+        Err(e) => Err(e.into()),
+    })
+}

@@ -220,6 +220,40 @@ pub(super) mod tests {
         }
     }
 
+    /// The SwiGLU and the residual add fused into the product give the plain product's
+    /// SwiGLU and sum, bit for bit, for f32 and bf16 weights: K of one and of several
+    /// passes, a partial last panel (the add), rows over several tasks.
+    pub(in crate::cpu::gemm) fn fused_outputs_equal_the_plain_product<const NR: usize>(
+        (linear, swiglu, add): (
+            Linear<NR>,
+            Linear<NR>,
+            crate::cpu::gemm::op::ProductAdd<Packed<NR>>,
+        ),
+        order: &SlotOrder,
+        named: &str,
+    ) {
+        for dtype in [DType::F32, DType::BF16] {
+            for k in [50, 600] {
+                let (gate_up, _) = weights::<NR>(&values(2 * 64 * k, 7), (2 * 64, k), dtype, order);
+                crate::cpu::gemm::check_fused_swiglu(
+                    named,
+                    (64, k),
+                    &[1, 13, 300],
+                    &|x, mw, p| swiglu(x, mw, &gate_up, p).unwrap(),
+                    &|x, mw, p| linear(x, mw, &gate_up, p).unwrap(),
+                );
+                let (w, _) = weights::<NR>(&values(45 * k, 8), (45, k), dtype, order);
+                crate::cpu::gemm::check_fused_add(
+                    named,
+                    (45, k),
+                    &[1, 13, 300],
+                    &|x, mw, p, out| add(x, mw, &w, p, out).unwrap(),
+                    &|x, mw, p| linear(x, mw, &w, p).unwrap(),
+                );
+            }
+        }
+    }
+
     /// Inputs whose width does not fit the layer are errors, not panics.
     pub(in crate::cpu::gemm) fn rejects_inputs_that_do_not_fit<const NR: usize>(
         linear: Linear<NR>,

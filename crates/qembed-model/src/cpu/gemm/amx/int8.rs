@@ -111,18 +111,10 @@ impl<U: TileIsa + 'static> Gemm for AmxInt8<U> {
         weight: &PreparedWeight,
         prologue: Prologue,
     ) -> Option<crate::Result<Tensor>> {
-        let w = match weight.form::<Packed>(self.name) {
-            Ok(w) => w,
-            Err(e) => return Some(Err(e.into())),
-        };
-        swiglu_halves(w.n, BLOCK_COLS).then(|| {
-            let product: crate::cpu::gemm::op::Product<Packed> = linear_swiglu::<U>;
-            crate::cpu::gemm::op::linear(
-                ("amx-int8-linear-swiglu", product),
-                x,
-                (w, w.n / 2),
-                prologue,
-            )
+        let product: crate::cpu::gemm::op::Product<Packed> = linear_swiglu::<U>;
+        let op = (self.name, "amx-int8-linear-swiglu", product);
+        crate::cpu::gemm::op::swiglu(op, x, weight, prologue, |w| {
+            swiglu_halves(w.n, BLOCK_COLS).then_some(w.n / 2)
         })
     }
 
@@ -133,18 +125,14 @@ impl<U: TileIsa + 'static> Gemm for AmxInt8<U> {
         weight: &PreparedWeight,
         prologue: Prologue,
     ) -> Option<crate::Result<()>> {
-        let w = match weight.form::<Packed>(self.name) {
-            Ok(w) => w,
-            Err(e) => return Some(Err(e.into())),
-        };
         let product: crate::cpu::gemm::op::ProductAdd<Packed> = linear_add::<U>;
-        Some(crate::cpu::gemm::op::linear_add(
-            ("amx-int8-linear-add", product),
+        crate::cpu::gemm::op::add(
+            (self.name, "amx-int8-linear-add", product),
             out,
             x,
-            w,
+            weight,
             prologue,
-        ))
+        )
     }
 
     /// Scores and weighted values as bf16 products on tiles, as the bf16 AMX kernel

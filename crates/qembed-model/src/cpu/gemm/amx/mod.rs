@@ -35,7 +35,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::{Gemm, PreparedWeight, Prologue};
+use super::{swiglu_halves, Gemm, PreparedWeight, Prologue};
 use crate::cpu::attention::{causal_exp, AttentionProducts, QkvRows};
 use crate::cpu::par::SyncPtr;
 
@@ -288,13 +288,10 @@ impl<U: TileIsa + 'static> Gemm for Amx<U> {
         weight: &PreparedWeight,
         input: Prologue,
     ) -> Option<crate::Result<Tensor>> {
-        let w = match weight.form::<PackedWeight>(self.name) {
-            Ok(w) => w,
-            Err(e) => return Some(Err(e.into())),
-        };
-        super::swiglu_halves(w.n, BLOCK_COLS).then(|| {
-            let product: super::op::Product<PackedWeight> = product_swiglu::<U>;
-            super::op::linear(("amx-linear-swiglu", product), x, (w, w.n / 2), input)
+        let product: crate::cpu::gemm::op::Product<PackedWeight> = product_swiglu::<U>;
+        let op = (self.name, "amx-linear-swiglu", product);
+        crate::cpu::gemm::op::swiglu(op, x, weight, input, |w| {
+            swiglu_halves(w.n, BLOCK_COLS).then_some(w.n / 2)
         })
     }
 
@@ -305,18 +302,14 @@ impl<U: TileIsa + 'static> Gemm for Amx<U> {
         weight: &PreparedWeight,
         input: Prologue,
     ) -> Option<crate::Result<()>> {
-        let w = match weight.form::<PackedWeight>(self.name) {
-            Ok(w) => w,
-            Err(e) => return Some(Err(e.into())),
-        };
-        let product: super::op::ProductAdd<PackedWeight> = product_add::<U>;
-        Some(super::op::linear_add(
-            ("amx-linear-add", product),
+        let product: crate::cpu::gemm::op::ProductAdd<PackedWeight> = product_add::<U>;
+        crate::cpu::gemm::op::add(
+            (self.name, "amx-linear-add", product),
             out,
             x,
-            w,
+            weight,
             input,
-        ))
+        )
     }
 
     /// Scores and weighted values as bf16 products on tiles: the model's linear layers

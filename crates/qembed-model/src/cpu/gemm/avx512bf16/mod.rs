@@ -27,7 +27,7 @@ use candle_core::{CpuStorage, DType, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::bf16::round_input_row;
-use super::blocking::{new_output, tile_rows, Blocking, Output, TileHeights};
+use super::blocking::{self, tile_rows, Blocking, Output, TileHeights};
 use super::{Gemm, PreparedWeight, Prologue};
 use crate::cpu::attention::AttentionProducts;
 use crate::cpu::par::SyncPtr;
@@ -135,18 +135,10 @@ impl<I: DotIsa + 'static> Gemm for Avx512Bf16<I> {
         weight: &PreparedWeight,
         prologue: Prologue,
     ) -> Option<crate::Result<Tensor>> {
-        let w = match weight.form::<Packed>(self.name) {
-            Ok(w) => w,
-            Err(e) => return Some(Err(e.into())),
-        };
-        super::swiglu_halves(w.n, NR).then(|| {
-            let product: super::op::Product<Packed> = linear_swiglu::<I>;
-            super::op::linear(
-                ("avx512bf16-linear-swiglu", product),
-                x,
-                (w, w.n / 2),
-                prologue,
-            )
+        let product: crate::cpu::gemm::op::Product<Packed> = linear_swiglu::<I>;
+        let op = (self.name, "avx512bf16-linear-swiglu", product);
+        crate::cpu::gemm::op::swiglu(op, x, weight, prologue, |w| {
+            super::swiglu_halves(w.n, NR).then_some(w.n / 2)
         })
     }
 
@@ -157,18 +149,14 @@ impl<I: DotIsa + 'static> Gemm for Avx512Bf16<I> {
         weight: &PreparedWeight,
         prologue: Prologue,
     ) -> Option<crate::Result<()>> {
-        let w = match weight.form::<Packed>(self.name) {
-            Ok(w) => w,
-            Err(e) => return Some(Err(e.into())),
-        };
-        let product: super::op::ProductAdd<Packed> = linear_add::<I>;
-        Some(super::op::linear_add(
-            ("avx512bf16-linear-add", product),
+        let product: crate::cpu::gemm::op::ProductAdd<Packed> = linear_add::<I>;
+        crate::cpu::gemm::op::add(
+            (self.name, "avx512bf16-linear-add", product),
             out,
             x,
-            w,
+            weight,
             prologue,
-        ))
+        )
     }
 
     fn attention(&self) -> AttentionProducts {
@@ -234,76 +222,39 @@ impl Packed {
 /// instructions `I` ([`Hw`] but in tests).
 fn linear<I: DotIsa>(
     x: &[f32],
-    (m, width): (usize, usize),
+    mw: (usize, usize),
     w: &Packed,
     prologue: Prologue,
 ) -> candle_core::Result<Vec<f32>> {
-    // SAFETY: `new_output` gives room for the m x n output, and `product` writes all of
-    // it when it returns Ok.
-    unsafe {
-        new_output(m * w.n, |dst| {
-            product::<I>(x, (m, width), w, prologue, (Output::Plain, dst))
-        })
-    }
+    blocking::plain(product::<I>, w.n, x, mw, w, prologue)
 }
 
 /// `swiglu(prologue(x) @ w.T)` for a gate_up weight whose halves are whole panels: f32
 /// `m x n / 2` (`Blocking::for_each_tile_swiglu`).
 fn linear_swiglu<I: DotIsa>(
     x: &[f32],
-    (m, width): (usize, usize),
+    mw: (usize, usize),
     w: &Packed,
     prologue: Prologue,
 ) -> candle_core::Result<Vec<f32>> {
-    if !super::swiglu_halves(w.n, NR) {
-        candle_core::bail!(
-            "{NAME}: {} rows do not split into two halves of whole panels",
-            w.n
-        );
-    }
-    // SAFETY: `new_output` gives room for the m x n / 2 output, and `product` writes
-    // all of it when it returns Ok.
-    unsafe {
-        new_output(m * (w.n / 2), |dst| {
-            product::<I>(x, (m, width), w, prologue, (Output::SwiGlu, dst))
-        })
-    }
+    blocking::swiglu(product::<I>, (w.n, NR), x, mw, w, prologue)
 }
 
 /// `out += prologue(x) @ w.T` in place, `out` `m x n` (`Blocking::for_each_tile_add`).
 fn linear_add<I: DotIsa>(
     x: &[f32],
-    (m, width): (usize, usize),
+    mw: (usize, usize),
     w: &Packed,
     prologue: Prologue,
     out: &mut [f32],
 ) -> candle_core::Result<()> {
-    if out.len() != m * w.n {
-        candle_core::bail!(
-            "{NAME}: an output of {} values for {m} x {}",
-            out.len(),
-            w.n
-        );
-    }
-    // SAFETY: `out` is the m x n output, initialised and borrowed mutably.
-    unsafe {
-        product::<I>(
-            x,
-            (m, width),
-            w,
-            prologue,
-            (Output::Add, SyncPtr(out.as_mut_ptr())),
-        )
-    }
+    blocking::add(product::<I>, w.n, x, mw, w, prologue, out)
 }
 
-/// The product to `dst` as `output` says (`Blocking::for_each_tile_to`): on `Ok`, all
-/// of the output written (or, for [`Output::Add`], added to).
+/// The product to `dst` as `output` says (`Blocking::for_each_tile_to`).
 ///
 /// # Safety
-/// `dst` must be valid for writes of the output's `m` rows (`n` values each, `n / 2`
-/// for [`Output::SwiGlu`]; reads too, initialised, for [`Output::Add`]), accessed by
-/// nobody else meanwhile.
+/// As [`blocking::Driver`].
 unsafe fn product<I: DotIsa>(
     x: &[f32],
     (m, width): (usize, usize),
@@ -318,16 +269,8 @@ unsafe fn product<I: DotIsa>(
     let a = pack_rows(x, m, w, prologue);
     let n = w.n;
     if w.kp == 0 {
-        // No K: a zero product (and SwiGLU(0) = 0; adding it changes nothing).
-        if output != Output::Add {
-            let len = if output == Output::SwiGlu {
-                m * (n / 2)
-            } else {
-                m * n
-            };
-            // SAFETY: `dst` is valid for `len` writes (the contract).
-            unsafe { std::ptr::write_bytes(dst.0, 0, len) };
-        }
+        // SAFETY: `dst` is this product's output (the contract).
+        unsafe { blocking::zero_output((output, dst), (m, n)) };
         return Ok(());
     }
     let blocking = Blocking {

@@ -36,7 +36,7 @@ use std::marker::PhantomData;
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::blocking::{new_output, tile_rows, Blocking, Output, TileHeights};
+use super::blocking::{self, tile_rows, Blocking, Output, TileHeights};
 use super::int8::{quantize_input_row, rescale, QuantRows};
 use super::{Gemm, PreparedWeight, Prologue};
 use crate::cpu::par::SyncPtr;
@@ -207,13 +207,10 @@ impl<I: DotIsa<L>, const L: usize> Gemm for Vnni<I, L> {
         weight: &PreparedWeight,
         prologue: Prologue,
     ) -> Option<crate::Result<Tensor>> {
-        let w = match weight.form::<Packed>(self.name) {
-            Ok(w) => w,
-            Err(e) => return Some(Err(e.into())),
-        };
-        super::swiglu_halves(w.n, w.nr).then(|| {
-            let product: crate::cpu::gemm::op::Product<Packed> = linear_swiglu::<I, L>;
-            crate::cpu::gemm::op::linear((I::OP_SWIGLU, product), x, (w, w.n / 2), prologue)
+        let product: crate::cpu::gemm::op::Product<Packed> = linear_swiglu::<I, L>;
+        let op = (self.name, I::OP_SWIGLU, product);
+        crate::cpu::gemm::op::swiglu(op, x, weight, prologue, |w| {
+            super::swiglu_halves(w.n, w.nr).then_some(w.n / 2)
         })
     }
 
@@ -224,18 +221,8 @@ impl<I: DotIsa<L>, const L: usize> Gemm for Vnni<I, L> {
         weight: &PreparedWeight,
         prologue: Prologue,
     ) -> Option<crate::Result<()>> {
-        let w = match weight.form::<Packed>(self.name) {
-            Ok(w) => w,
-            Err(e) => return Some(Err(e.into())),
-        };
         let product: crate::cpu::gemm::op::ProductAdd<Packed> = linear_add::<I, L>;
-        Some(crate::cpu::gemm::op::linear_add(
-            (I::OP_ADD, product),
-            out,
-            x,
-            w,
-            prologue,
-        ))
+        crate::cpu::gemm::op::add((self.name, I::OP_ADD, product), out, x, weight, prologue)
     }
 
     fn attention(&self) -> crate::cpu::attention::AttentionProducts {
@@ -328,78 +315,39 @@ impl Packed {
 /// instructions `I` (a real width, or in tests the model of one).
 fn linear<I: DotIsa<L>, const L: usize>(
     x: &[f32],
-    (m, width): (usize, usize),
+    mw: (usize, usize),
     w: &Packed,
     prologue: Prologue,
 ) -> candle_core::Result<Vec<f32>> {
-    // SAFETY: `new_output` gives room for the m x n output, and `product` writes all
-    // of it when it returns Ok.
-    unsafe {
-        new_output(m * w.n, |dst| {
-            product::<I, L>(x, (m, width), w, prologue, (Output::Plain, dst))
-        })
-    }
+    blocking::plain(product::<I, L>, w.n, x, mw, w, prologue)
 }
 
 /// `swiglu(prologue(x) @ w.T)` for a gate_up weight whose halves are whole panels: f32
 /// `m x n / 2` (`Blocking::for_each_tile_swiglu`).
 fn linear_swiglu<I: DotIsa<L>, const L: usize>(
     x: &[f32],
-    (m, width): (usize, usize),
+    mw: (usize, usize),
     w: &Packed,
     prologue: Prologue,
 ) -> candle_core::Result<Vec<f32>> {
-    if !super::swiglu_halves(w.n, w.nr) {
-        candle_core::bail!(
-            "{}: {} rows do not split into two halves of whole panels",
-            I::NAME,
-            w.n
-        );
-    }
-    // SAFETY: `new_output` gives room for the m x n / 2 output, and `product` writes
-    // all of it when it returns Ok.
-    unsafe {
-        new_output(m * (w.n / 2), |dst| {
-            product::<I, L>(x, (m, width), w, prologue, (Output::SwiGlu, dst))
-        })
-    }
+    blocking::swiglu(product::<I, L>, (w.n, w.nr), x, mw, w, prologue)
 }
 
 /// `out += prologue(x) @ w.T` in place, `out` `m x n` (`Blocking::for_each_tile_add`).
 fn linear_add<I: DotIsa<L>, const L: usize>(
     x: &[f32],
-    (m, width): (usize, usize),
+    mw: (usize, usize),
     w: &Packed,
     prologue: Prologue,
     out: &mut [f32],
 ) -> candle_core::Result<()> {
-    if out.len() != m * w.n {
-        candle_core::bail!(
-            "{}: an output of {} values for {m} x {}",
-            I::NAME,
-            out.len(),
-            w.n
-        );
-    }
-    // SAFETY: `out` is the m x n output, initialised and borrowed mutably.
-    unsafe {
-        product::<I, L>(
-            x,
-            (m, width),
-            w,
-            prologue,
-            (Output::Add, SyncPtr(out.as_mut_ptr())),
-        )
-    }
+    blocking::add(product::<I, L>, w.n, x, mw, w, prologue, out)
 }
 
-/// The product to `dst` as `output` says (`Blocking::for_each_tile_to`): on `Ok`, all
-/// of the output written (or, for [`Output::Add`], added to).
+/// The product to `dst` as `output` says (`Blocking::for_each_tile_to`).
 ///
 /// # Safety
-/// `dst` must be valid for writes of the output's `m` rows (`n` values each, `n / 2`
-/// for [`Output::SwiGlu`]; reads too, initialised, for [`Output::Add`]), accessed by
-/// nobody else meanwhile.
+/// As [`blocking::Driver`].
 unsafe fn product<I: DotIsa<L>, const L: usize>(
     x: &[f32],
     (m, width): (usize, usize),
@@ -423,16 +371,8 @@ unsafe fn product<I: DotIsa<L>, const L: usize>(
     let (a, row_scale) = pack_rows(x, (m, mr), w, prologue);
     let (n, nr) = (w.n, w.nr);
     if w.kq == 0 {
-        // No K: a zero product (and SwiGLU(0) = 0; adding it changes nothing).
-        if output != Output::Add {
-            let len = if output == Output::SwiGlu {
-                m * (n / 2)
-            } else {
-                m * n
-            };
-            // SAFETY: `dst` is valid for `len` writes (the contract).
-            unsafe { std::ptr::write_bytes(dst.0, 0, len) };
-        }
+        // SAFETY: `dst` is this product's output (the contract).
+        unsafe { blocking::zero_output((output, dst), (m, n)) };
         return Ok(());
     }
     let kc_max = PASS_WEIGHT_BYTES / (nr * size_of::<u32>());
