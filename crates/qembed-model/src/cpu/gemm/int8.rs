@@ -20,7 +20,7 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::Prologue;
-use crate::cpu::simd::multiversion;
+use crate::cpu::simd::{inv_rms, multiversion};
 use crate::Result;
 
 /// A `[n, k]` weight quantized per output channel: row-major int8 values and one f32
@@ -204,16 +204,28 @@ impl QuantizedRows {
 /// `dst` = `src` quantized by the rule (zeros for an all-zero row); returns the scale.
 #[inline(always)]
 fn quantize_row_impl(dst: &mut [i8], src: &[f32]) -> f32 {
+    quantize_with_max(dst, src, max_abs(src))
+}
+
+/// The largest |value| of `src` (0 for an empty row).
+#[inline(always)]
+fn max_abs(src: &[f32]) -> f32 {
     // Sixteen independent maxima, so that the reduction vectorises.
     let mut lanes = [0f32; 16];
     let chunks = src.chunks_exact(16);
-    let mut max = chunks.remainder().iter().fold(0f32, |m, &v| m.max(v.abs()));
+    let max = chunks.remainder().iter().fold(0f32, |m, &v| m.max(v.abs()));
     for c in chunks {
         for (l, &v) in lanes.iter_mut().zip(c) {
             *l = l.max(v.abs());
         }
     }
-    max = lanes.iter().fold(max, |m, &l| m.max(l));
+    lanes.iter().fold(max, |m, &l| m.max(l))
+}
+
+/// `dst` = `src` quantized by the rule, `max` being `src`'s largest |value|; returns
+/// the scale.
+#[inline(always)]
+fn quantize_with_max(dst: &mut [i8], src: &[f32], max: f32) -> f32 {
     let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
     for (d, &v) in dst.iter_mut().zip(src) {
         let r = (v * inv).round_ties_even();
@@ -257,6 +269,14 @@ pub(super) fn quantize_input_row(
     match (prologue, input_scale) {
         // Nothing to apply: quantized straight from the input.
         (Prologue::None, None) => quantize_row(dst, &x[r * k..][..k]),
+        // Smoothed, after a norm or nothing (every smoothed layer but a SwiGLU
+        // prologue's): one pass makes the values and their maximum, a second quantizes
+        // them, where a copy or norm, the scaling, the maximum and the quantizing took
+        // one each. The same bits: the same products in the same order.
+        (Prologue::None, Some(s)) => quantize_smoothed_row(dst, tmp, &x[r * k..][..k], None, s),
+        (Prologue::RmsNorm(w, eps), Some(s)) => {
+            quantize_smoothed_row(dst, tmp, &x[r * k..][..k], Some((w, eps)), s)
+        }
         _ => {
             prologue.row_f32(tmp, x, r, k);
             if let Some(s) = input_scale {
@@ -266,6 +286,65 @@ pub(super) fn quantize_input_row(
         }
     }
 }
+
+/// `tmp = x * inv_rms(x) * w * s` (with `norm = Some((w, eps))`, as
+/// [`Prologue::row_f32`] then [`scale_row`] compute it) or `tmp = x * s`, quantized by
+/// the rule into `dst`; returns the scale. All of `dst`, `tmp`, `x`, `s` (and `w`) are
+/// one row long.
+#[inline(always)]
+fn quantize_smoothed_row_impl(
+    dst: &mut [i8],
+    tmp: &mut [f32],
+    x: &[f32],
+    norm: Option<(&[f32], f32)>,
+    s: &[f32],
+) -> f32 {
+    let tmp = &mut tmp[..x.len()];
+    // Sixteen independent maxima, as in `max_abs`, kept while the values are made.
+    let mut lanes = [0f32; 16];
+    let mut max = 0f32;
+    let mut out = tmp.chunks_exact_mut(16);
+    let mut xs = x.chunks_exact(16);
+    let mut ss = s.chunks_exact(16);
+    match norm {
+        Some((w, eps)) => {
+            let inv = inv_rms(x, eps);
+            let mut ws = w.chunks_exact(16);
+            for (((d, x), w), s) in (&mut out).zip(&mut xs).zip(&mut ws).zip(&mut ss) {
+                for i in 0..16 {
+                    d[i] = x[i] * inv * w[i] * s[i];
+                    lanes[i] = lanes[i].max(d[i].abs());
+                }
+            }
+            let rest = xs
+                .remainder()
+                .iter()
+                .zip(ws.remainder())
+                .zip(ss.remainder());
+            for (d, ((&x, &w), &s)) in out.into_remainder().iter_mut().zip(rest) {
+                *d = x * inv * w * s;
+                max = max.max(d.abs());
+            }
+        }
+        None => {
+            for ((d, x), s) in (&mut out).zip(&mut xs).zip(&mut ss) {
+                for i in 0..16 {
+                    d[i] = x[i] * s[i];
+                    lanes[i] = lanes[i].max(d[i].abs());
+                }
+            }
+            let rest = xs.remainder().iter().zip(ss.remainder());
+            for (d, (&x, &s)) in out.into_remainder().iter_mut().zip(rest) {
+                *d = x * s;
+                max = max.max(d.abs());
+            }
+        }
+    }
+    let max = lanes.iter().fold(max, |m, &l| m.max(l));
+    quantize_with_max(dst, tmp, max)
+}
+
+multiversion!(fn quantize_smoothed_row(dst: &mut [i8], tmp: &mut [f32], x: &[f32], norm: Option<(&[f32], f32)>, s: &[f32]) -> f32 => quantize_smoothed_row_impl);
 
 /// One output value from its exact integer sum and the two scales.
 #[inline(always)]
@@ -391,5 +470,39 @@ mod tests {
             assert!((f32::from(q) * s - v).abs() <= 0.5 * s * 1.0001, "{q} {v}");
         }
         assert_eq!(q.iter().map(|q| q.unsigned_abs()).max(), Some(127));
+    }
+
+    /// The one-pass smoothed rows (after a norm, or after nothing) are the bits of the
+    /// steps they replace: the prologue, then the smoothing, then the rule; at lengths
+    /// with and without a tail past the sixteen lanes.
+    #[test]
+    fn smoothed_rows_in_one_pass_equal_the_steps() {
+        for k in [1, 15, 16, 17, 37, 1024] {
+            let m = 3;
+            let x: Vec<f32> = crate::cpu::gemm::test_values(m * k, 11)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| if i % k == k / 2 { 40.0 * v } else { *v })
+                .collect();
+            let w = crate::cpu::gemm::test_values(k, 12);
+            let smooth: Vec<f32> = crate::cpu::gemm::test_values(k, 13)
+                .iter()
+                .map(|v| 0.25 + v.abs())
+                .collect();
+            for prologue in [Prologue::None, Prologue::RmsNorm(&w, 1e-6)] {
+                for r in 0..m {
+                    let (mut got, mut want) = (vec![0i8; k], vec![0i8; k]);
+                    let (mut tmp, mut steps) = (vec![0f32; k], vec![0f32; k]);
+                    let s =
+                        quantize_input_row(&mut got, &mut tmp, (&x, r, k), prologue, Some(&smooth));
+                    prologue.row_f32(&mut steps, &x, r, k);
+                    scale_row(&mut steps, &smooth);
+                    let want_s = quantize_row(&mut want, &steps);
+                    assert_eq!(s.to_bits(), want_s.to_bits(), "k {k} row {r}");
+                    assert_eq!(got, want, "k {k} row {r}");
+                    assert!(got.iter().any(|&q| q != 0), "k {k} row {r}: all zero");
+                }
+            }
+        }
     }
 }
